@@ -1,0 +1,53 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Each creates its own virtual environment and installs what it needs.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Programs the interoperability tests talk to (Debian packages).
+DEBIAN_PACKAGES := qemu-system-x86 socat systemd
+DEBIAN_PROGRAMS := qemu-system-x86_64 socat systemd-socket-activate
+
+.PHONY: all test lint typecheck unit demo bench debian-packages clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Installs the peers the tests use when they are missing and we are root.
+debian-packages:
+	@missing=""; for p in $(DEBIAN_PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages for:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES) >/dev/null; \
+	  else \
+	    echo "not root: the tests that need$$missing will be skipped"; \
+	  fi; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check fdchannel tests examples bench
+	$(VENV)/bin/ruff format --check fdchannel tests examples bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy fdchannel tests
+
+unit: $(STAMP) debian-packages
+	$(PY) -m pytest
+
+test: lint typecheck unit
+
+demo: $(STAMP)
+	$(PY) examples/channels.py
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

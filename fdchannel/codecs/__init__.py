@@ -1,0 +1,96 @@
+"""State codecs, pure encode/decode without I/O: ``native`` and ``qemu``.
+
+``Decoder`` detects the codec from the stream's magic and parses whatever
+bytes and descriptors it is fed; it owns every descriptor it was given
+until it returns them inside the finished FdState.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+from ..errors import ProtocolError
+from ..state import DEFAULT_LIMITS, FdState, Limits
+from . import native, qemu
+from ._parse import ByteSource, FdQueue
+
+__all__ = ["CODECS", "Decoder", "native", "qemu"]
+
+CODECS = ("native", "qemu")
+
+
+class Decoder:
+    """Feed it what a stream delivers; it tells when the state is complete."""
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self.codec: str | None = None
+        self.progress = native.Progress()
+        self._src = ByteSource()
+        self._fds = FdQueue()
+        self._result: FdState | None = None
+        self._parser = self._parse()
+        next(self._parser)  # runs up to the first request for bytes
+
+    def _parse(self) -> Generator[int, None, FdState]:
+        (magic,) = yield from self._src.unpack(">I")
+        if magic == qemu.MAGIC:
+            self.codec = "qemu"
+            return (yield from qemu.parse(self._src, self._fds, self.limits))
+        if magic == native.MAGIC:
+            self.codec = "native"
+            return (yield from native.parse(self._src, self._fds, self.limits, self.progress))
+        raise ProtocolError(
+            f"unknown state stream magic {magic:#010x}: expected {qemu.MAGIC:#010x} "
+            f"('QCPR', qemu) or {native.MAGIC:#010x} ('FDCN', native)"
+        )
+
+    @property
+    def done(self) -> bool:
+        """True once the end marker has been parsed."""
+        return self._result is not None
+
+    def feed(self, data: bytes, fds: list[int]) -> None:
+        """Take the next bytes and the descriptors that came with them."""
+        self._fds.push(fds)
+        if self._result is not None:
+            if data or fds:
+                raise ProtocolError(
+                    f"{len(data)} byte(s) and {len(fds)} descriptor(s) after the end of the "
+                    f"{self.codec} state"
+                )
+            return
+        self._src.append(data)
+        try:
+            self._parser.send(None)
+        except StopIteration as stop:
+            self._result = stop.value
+            if self._src.available() or len(self._fds):
+                raise ProtocolError(
+                    f"{self._src.available()} byte(s) and {len(self._fds)} descriptor(s) "
+                    f"after the end of the {self.codec} state"
+                ) from None
+
+    def take_outgoing(self) -> list[bytes]:
+        """Frames the receiver owes the sender (native acknowledgements)."""
+        frames, self.progress.outgoing = self.progress.outgoing, []
+        return frames
+
+    def finish(self) -> FdState:
+        """The state, once the stream ended; ProtocolError if it ended early."""
+        if self._result is None:
+            codec = self.codec or "state"
+            raise ProtocolError(
+                f"the {codec} stream ended after {self._src.offset + self._src.available()} "
+                "byte(s), before its end marker"
+            )
+        result, self._result = self._result, None
+        return result
+
+    def close(self) -> None:
+        """Close every descriptor received and not handed out (error paths)."""
+        self._parser.close()
+        self._fds.close()
+        if self._result is not None:
+            self._result.close()
+            self._result = None

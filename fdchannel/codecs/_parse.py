@@ -1,0 +1,84 @@
+"""Sans-I/O building blocks shared by the codecs: a byte buffer read by
+generator-based parsers, and a queue that owns received descriptors.
+
+A parser is a generator that yields how many more bytes it needs and
+returns its result; ``Decoder.feed`` appends what arrived and resumes it.
+Descriptors arrive at or before the byte that stands for them (the kernel
+may glue earlier plain bytes into the same read), so they wait in a FIFO
+until the parser reaches their marker.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections import deque
+from collections.abc import Generator, Iterable
+
+from ..errors import ProtocolError
+from ..fds import close_all
+
+__all__ = ["ByteSource", "FdQueue"]
+
+
+class FdQueue:
+    """Received descriptors, owned here until a parser hands them on."""
+
+    def __init__(self) -> None:
+        self._fds: deque[int] = deque()
+
+    def push(self, fds: Iterable[int]) -> None:
+        self._fds.extend(fds)
+
+    def pop(self, what: str) -> int:
+        if not self._fds:
+            raise ProtocolError(f"{what}: the marker byte arrived without a descriptor")
+        return self._fds.popleft()
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+    def close(self) -> None:
+        """Close every descriptor still held (error paths)."""
+        fds = list(self._fds)
+        self._fds.clear()
+        close_all(fds)
+
+
+class ByteSource:
+    """Bytes received so far, consumed front to back by a parser."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        #: Total bytes consumed, for error messages.
+        self.offset = 0
+        #: CRC-32 of every byte consumed so far (the native codec's integrity check).
+        self.crc = 0
+
+    def append(self, data: bytes) -> None:
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        self._buf += data
+
+    def available(self) -> int:
+        return len(self._buf) - self._pos
+
+    def read(self, n: int) -> Generator[int, None, bytes]:
+        """Parser step: wait until ``n`` bytes are there, then take them."""
+        while self.available() < n:
+            yield n - self.available()
+        data = bytes(self._buf[self._pos : self._pos + n])
+        self._pos += n
+        self.offset += n
+        self.crc = zlib.crc32(data, self.crc)
+        if self._pos > 1 << 20:  # keep the buffer from growing with the stream
+            del self._buf[: self._pos]
+            self._pos = 0
+        return data
+
+    def unpack(self, fmt: str) -> Generator[int, None, tuple[int, ...]]:
+        """Parser step: read and unpack one big-endian struct."""
+        data = yield from self.read(struct.calcsize(fmt))
+        return struct.unpack(fmt, data)

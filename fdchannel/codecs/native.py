@@ -1,0 +1,276 @@
+"""fdchannel's own state format: versioned, bounded, checksummed, windowed.
+
+The byte layout is documented in docs/native-codec.md.  In short: a 16-byte
+header (magic ``FDCN``, major, minor, flags, window), then frames of
+``u8 type, u32 length, payload``: one TABLE (names, ids, metadata length),
+FDS frames each sent in one sendmsg with up to 253 descriptors, META
+chunks, and END with a CRC-32 of every byte before it.  The receiver
+answers on the same socket with ACK frames: one once it has checked the
+table (before any descriptor is sent), then one per window of descriptors,
+so that an unprivileged sender never has more descriptors
+in flight than the kernel allows (ETOOMANYREFS), and with a STATUS frame
+when it accepts or rejects the state.
+"""
+
+from __future__ import annotations
+
+import resource
+import struct
+import zlib
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+
+from ..errors import ProtocolError
+from ..fds import SCM_MAX_FD
+from ..state import DEFAULT_LIMITS, FdState, Limits, NamedFd
+from ._parse import ByteSource, FdQueue
+
+__all__ = [
+    "MAGIC",
+    "MAJOR",
+    "MINOR",
+    "AwaitAck",
+    "Send",
+    "Status",
+    "ack_frame",
+    "default_window",
+    "encode",
+    "parse",
+    "parse_reply",
+    "status_frame",
+]
+
+MAGIC = 0x4644434E  # "FDCN"
+MAJOR = 1
+MINOR = 0
+_HEADER = struct.Struct(">IBBHII")  # magic, major, minor, flags, window, reserved
+_FRAME = struct.Struct(">BI")  # type, payload length
+_ENTRY = struct.Struct(">iH")  # id, name length
+
+TABLE, FDS, META, END = 0x01, 0x02, 0x03, 0x04
+ACK, STATUS = 0x81, 0x82
+_NAMES = {TABLE: "TABLE", FDS: "FDS", META: "META", END: "END", ACK: "ACK", STATUS: "STATUS"}
+
+#: Metadata travels in chunks of this size.
+META_CHUNK = 1 << 20
+#: Status codes of a STATUS frame.
+STATUS_ACCEPTED = 0
+STATUS_REJECTED = 1
+
+
+@dataclass(frozen=True)
+class Send:
+    """Encoder step: send these bytes with these descriptors in one sendmsg."""
+
+    data: bytes
+    fds: list[int]
+
+
+@dataclass(frozen=True)
+class AwaitAck:
+    """Encoder step: wait until the receiver acknowledged ``count`` descriptors."""
+
+    count: int
+
+
+@dataclass(frozen=True)
+class Status:
+    """The receiver's verdict on a state."""
+
+    accepted: bool
+    reason: str
+
+
+def default_window() -> int:
+    """Descriptors per acknowledged window for this process.
+
+    The kernel refuses a sender whose user has more than RLIMIT_NOFILE
+    descriptors in flight; half the soft limit leaves room for the rest
+    of the process, in whole messages of SCM_MAX_FD.
+    """
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    per_half = (soft // 2) // SCM_MAX_FD * SCM_MAX_FD
+    return max(SCM_MAX_FD, min(8 * SCM_MAX_FD, per_half))
+
+
+def _frame(kind: int, payload: bytes) -> bytes:
+    return _FRAME.pack(kind, len(payload)) + payload
+
+
+def ack_frame(count: int) -> bytes:
+    """Receiver to sender: ``count`` descriptors have arrived."""
+    return _frame(ACK, struct.pack(">I", count))
+
+
+def status_frame(accepted: bool, reason: str = "") -> bytes:
+    """Receiver to sender: the state was accepted, or rejected with a reason."""
+    code = STATUS_ACCEPTED if accepted else STATUS_REJECTED
+    return _frame(STATUS, bytes([code]) + reason.encode("utf-8", "replace")[:4096])
+
+
+def encode(state: FdState, window: int | None = None) -> Iterator[Send | AwaitAck]:
+    """The steps that send ``state``; ``window`` descriptors between acknowledgements."""
+    window = default_window() if window is None else window
+    if window and window % SCM_MAX_FD and window < len(state.fds):
+        raise ValueError(f"window {window} must be a multiple of {SCM_MAX_FD}")
+    crc = 0
+
+    def emit(data: bytes, fds: list[int] | None = None) -> Send:
+        nonlocal crc
+        crc = zlib.crc32(data, crc)
+        return Send(data, fds or [])
+
+    table = bytearray(struct.pack(">IQ", len(state.fds), len(state.metadata)))
+    for entry in state.fds:
+        name = entry.name.encode("utf-8", "surrogateescape")
+        if not -(2**31) <= entry.id < 2**31 or len(name) > 0xFFFF:
+            raise ValueError(f"entry {entry.name!r} id {entry.id}: id or name too large")
+        table += _ENTRY.pack(entry.id, len(name)) + name
+    yield emit(_HEADER.pack(MAGIC, MAJOR, MINOR, 0, window, 0) + _frame(TABLE, bytes(table)))
+    fds = [entry.fd for entry in state.fds]
+    if fds:
+        # The receiver first checks that the descriptors will fit (limits,
+        # RLIMIT_NOFILE) and acknowledges zero; none is in flight until then.
+        yield AwaitAck(0)
+    for start in range(0, len(fds), SCM_MAX_FD):
+        if window and start and start % window == 0:
+            yield AwaitAck(start)
+        batch = fds[start : start + SCM_MAX_FD]
+        yield emit(_frame(FDS, struct.pack(">H", len(batch))), batch)
+    for start in range(0, len(state.metadata), META_CHUNK):
+        yield emit(_frame(META, state.metadata[start : start + META_CHUNK]))
+    yield Send(_frame(END, struct.pack(">I", crc)), [])
+
+
+def _frame_header(
+    src: ByteSource, limits: Limits, expected: str
+) -> Generator[int, None, tuple[int, int]]:
+    kind, length = yield from src.unpack(">BI")
+    if kind not in _NAMES:
+        raise ProtocolError(f"native stream: unknown frame type {kind:#04x} (expected {expected})")
+    if length > limits.max_frame:
+        raise ProtocolError(
+            f"native stream: {_NAMES[kind]} frame claims {length} bytes, more than the "
+            f"limit of {limits.max_frame}"
+        )
+    return kind, length
+
+
+def _expect(kind: int, wanted: int, where: str) -> None:
+    if kind != wanted:
+        raise ProtocolError(
+            f"native stream: {_NAMES[kind]} frame where {_NAMES[wanted]} was expected ({where})"
+        )
+
+
+class Progress:
+    """What the parser has seen so far, for the driver (acks, descriptor room)."""
+
+    def __init__(self) -> None:
+        self.window = 0
+        #: Descriptors the table announced (known once the table is parsed).
+        self.expected_fds: int | None = None
+        self.received_fds = 0
+        #: Acknowledgements to send back, in order.
+        self.outgoing: list[bytes] = []
+
+
+def parse(
+    src: ByteSource, fds: FdQueue, limits: Limits = DEFAULT_LIMITS, progress: Progress | None = None
+) -> Generator[int, None, FdState]:
+    """Parser (see _parse): the state after the magic."""
+    progress = progress or Progress()
+    major, minor, _flags, window, _reserved = yield from src.unpack(">BBHII")
+    if major != MAJOR:
+        raise ProtocolError(
+            f"native stream has major version {major}.{minor}; this fdchannel reads {MAJOR}.x"
+        )
+    progress.window = window
+    kind, length = yield from _frame_header(src, limits, "TABLE")
+    _expect(kind, TABLE, "first frame")
+    count, metadata_len = yield from src.unpack(">IQ")
+    if count > limits.max_entries:
+        raise ProtocolError(
+            f"native stream announces {count} entries; the limit is {limits.max_entries}"
+        )
+    if metadata_len > limits.max_metadata:
+        raise ProtocolError(
+            f"native stream announces {metadata_len} bytes of metadata; the "
+            f"limit is {limits.max_metadata}"
+        )
+    remaining = length - 12
+    names: list[tuple[str, int]] = []
+    seen: set[tuple[str, int]] = set()
+    for _ in range(count):
+        if remaining < _ENTRY.size:
+            raise ProtocolError("native stream: TABLE frame ends inside an entry")
+        ident, name_len = yield from src.unpack(">iH")
+        if name_len > limits.max_name or name_len > remaining - _ENTRY.size:
+            raise ProtocolError(
+                f"native stream: name length {name_len} exceeds the limit "
+                f"({limits.max_name}) or its frame"
+            )
+        name = (yield from src.read(name_len)).decode("utf-8", "surrogateescape")
+        remaining -= _ENTRY.size + name_len
+        if (name, ident) in seen:
+            raise ProtocolError(f"native stream names {name!r} id {ident} twice")
+        seen.add((name, ident))
+        names.append((name, ident))
+    if remaining != 0:
+        raise ProtocolError(f"native stream: TABLE frame has {remaining} bytes left over")
+    progress.expected_fds = count
+    if count:
+        progress.outgoing.append(ack_frame(0))
+    received: list[int] = []
+    try:
+        while len(received) < count:
+            kind, length = yield from _frame_header(src, limits, "FDS")
+            _expect(kind, FDS, f"{len(received)} of {count} descriptors received")
+            if length != 2:
+                raise ProtocolError(f"native stream: FDS frame of {length} bytes, not 2")
+            (n,) = yield from src.unpack(">H")
+            if not 1 <= n <= min(SCM_MAX_FD, count - len(received)):
+                raise ProtocolError(f"native stream: FDS frame announces {n} descriptors")
+            for _ in range(n):
+                received.append(fds.pop("native FDS frame"))
+            progress.received_fds = len(received)
+            if window and len(received) % window == 0 and len(received) < count:
+                progress.outgoing.append(ack_frame(len(received)))
+        metadata = bytearray()
+        while len(metadata) < metadata_len:
+            kind, length = yield from _frame_header(src, limits, "META")
+            _expect(kind, META, f"{len(metadata)} of {metadata_len} metadata bytes received")
+            if length == 0 or length > metadata_len - len(metadata):
+                raise ProtocolError(f"native stream: META frame of {length} bytes does not fit")
+            metadata += yield from src.read(length)
+        crc = src.crc
+        kind, length = yield from _frame_header(src, limits, "END")
+        _expect(kind, END, "after the metadata")
+        if length != 4:
+            raise ProtocolError(f"native stream: END frame of {length} bytes, not 4")
+        (claimed,) = yield from src.unpack(">I")
+        if claimed != crc:
+            raise ProtocolError(
+                f"native stream: checksum mismatch (sent {claimed:#010x}, computed {crc:#010x})"
+            )
+    except BaseException:
+        FdState([NamedFd(str(i), i, fd) for i, fd in enumerate(received)]).close()
+        raise
+    return FdState(
+        [NamedFd(name, ident, fd) for (name, ident), fd in zip(names, received, strict=True)],
+        bytes(metadata),
+    )
+
+
+def parse_reply(src: ByteSource) -> Generator[int, None, int | Status]:
+    """Parser for one receiver-to-sender frame: an ACK count or a Status."""
+    kind, length = yield from _frame_header(src, DEFAULT_LIMITS, "ACK or STATUS")
+    if kind == ACK and length == 4:
+        (count,) = yield from src.unpack(">I")
+        return int(count)
+    if kind == STATUS and 1 <= length <= 4097:
+        payload = yield from src.read(length)
+        return Status(payload[0] == STATUS_ACCEPTED, payload[1:].decode("utf-8", "replace"))
+    raise ProtocolError(
+        f"native stream: unexpected {_NAMES[kind]} frame of {length} bytes from the receiver"
+    )

@@ -1,0 +1,74 @@
+"""The exception tree: every error fdchannel raises derives from FdChannelError."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AddressError",
+    "CapabilityError",
+    "ChannelError",
+    "ConnectError",
+    "FdChannelError",
+    "FdPassingError",
+    "HandoffError",
+    "HandoffTimeout",
+    "PeerCredentialsError",
+    "ProtocolError",
+    "TransportError",
+    "TruncatedFdsError",
+]
+
+
+class FdChannelError(Exception):
+    """Base class of every error fdchannel raises on purpose."""
+
+
+class AddressError(FdChannelError, ValueError):
+    """A URI, JSON or keyval text that does not name a valid address or channel."""
+
+    def __init__(self, message: str, uri: object = None) -> None:
+        super().__init__(message)
+        self.uri = uri
+
+
+class ChannelError(FdChannelError):
+    """A list of channels that cannot be used together (see validate_channels)."""
+
+
+class CapabilityError(FdChannelError):
+    """An operation the stream or channel cannot do, e.g. descriptors over TCP."""
+
+
+class TransportError(FdChannelError):
+    """An operating-system failure while opening or using a transport."""
+
+    def __init__(self, message: str, address: object = None) -> None:
+        super().__init__(message)
+        self.address = address
+
+
+class ConnectError(TransportError):
+    """The outgoing side could not reach its peer."""
+
+
+class FdPassingError(FdChannelError):
+    """Descriptors could not be sent or received (a kernel limit was hit)."""
+
+
+class TruncatedFdsError(FdPassingError):
+    """The kernel cut the descriptor array (MSG_CTRUNC); what arrived was closed."""
+
+
+class ProtocolError(FdChannelError):
+    """The peer's bytes do not follow the expected format (magic, version, frame)."""
+
+
+class PeerCredentialsError(FdChannelError):
+    """A peer was refused by the listener's credential policy."""
+
+
+class HandoffError(FdChannelError):
+    """The close-as-ack handoff failed; the outgoing side still owns its state."""
+
+
+class HandoffTimeout(HandoffError, TimeoutError):
+    """A handoff step did not finish before its deadline."""

@@ -1,0 +1,172 @@
+"""SCM_RIGHTS done right: one place for every descriptor-passing pitfall.
+
+These are single non-blocking attempts on an AF_UNIX socket; the stream
+(``transports/unix.py``) waits for readiness and loops.  Kernel facts that
+shape this module:
+
+* Linux attaches at most ``SCM_MAX_FD`` (253) descriptors to one message,
+  and a message must carry at least one byte for them to travel on a
+  stream socket.
+* On a stream socket the kernel never merges bytes carrying descriptors
+  with bytes before or after them into one ``recvmsg`` result, so the
+  descriptors always arrive with the first byte they were sent with.
+* When the control buffer is too small, or the receiver hits
+  RLIMIT_NOFILE, the kernel installs what fits and sets ``MSG_CTRUNC``:
+  the rest are gone.  We close what did arrive and raise.
+* SO_PASSCRED makes the kernel put an SCM_CREDENTIALS message *before*
+  SCM_RIGHTS; SO_PASSPIDFD puts a pidfd (SCM_PIDFD) there.  Both take
+  buffer space, so we reserve room for them, and the pidfd is closed.
+* Received descriptors share their open file description with the
+  sender: flags such as O_NONBLOCK are the sender's, so we leave them.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import errno
+import os
+import resource
+import socket
+from collections.abc import Iterator, Sequence
+
+from .errors import FdPassingError, TruncatedFdsError
+
+__all__ = [
+    "SCM_MAX_FD",
+    "close_all",
+    "control_buffer_size",
+    "recvmsg_fds",
+    "sendmsg_fds",
+    "split_for_sending",
+]
+
+#: Linux's limit of descriptors in one SCM_RIGHTS message (include/net/scm.h).
+SCM_MAX_FD = 253
+_INT_SIZE = array.array("i").itemsize
+# Not all Pythons name these constants; the values are the kernel's ABI.
+_SCM_CREDENTIALS = getattr(socket, "SCM_CREDENTIALS", 2)
+_SCM_PIDFD = getattr(socket, "SCM_PIDFD", 4)
+# struct ucred is three 32-bit integers; a pidfd is one int; SCM_SECURITY
+# carries an LSM label of bounded but varying length.
+_EXTRA_CONTROL = (
+    socket.CMSG_SPACE(3 * _INT_SIZE) + socket.CMSG_SPACE(_INT_SIZE) + socket.CMSG_SPACE(256)
+)
+
+
+def control_buffer_size(maxfds: int) -> int:
+    """Room for ``maxfds`` descriptors plus the other messages the kernel may add first."""
+    return socket.CMSG_SPACE(maxfds * _INT_SIZE) + _EXTRA_CONTROL
+
+
+def close_all(fds: Sequence[int]) -> None:
+    """Close every descriptor, ignoring ones already closed."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _fd_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _send_error(exc: OSError, count: int) -> FdPassingError:
+    """Name the kernel limit behind a failed sendmsg with descriptors."""
+    if exc.errno == errno.ETOOMANYREFS:
+        return FdPassingError(
+            f"the kernel refused {count} more descriptor(s) in flight (ETOOMANYREFS): an "
+            "unprivileged user may have about RLIMIT_NOFILE "
+            f"({_fd_limit()}) descriptors sent and not yet received; the receiver must "
+            "read before more can be sent"
+        )
+    if exc.errno == errno.EINVAL:
+        return FdPassingError(
+            f"the kernel rejected a message with {count} descriptor(s) (EINVAL): at most "
+            f"{SCM_MAX_FD} (SCM_MAX_FD) per message, and the socket must be AF_UNIX"
+        )
+    if exc.errno == errno.EBADF:
+        return FdPassingError(f"one of the {count} descriptor(s) to send is not open (EBADF)")
+    if exc.errno == errno.EMFILE:
+        return FdPassingError(f"descriptor limit reached (EMFILE): RLIMIT_NOFILE is {_fd_limit()}")
+    raise exc
+
+
+def split_for_sending(data: bytes, fds: Sequence[int]) -> Iterator[tuple[bytes, Sequence[int]]]:
+    """Split one logical send into messages of at most SCM_MAX_FD descriptors.
+
+    Every message with descriptors carries at least one byte: the first
+    messages carry one byte each, the last carries the rest.
+    """
+    if not fds:
+        yield data, ()
+        return
+    batches = [fds[i : i + SCM_MAX_FD] for i in range(0, len(fds), SCM_MAX_FD)]
+    if len(data) < len(batches):
+        raise ValueError(
+            f"sending {len(fds)} descriptors takes {len(batches)} messages of at most "
+            f"{SCM_MAX_FD}, each carrying at least one byte; got {len(data)} byte(s)"
+        )
+    for i, batch in enumerate(batches[:-1]):
+        yield data[i : i + 1], batch
+    yield data[len(batches) - 1 :], batches[-1]
+
+
+def sendmsg_fds(sock: socket.socket, data: memoryview, fds: Sequence[int]) -> int:
+    """One non-blocking sendmsg with ``fds`` attached; returns the bytes sent.
+
+    If fewer bytes than given were sent, the descriptors went with them: the
+    caller sends the rest *without* attaching the descriptors again.
+    """
+    ancillary = (
+        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+    )
+    try:
+        return sock.sendmsg([data], ancillary, socket.MSG_NOSIGNAL)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        if fds and exc.errno in (errno.ETOOMANYREFS, errno.EINVAL, errno.EBADF, errno.EMFILE):
+            raise _send_error(exc, len(fds)) from exc
+        raise
+
+
+def recvmsg_fds(sock: socket.socket, max_bytes: int, maxfds: int) -> tuple[bytes, list[int]]:
+    """One non-blocking recvmsg; returns the bytes and the descriptors that came with them.
+
+    Descriptors arrive close-on-exec.  Control messages other than
+    SCM_RIGHTS are skipped (a pidfd among them is closed).  A truncated
+    control buffer raises TruncatedFdsError after closing what arrived.
+    """
+    data, ancillary, flags, _ = sock.recvmsg(
+        max_bytes, control_buffer_size(maxfds), socket.MSG_CMSG_CLOEXEC
+    )
+    fds: list[int] = []
+    try:
+        for level, kind, payload in ancillary:
+            if level != socket.SOL_SOCKET:
+                continue
+            if kind in (socket.SCM_RIGHTS, _SCM_PIDFD):
+                # A cut-off message may end in a partial int: only whole ones are descriptors.
+                whole = len(payload) - len(payload) % _INT_SIZE
+                received = array.array("i")
+                received.frombytes(payload[:whole])
+                if kind == socket.SCM_RIGHTS:
+                    fds.extend(received)
+                else:
+                    close_all(received)
+        if flags & socket.MSG_CTRUNC:
+            raise TruncatedFdsError(
+                f"descriptors were lost in transit (MSG_CTRUNC): {len(fds)} arrived and were "
+                f"closed; the sender attached more than the receiver's limit of {maxfds} per "
+                f"message, or this process reached RLIMIT_NOFILE ({_fd_limit()}), or a "
+                "security module refused some"
+            )
+        if len(fds) > maxfds:
+            raise TruncatedFdsError(
+                f"{len(fds)} descriptors arrived where at most {maxfds} were expected; "
+                "all were closed"
+            )
+    except BaseException:
+        close_all(fds)
+        raise
+    return data, fds

@@ -1,0 +1,137 @@
+"""send_state and receive_state: the codecs driven over a stream."""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Generator
+from typing import Literal, TypeVar
+
+import anyio
+
+from .capabilities import Capability
+from .codecs import Decoder, native, qemu
+from .codecs._parse import ByteSource
+from .errors import CapabilityError, FdPassingError, HandoffError, ProtocolError
+from .fds import SCM_MAX_FD
+from .state import DEFAULT_LIMITS, FdState, Limits
+from .transports._base import Stream
+
+__all__ = ["ensure_fd_room", "read_reply", "receive_state", "send_state"]
+
+Codec = Literal["native", "qemu"]
+T = TypeVar("T")
+_READ = 65536
+#: Descriptors kept free beyond what a state needs (the process keeps working).
+_HEADROOM = 64
+
+
+async def _run_parser(stream: Stream, src: ByteSource, parser: Generator[int, None, T]) -> T:
+    """Feed ``parser`` from ``stream`` until it returns."""
+    try:
+        next(parser)
+        while True:
+            src.append(await stream.receive(_READ))
+            parser.send(None)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+    except anyio.EndOfStream:
+        raise ProtocolError("the peer closed the stream in the middle of a frame") from None
+    finally:
+        parser.close()
+
+
+async def read_reply(stream: Stream, src: ByteSource) -> int | native.Status:
+    """One receiver-to-sender frame of the native codec (ACK count or Status)."""
+    return await _run_parser(stream, src, native.parse_reply(src))
+
+
+async def send_state(
+    stream: Stream,
+    state: FdState,
+    codec: Codec = "native",
+    *,
+    window: int | None = None,
+    eof: bool = True,
+) -> None:
+    """Send ``state`` on ``stream`` and, unless ``eof`` is False, half-close it.
+
+    The sender keeps its descriptors: the kernel passes copies.
+    """
+    if state.fds and Capability.FD_PASSING not in stream.capabilities:
+        raise CapabilityError(f"{stream._describe()} cannot pass the state's descriptors")
+    if codec == "qemu":
+        for data, fds in qemu.encode(state):
+            await _send(stream, data, fds)
+    elif codec == "native":
+        replies = ByteSource()
+        for step in native.encode(state, window):
+            if isinstance(step, native.Send):
+                await _send(stream, step.data, step.fds)
+                continue
+            reply = await read_reply(stream, replies)
+            if isinstance(reply, native.Status):
+                raise HandoffError(f"the receiver rejected the state: {reply.reason}")
+            if reply != step.count:
+                raise ProtocolError(f"receiver acknowledged {reply} descriptors, not {step.count}")
+    else:
+        raise ValueError(f"unknown codec {codec!r}: expected 'native' or 'qemu'")
+    if eof:
+        await stream.send_eof()
+
+
+async def _send(stream: Stream, data: bytes, fds: list[int]) -> None:
+    if fds:
+        await stream.send_fds(data, fds)
+    else:
+        await stream.send(data)
+
+
+def ensure_fd_room(count: int) -> None:
+    """Raise the soft RLIMIT_NOFILE so ``count`` more descriptors fit, or fail early."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = len(os.listdir("/proc/self/fd")) + count + _HEADROOM
+    if need <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and need > hard:
+        raise FdPassingError(
+            f"receiving {count} descriptors needs RLIMIT_NOFILE of at least {need}; "
+            f"the hard limit is {hard} (raise it, e.g. with ulimit -Hn or LimitNOFILE=)"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+async def receive_state(stream: Stream, *, limits: Limits = DEFAULT_LIMITS) -> FdState:
+    """Read a state to EOF; the codec is detected from its magic.
+
+    The returned state owns its descriptors.  On any error every descriptor
+    received so far is closed.
+    """
+    fd_passing = Capability.FD_PASSING in stream.capabilities
+    decoder = Decoder(limits)
+    room_checked = False
+    try:
+        while True:
+            try:
+                if fd_passing:
+                    data, fds = await stream.receive_fds(_READ, SCM_MAX_FD)
+                else:
+                    data, fds = await stream.receive(_READ), []
+            except anyio.EndOfStream:
+                break
+            decoder.feed(data, fds)
+            expected = decoder.progress.expected_fds
+            if not room_checked and expected is not None:
+                room_checked = True
+                try:
+                    ensure_fd_room(expected)
+                except FdPassingError as exc:
+                    await stream.send(native.status_frame(False, str(exc)))
+                    raise
+            for frame in decoder.take_outgoing():
+                await stream.send(frame)
+        return decoder.finish()
+    except BaseException:
+        decoder.close()
+        raise

@@ -1,0 +1,84 @@
+"""Transports: one module per address kind, each offering ``connect`` and ``listen``.
+
+``connect`` is the outgoing side, ``listen`` the incoming one; both accept an
+address, a URI or channel text, or a Channel.  A cpr channel must be able to
+pass descriptors, so it is refused on any transport that cannot.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..address import (
+    Address,
+    ExecAddress,
+    FdAddress,
+    FileAddress,
+    RdmaAddress,
+    TcpAddress,
+    UnixAddress,
+    VsockAddress,
+)
+from ..capabilities import Capability
+from ..channel import Channel, ChannelType, parse_channel
+from ..errors import CapabilityError, TransportError
+from ._base import Listener, Stream
+
+__all__ = ["Listener", "Stream", "connect", "listen"]
+
+Target = Address | Channel | str
+
+_MODULES: dict[type[Any], str] = {
+    UnixAddress: "unix",
+    TcpAddress: "tcp",
+    VsockAddress: "vsock",
+    FdAddress: "fd",
+    FileAddress: "file",
+    ExecAddress: "exec",
+}
+
+
+def _resolve(target: Target) -> tuple[Address, ChannelType]:
+    if isinstance(target, str):
+        target = parse_channel(target)
+    if isinstance(target, Channel):
+        return target.addr, target.type
+    return target, ChannelType.MAIN
+
+
+def _module(address: Address) -> Any:
+    if isinstance(address, RdmaAddress):
+        raise TransportError(f"{address}: rdma is not supported by fdchannel", address)
+    return importlib.import_module(f".{_MODULES[type(address)]}", __name__)
+
+
+def _refuse_cpr(address: Address) -> None:
+    raise CapabilityError(
+        f"a cpr channel must pass descriptors, and the {address.scheme} transport "
+        f"({address}) cannot: use a unix socket, or an fd: that is an AF_UNIX socket"
+    )
+
+
+async def connect(target: Target, **options: Any) -> Stream:
+    """Open the outgoing side of ``target`` and return its stream."""
+    address, kind = _resolve(target)
+    if kind is ChannelType.CPR and not isinstance(address, UnixAddress | FdAddress):
+        _refuse_cpr(address)
+    stream: Stream = await _module(address).connect(address, **options)
+    if kind is ChannelType.CPR and Capability.FD_PASSING not in stream.capabilities:
+        await stream.aclose()
+        _refuse_cpr(address)
+    return stream
+
+
+async def listen(target: Target, **options: Any) -> Listener:
+    """Open the incoming side of ``target``; ``async with`` it and ``accept()`` peers."""
+    address, kind = _resolve(target)
+    if kind is ChannelType.CPR and not isinstance(address, UnixAddress | FdAddress):
+        _refuse_cpr(address)
+    listener: Listener = await _module(address).listen(address, **options)
+    if kind is ChannelType.CPR and Capability.FD_PASSING not in listener.stream_capabilities:
+        await listener.aclose()
+        _refuse_cpr(address)
+    return listener

@@ -1,0 +1,210 @@
+"""The small interface every transport implements: a byte stream and a listener.
+
+Streams sit on one non-blocking descriptor and wait for readiness through
+anyio (``wait_readable``/``wait_writable``), so the same code runs on asyncio,
+uvloop and trio, and every system call is ours to check: short writes,
+descriptors in control messages, EOF versus hang-up.
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+import functools
+import os
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Self, TypeVar
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from ..capabilities import Capability
+from ..errors import CapabilityError, TransportError
+
+if TYPE_CHECKING:
+    from ..address import Address
+
+__all__ = ["DescriptorStream", "Listener", "Stream"]
+
+DEFAULT_RECEIVE = 65536
+#: What wait_peer_closed keeps of data that arrives before the hang-up.
+MAX_PENDING = 16 * 1024 * 1024
+
+T = TypeVar("T")
+
+#: errno values that mean "the peer is gone" rather than "we did something wrong".
+BROKEN_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
+
+
+class Stream(anyio.abc.ByteStream):
+    """A bidirectional byte stream opened by a transport."""
+
+    #: What this stream can do beyond bytes; see Capability.
+    capabilities: Capability = Capability.NONE
+
+    def __init__(self, address: Address | None) -> None:
+        self.address = address
+
+    async def send_fds(self, data: bytes, fds: list[int]) -> None:
+        """Send ``data`` with descriptors attached (FD_PASSING streams only)."""
+        raise CapabilityError(f"{self._describe()} cannot pass file descriptors")
+
+    async def receive_fds(self, max_bytes: int, maxfds: int) -> tuple[bytes, list[int]]:
+        """Receive bytes and the descriptors attached to them (FD_PASSING streams only)."""
+        raise CapabilityError(f"{self._describe()} cannot pass file descriptors")
+
+    @abc.abstractmethod
+    async def wait_peer_closed(self) -> None:
+        """Return once the peer has closed its sending side (EOF or hang-up).
+
+        Bytes that arrive first are kept and returned by later receive calls.
+        """
+
+    def fileno(self) -> int:
+        """The descriptor under the stream, for inspection (do not read from it)."""
+        raise CapabilityError(f"{self._describe()} has no single descriptor")
+
+    def _describe(self) -> str:
+        kind = type(self).__name__
+        return f"{kind} to {self.address}" if self.address is not None else kind
+
+
+class DescriptorStream(Stream):
+    """A stream over one descriptor, with readiness from the event loop."""
+
+    def __init__(self, fd: int, address: Address | None) -> None:
+        super().__init__(address)
+        os.set_blocking(fd, False)
+        self._fd = fd
+        self._closed = False
+        self._pending = bytearray()
+        self._eof_seen = False
+
+    def fileno(self) -> int:
+        self._check_open()
+        return self._fd
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+
+    # Subclasses implement one non-blocking attempt each.
+    @abc.abstractmethod
+    def _read_once(self, max_bytes: int) -> bytes:
+        """One non-blocking read; raises BlockingIOError when nothing is there."""
+
+    @abc.abstractmethod
+    def _write_once(self, data: memoryview) -> int:
+        """One non-blocking write; raises BlockingIOError when the buffer is full."""
+
+    def _close_fd(self) -> None:
+        os.close(self._fd)
+
+    async def _retry(self, op: Callable[[], T], readable: bool) -> T:
+        """Run ``op`` until it stops raising BlockingIOError, waiting for readiness."""
+        while True:
+            self._check_open()
+            try:
+                return op()
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise self._translate(exc) from exc
+            try:
+                if readable:
+                    await anyio.wait_readable(self._fd)
+                else:
+                    await anyio.wait_writable(self._fd)
+            except anyio.ClosedResourceError:
+                raise anyio.ClosedResourceError from None
+
+    def _translate(self, exc: OSError) -> Exception:
+        if exc.errno in BROKEN_ERRNOS:
+            return anyio.BrokenResourceError(f"{self._describe()}: {exc.strerror}")
+        if exc.errno == errno.EBADF and self._closed:
+            return anyio.ClosedResourceError()
+        return TransportError(f"{self._describe()}: {exc.strerror}", self.address)
+
+    async def receive(self, max_bytes: int = DEFAULT_RECEIVE) -> bytes:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        if self._pending:
+            data = bytes(self._pending[:max_bytes])
+            del self._pending[:max_bytes]
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+            return data
+        if self._eof_seen:
+            raise anyio.EndOfStream
+        data = await self._retry(lambda: self._read_once(max_bytes), readable=True)
+        if not data:
+            self._eof_seen = True
+            raise anyio.EndOfStream
+        return data
+
+    async def send(self, item: bytes) -> None:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        view = memoryview(item).cast("B")
+        sent_any = False
+        while view:
+            n = await self._retry(functools.partial(self._write_once, view), readable=False)
+            view = view[n:]
+            sent_any = True
+        if not sent_any:
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_peer_closed(self) -> None:
+        while not self._eof_seen:
+            data = await self._retry(lambda: self._read_once(DEFAULT_RECEIVE), readable=True)
+            if not data:
+                self._eof_seen = True
+                break
+            if len(self._pending) + len(data) > MAX_PENDING:
+                raise TransportError(
+                    f"{self._describe()}: peer sent more than {MAX_PENDING} bytes "
+                    "while we waited for it to close",
+                    self.address,
+                )
+            self._pending += data
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            # Wake any task still waiting on the descriptor before it is reused.
+            anyio.notify_closing(self._fd)
+            self._close_fd()
+        await anyio.lowlevel.checkpoint()
+
+
+class Listener(abc.ABC):
+    """The incoming side of a transport: ``async with`` it and ``await accept()``."""
+
+    capabilities: Capability = Capability.NONE
+    #: What the streams ``accept`` returns can do.
+    stream_capabilities: Capability = Capability.NONE
+
+    def __init__(self, address: Address) -> None:
+        #: The address actually listened on (e.g. the port the kernel chose).
+        self.address = address
+
+    @abc.abstractmethod
+    async def accept(self) -> Stream:
+        """Wait for the next peer and return its stream."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Stop listening; idempotent."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

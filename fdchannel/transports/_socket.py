@@ -1,0 +1,242 @@
+"""Streams and listeners over connected and listening sockets (unix, tcp, vsock, fd)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.lowlevel
+
+from .. import fds as fdpass
+from ..capabilities import Capability
+from ..errors import ConnectError, TransportError
+from ._base import DescriptorStream, Listener, Stream
+
+if TYPE_CHECKING:
+    from ..address import Address
+
+__all__ = [
+    "BUFFER_SIZE",
+    "SocketListener",
+    "SocketStream",
+    "UnixSocketStream",
+    "async_connect",
+    "stream_for_socket",
+    "tune_buffers",
+]
+
+log = logging.getLogger("fdchannel")
+
+#: Socket buffer size we ask for: a few MiB let one wake-up move a megabyte,
+#: which is what brings an event-loop stream to raw socket speed.
+BUFFER_SIZE = 4 * 1024 * 1024
+
+
+def tune_buffers(sock: socket.socket) -> None:
+    """Ask for large send and receive buffers (the kernel caps them at wmem_max/rmem_max)."""
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        with contextlib.suppress(OSError):  # the kernel's cap is not a failure
+            sock.setsockopt(socket.SOL_SOCKET, option, BUFFER_SIZE)
+
+
+class SocketStream(DescriptorStream):
+    """A connected stream socket; owns the socket object."""
+
+    capabilities = Capability.HALF_CLOSE
+
+    def __init__(self, sock: socket.socket, address: Address | None) -> None:
+        self._sock = sock
+        super().__init__(sock.fileno(), address)
+
+    @property
+    def socket(self) -> socket.socket:
+        """The socket itself, for options and addresses (do not read from it)."""
+        return self._sock
+
+    def _read_once(self, max_bytes: int) -> bytes:
+        return self._sock.recv(max_bytes)
+
+    def _write_once(self, data: memoryview) -> int:
+        return self._sock.send(data, socket.MSG_NOSIGNAL)
+
+    def _close_fd(self) -> None:
+        self._sock.close()
+
+    async def send_eof(self) -> None:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            raise self._translate(exc) from exc
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+
+
+class UnixSocketStream(SocketStream):
+    """An AF_UNIX stream socket: bytes, descriptors and the peer's credentials."""
+
+    capabilities = Capability.HALF_CLOSE | Capability.FD_PASSING
+
+    def __init__(self, sock: socket.socket, address: Address | None) -> None:
+        super().__init__(sock, address)
+        #: Descriptors that arrived on a plain ``receive`` and were closed.
+        self.discarded_fds = 0
+
+    @property
+    def peer_credentials(self) -> tuple[int, int, int]:
+        """The peer's (pid, uid, gid) as the kernel recorded them at connect (SO_PEERCRED)."""
+        from .unix import peer_credentials
+
+        return peer_credentials(self._sock)
+
+    def _read_once(self, max_bytes: int) -> bytes:
+        # Plain reads use recvmsg too, so descriptors nobody asked for are
+        # closed here instead of staying open in the process.
+        data, fds = fdpass.recvmsg_fds(self._sock, max_bytes, fdpass.SCM_MAX_FD)
+        if fds:
+            fdpass.close_all(fds)
+            self.discarded_fds += len(fds)
+            log.warning(
+                "%s: closed %d descriptor(s) that arrived on a plain receive",
+                self._describe(),
+                len(fds),
+            )
+        return data
+
+    async def send_fds(self, data: bytes, fds: list[int]) -> None:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        for chunk, batch in fdpass.split_for_sending(data, fds):
+            view = memoryview(chunk).cast("B")
+            attach = batch
+            while view:
+                n = await self._retry(
+                    functools.partial(fdpass.sendmsg_fds, self._sock, view, attach),
+                    readable=False,
+                )
+                view = view[n:]
+                attach = ()  # a short write already carried them
+
+    async def receive_fds(
+        self, max_bytes: int, maxfds: int = fdpass.SCM_MAX_FD
+    ) -> tuple[bytes, list[int]]:
+        if max_bytes < 1 or maxfds < 0:
+            raise ValueError("max_bytes must be at least 1 and maxfds not negative")
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        if self._pending:
+            data = bytes(self._pending[:max_bytes])
+            del self._pending[:max_bytes]
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+            return data, []
+        if self._eof_seen:
+            raise anyio.EndOfStream
+        data, fds = await self._retry(
+            lambda: fdpass.recvmsg_fds(self._sock, max_bytes, maxfds), readable=True
+        )
+        if not data and not fds:
+            self._eof_seen = True
+            raise anyio.EndOfStream
+        return data, fds
+
+
+def stream_for_socket(sock: socket.socket, address: Address | None) -> SocketStream:
+    """Wrap a connected stream socket in the right stream class for its family."""
+    if sock.family == socket.AF_UNIX:
+        return UnixSocketStream(sock, address)
+    return SocketStream(sock, address)
+
+
+async def async_connect(sock: socket.socket, sockaddr: object, address: Address) -> None:
+    """Connect a non-blocking socket, waiting for the result without blocking the loop."""
+    sock.setblocking(False)
+    try:
+        sock.connect(sockaddr)  # type: ignore[arg-type]
+    except BlockingIOError:
+        pass
+    except OSError as exc:
+        raise ConnectError(f"cannot connect to {address}: {exc.strerror}", address) from exc
+    else:
+        return
+    # EINPROGRESS: the kernel reports the outcome as writability plus SO_ERROR.
+    await anyio.wait_writable(sock)
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        cause = OSError(err, os.strerror(err))
+        raise ConnectError(f"cannot connect to {address}: {cause.strerror}", address) from cause
+
+
+class SocketListener(Listener):
+    """A listening stream socket; ``accept`` returns one stream per peer."""
+
+    capabilities = Capability.MULTI_ACCEPT
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: Address,
+        *,
+        on_accept: Callable[[socket.socket], None] | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(address)
+        sock.setblocking(False)
+        self._sock = sock
+        self._closed = False
+        self.stream_capabilities = (
+            UnixSocketStream if sock.family == socket.AF_UNIX else SocketStream
+        ).capabilities
+        self._on_accept = on_accept
+        self._on_close = on_close
+
+    @property
+    def socket(self) -> socket.socket:
+        """The listening socket itself, for inspection."""
+        return self._sock
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    async def accept(self) -> Stream:
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                conn, _ = self._sock.accept()
+            except BlockingIOError:
+                try:
+                    await anyio.wait_readable(self._sock)
+                except anyio.ClosedResourceError:
+                    raise anyio.ClosedResourceError from None
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue  # the peer left before we accepted it
+                raise TransportError(
+                    f"accept on {self.address} failed: {exc.strerror}", self.address
+                ) from exc
+            break
+        try:
+            # accept4 gives a blocking, close-on-exec socket; the stream makes it non-blocking.
+            tune_buffers(conn)
+            if self._on_accept is not None:
+                self._on_accept(conn)
+            return stream_for_socket(conn, self.address)
+        except BaseException:
+            conn.close()
+            raise
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            anyio.notify_closing(self._sock)
+            self._sock.close()
+            if self._on_close is not None:
+                self._on_close()
+        await anyio.lowlevel.checkpoint()

@@ -1,0 +1,255 @@
+"""Descriptors the process already holds: ``fd:NAME``.
+
+A name starting with a digit is a descriptor number.  Any other name is
+looked up among the names registered with :func:`register_fd`, then among
+the descriptors inherited through systemd's socket-activation protocol
+(``LISTEN_PID``, ``LISTEN_FDS``, ``LISTEN_FDNAMES``).
+
+Opening works on a duplicate (``dup``, close-on-exec): the caller's
+descriptor stays theirs and stays open when the stream or listener is
+closed.  A duplicate shares the open file description, though: the file
+offset, and O_NONBLOCK, which the stream sets, are shared with the caller's
+descriptor; and a pipe reader sees EOF only once every copy of the write
+end, the caller's included, is closed.
+
+What the stream can do follows the descriptor's kind, found with fstat and
+getsockopt: an AF_UNIX stream socket passes descriptors, any other
+connected stream socket moves bytes, a listening socket accepts many peers
+(and is refused by ``connect``), a pipe or FIFO end reads or writes, and a
+regular file reads or writes at its current offset.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import functools
+import logging
+import os
+import re
+import socket
+import stat
+
+import anyio.lowlevel
+
+from ..address import FdAddress
+from ..errors import AddressError, ConnectError, TransportError
+from ._base import Listener, Stream
+from ._socket import SocketListener, stream_for_socket
+from .file import FileStream, OneStreamListener, PipeStream
+
+__all__ = [
+    "SD_LISTEN_FDS_START",
+    "connect",
+    "inherited_fds",
+    "listen",
+    "register_fd",
+    "registered_fds",
+    "unregister_fd",
+]
+
+log = logging.getLogger("fdchannel")
+
+#: The first descriptor systemd passes (sd-daemon.h).
+SD_LISTEN_FDS_START = 3
+_DIGITS = "0123456789"
+_NUMBER = re.compile(r"[0-9]+")
+
+_registry: dict[str, int] = {}
+
+
+def register_fd(name: str, fd: int) -> None:
+    """Make ``fd:NAME`` refer to ``fd``; the caller keeps owning the descriptor."""
+    if not name or name[0] in _DIGITS:
+        raise AddressError(
+            f"descriptor name {name!r} must not be empty or start with a digit "
+            "(fd:NUMBER names a descriptor by number)",
+            f"fd:{name}",
+        )
+    if fd < 0:
+        raise ValueError(f"descriptor {fd} is not a descriptor number")
+    _registry[name] = fd
+
+
+def unregister_fd(name: str) -> int | None:
+    """Forget a registered name; returns its descriptor (left open) or None."""
+    return _registry.pop(name, None)
+
+
+def registered_fds() -> dict[str, int]:
+    """A copy of the names registered with :func:`register_fd`."""
+    return dict(_registry)
+
+
+@functools.cache
+def _inherited() -> dict[str, int]:
+    env = os.environ
+    if "LISTEN_FDS" not in env:
+        return {}
+    try:
+        pid = int(env.get("LISTEN_PID", ""))
+        count = int(env["LISTEN_FDS"])
+    except ValueError:
+        log.warning("ignoring malformed LISTEN_PID/LISTEN_FDS in the environment")
+        return {}
+    if pid != os.getpid():
+        return {}  # meant for another process (our parent, or one we were forked from)
+    if count < 0:
+        log.warning("ignoring negative LISTEN_FDS=%d", count)
+        return {}
+    names = env["LISTEN_FDNAMES"].split(":") if "LISTEN_FDNAMES" in env else []
+    if names and len(names) != count:
+        log.warning(
+            "LISTEN_FDNAMES has %d name(s) for %d descriptor(s); the rest are 'unknown'",
+            len(names),
+            count,
+        )
+    found: dict[str, int] = {}
+    for i in range(count):
+        fd = SD_LISTEN_FDS_START + i
+        # As sd_listen_fds(): the descriptors are ours now, not our children's.
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+        except OSError:
+            log.warning("LISTEN_FDS names descriptor %d, which is not open", fd)
+            continue
+        name = names[i] if i < len(names) and names[i] else "unknown"
+        found.setdefault(name, fd)  # a repeated name means its first descriptor
+    return found
+
+
+def inherited_fds() -> dict[str, int]:
+    """Descriptors passed by socket activation, by name (read once, on first use).
+
+    Only when ``LISTEN_PID`` is this process; descriptors start at 3, and
+    names without ``LISTEN_FDNAMES`` are ``unknown`` (as sd_listen_fds_with_names).
+    """
+    return dict(_inherited())
+
+
+def _descriptor(address: FdAddress, error: type[TransportError]) -> int:
+    name = address.name
+    if not name:
+        raise AddressError("fd: needs a descriptor number or name", str(address))
+    if name[0] in _DIGITS:
+        if not _NUMBER.fullmatch(name):
+            raise AddressError(
+                f"fd:{name}: a name starting with a digit is a descriptor number "
+                "and must be all digits",
+                str(address),
+            )
+        return int(name)
+    if name in _registry:
+        return _registry[name]
+    inherited = _inherited()
+    if name in inherited:
+        return inherited[name]
+    known = sorted({*_registry, *inherited})
+    raise error(
+        f"fd:{name}: no descriptor has that name "
+        f"(known names: {', '.join(known) if known else 'none'}; "
+        "register one with register_fd or pass it by socket activation)",
+        address,
+    )
+
+
+def _duplicate(address: FdAddress, error: type[TransportError]) -> int:
+    fd = _descriptor(address, error)
+    try:
+        # os.dup gives a close-on-exec copy: ours to close, not inherited by children.
+        return os.dup(fd)
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            raise error(f"fd:{address.name}: descriptor {fd} is not open", address) from exc
+        raise error(f"fd:{address.name}: cannot duplicate {fd}: {exc.strerror}", address) from exc
+
+
+def _open_socket(
+    dup: int, address: FdAddress, error: type[TransportError], *, incoming: bool
+) -> Stream | Listener:
+    label = f"fd:{address.name}"
+    try:
+        # With fileno= the family, type and protocol are read from the descriptor.
+        sock = socket.socket(fileno=dup)
+    except BaseException:
+        os.close(dup)
+        raise
+    try:
+        if sock.type != socket.SOCK_STREAM:
+            raise error(f"{label} is a {sock.type.name} socket; a stream socket is needed", address)
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            if not incoming:
+                raise error(
+                    f"{label} is a listening socket: it serves the incoming side "
+                    "(listen), it cannot connect",
+                    address,
+                )
+            return SocketListener(sock, address)
+        try:
+            sock.getpeername()
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise
+            raise error(
+                f"{label} is a socket that is neither connected nor listening", address
+            ) from None
+        return stream_for_socket(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _open(address: FdAddress, error: type[TransportError], *, incoming: bool) -> Stream | Listener:
+    """Wrap a duplicate of the descriptor in the stream or listener its kind calls for."""
+    label = f"fd:{address.name}"
+    dup = _duplicate(address, error)
+    try:
+        mode = os.fstat(dup).st_mode
+    except BaseException:
+        os.close(dup)
+        raise
+    if stat.S_ISSOCK(mode):
+        return _open_socket(dup, address, error, incoming=incoming)
+    try:
+        if stat.S_ISFIFO(mode):
+            return PipeStream(dup, address, name=label)
+        if stat.S_ISREG(mode) or stat.S_ISCHR(mode):
+            access = fcntl.fcntl(dup, fcntl.F_GETFL) & os.O_ACCMODE
+            return FileStream(
+                dup,
+                address,
+                name=label,
+                readable=access in (os.O_RDONLY, os.O_RDWR),
+                writable=access in (os.O_WRONLY, os.O_RDWR),
+                seekable=stat.S_ISREG(mode),
+            )
+        kind = "a directory" if stat.S_ISDIR(mode) else f"of type {stat.filemode(mode)[0]!r}"
+        raise error(f"{label} is {kind}; expected a socket, a pipe or a file", address)
+    except BaseException:
+        os.close(dup)
+        raise
+
+
+async def connect(address: FdAddress) -> Stream:
+    """The outgoing side: a stream over a duplicate of the descriptor.
+
+    A listening socket is refused: it belongs to the incoming side.
+    """
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    opened = _open(address, ConnectError, incoming=False)
+    assert isinstance(opened, Stream)
+    await anyio.lowlevel.cancel_shielded_checkpoint()
+    return opened
+
+
+async def listen(address: FdAddress) -> Listener:
+    """The incoming side: a listening socket accepts many peers.
+
+    Any other descriptor is yielded once, as a stream.
+    """
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    opened = _open(address, TransportError, incoming=True)
+    await anyio.lowlevel.cancel_shielded_checkpoint()
+    if isinstance(opened, Listener):
+        return opened
+    return OneStreamListener(opened, address)

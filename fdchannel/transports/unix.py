@@ -1,0 +1,227 @@
+"""AF_UNIX stream sockets: the only transport that passes descriptors.
+
+Listener security defaults: the socket file is created with mode 0600, a
+stale socket file is replaced only when nobody listens on it, and every
+peer's credentials (SO_PEERCRED) are checked before a byte of it is read.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+import struct
+from collections.abc import Callable
+from typing import NamedTuple
+
+import anyio
+
+from ..address import SUN_PATH_MAX, UnixAddress
+from ..errors import AddressError, ConnectError, PeerCredentialsError, TransportError
+from ._socket import SocketListener, UnixSocketStream, async_connect, tune_buffers
+
+__all__ = [
+    "Credentials",
+    "CredentialPolicy",
+    "connect",
+    "listen",
+    "peer_credentials",
+    "same_user_or_root",
+    "sockaddr",
+]
+
+#: How long connect retries while a full backlog makes the kernel answer EAGAIN.
+_BACKLOG_RETRY_DELAYS = (0.001, 0.005, 0.02, 0.05)
+_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
+
+
+class Credentials(NamedTuple):
+    """A peer process as the kernel saw it at connect time."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+CredentialPolicy = Callable[[Credentials], bool]
+
+
+def same_user_or_root(creds: Credentials) -> bool:
+    """The default policy: a peer running as our own uid, or as root."""
+    return creds.uid in (os.geteuid(), 0)
+
+
+def peer_credentials(sock: socket.socket) -> Credentials:
+    """SO_PEERCRED of a connected AF_UNIX socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return Credentials(*struct.unpack("3i", raw))
+
+
+def sockaddr(address: UnixAddress) -> bytes:
+    """The sun_path bytes for ``address``, checked against the kernel's limit."""
+    raw = os.fsencode(address.path)
+    if address.abstract:
+        # An abstract name starts with a NUL byte; not "tight" means the
+        # whole of sun_path is the name, padded with NULs (QEMU's default).
+        name = b"\0" + raw
+        if len(name) > SUN_PATH_MAX:
+            raise AddressError(
+                f"abstract socket name {address.path!r} is {len(raw)} bytes; "
+                f"at most {SUN_PATH_MAX - 1} fit in sun_path",
+                str(address),
+            )
+        return name if address.tight else name.ljust(SUN_PATH_MAX, b"\0")
+    if not raw:
+        raise AddressError("a unix socket path must not be empty", str(address))
+    if len(raw) >= SUN_PATH_MAX:
+        raise AddressError(
+            f"unix socket path {address.path!r} is {len(raw)} bytes; sun_path holds "
+            f"{SUN_PATH_MAX} including the terminating NUL, so at most {SUN_PATH_MAX - 1}",
+            str(address),
+        )
+    return raw
+
+
+def _new_socket() -> socket.socket:
+    return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+
+
+async def connect(address: UnixAddress) -> UnixSocketStream:
+    """Connect to a listening unix socket."""
+    target = sockaddr(address)
+    delays = iter(_BACKLOG_RETRY_DELAYS)
+    while True:
+        sock = _new_socket()
+        try:
+            tune_buffers(sock)
+            await async_connect(sock, target, address)
+            return UnixSocketStream(sock, address)
+        except ConnectError as exc:
+            sock.close()
+            # A unix socket whose listener's backlog is full answers EAGAIN
+            # at once instead of queueing a non-blocking connect: back off.
+            if isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.EAGAIN:
+                delay = next(delays, None)
+                if delay is not None:
+                    await anyio.sleep(delay)
+                    continue
+            raise
+        except BaseException:
+            sock.close()
+            raise
+
+
+def _someone_listens(path: bytes) -> bool:
+    probe = _new_socket()
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:  # backlog full: very much alive
+            return True
+        raise
+    else:
+        return True
+    finally:
+        probe.close()
+
+
+def _clear_stale(address: UnixAddress, path: bytes) -> None:
+    """Remove a socket file nobody listens on; refuse to touch a live one."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise TransportError(
+            f"cannot listen on {address}: {address.path!r} exists and is not a socket",
+            address,
+        )
+    if _someone_listens(path):
+        raise TransportError(
+            f"cannot listen on {address}: another process is listening on it "
+            "(a live socket is never replaced)",
+            address,
+        )
+    os.unlink(path)
+
+
+class UnixListener(SocketListener):
+    """A unix listener that checks each peer and removes its socket file on close."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: UnixAddress,
+        policy: CredentialPolicy | None,
+        inode: tuple[int, int] | None,
+    ) -> None:
+        super().__init__(sock, address, on_accept=self._check_peer, on_close=self._unlink)
+        self.policy = policy
+        self._inode = inode
+
+    def _check_peer(self, conn: socket.socket) -> None:
+        if self.policy is None:
+            return
+        creds = peer_credentials(conn)
+        if not self.policy(creds):
+            raise PeerCredentialsError(
+                f"refused peer pid {creds.pid} uid {creds.uid} gid {creds.gid} on "
+                f"{self.address}: the policy accepts uid {os.geteuid()} or root"
+            )
+
+    def _unlink(self) -> None:
+        # Only remove the file if it is still the one we created.
+        if self._inode is None:
+            return
+        assert isinstance(self.address, UnixAddress)
+        path = os.fsencode(self.address.path)
+        try:
+            st = os.lstat(path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
+async def listen(
+    address: UnixAddress,
+    *,
+    mode: int = 0o600,
+    policy: CredentialPolicy | None = same_user_or_root,
+    backlog: int = _BACKLOG,
+) -> UnixListener:
+    """Listen on a unix socket (path or abstract name).
+
+    ``mode`` is the socket file's permission; ``policy`` decides which peers
+    ``accept`` returns (None accepts everyone); a refused peer is closed and
+    ``accept`` raises PeerCredentialsError.
+    """
+    target = sockaddr(address)
+    sock = _new_socket()
+    inode = None
+    try:
+        if not address.abstract:
+            _clear_stale(address, target)
+            # Linux creates the file with the socket inode's mode minus the
+            # umask, so setting it before bind leaves no moment in which the
+            # file is more open than ``mode``.
+            os.fchmod(sock.fileno(), mode)
+        try:
+            sock.bind(target)
+        except OSError as exc:
+            raise TransportError(f"cannot listen on {address}: {exc.strerror}", address) from exc
+        if not address.abstract:
+            st = os.lstat(target)
+            inode = (st.st_dev, st.st_ino)
+            os.chmod(target, mode)  # the umask may have removed bits asked for
+        sock.listen(backlog)
+        return UnixListener(sock, address, policy, inode)
+    except BaseException:
+        sock.close()
+        if inode is not None:
+            os.unlink(target)
+        raise

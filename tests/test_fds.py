@@ -1,0 +1,289 @@
+"""SCM_RIGHTS pitfalls (SPEC §5): each test fails on a naive implementation."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from fdchannel import FdPassingError, TruncatedFdsError
+from fdchannel.fds import SCM_MAX_FD, sendmsg_fds, split_for_sending
+from fdchannel.transports._socket import UnixSocketStream
+
+pytestmark = pytest.mark.anyio
+TIMEOUT = 20
+NOBODY = 65534
+SO_PASSPIDFD = getattr(socket, "SO_PASSPIDFD", 76)
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[UnixSocketStream, UnixSocketStream]]:
+    left, right = socket.socketpair()
+    a, b = UnixSocketStream(left, None), UnixSocketStream(right, None)
+    yield a, b
+    await a.aclose()
+    await b.aclose()
+
+
+def devnulls(n: int) -> list[int]:
+    return [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(n)]
+
+
+def close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def same_files(a: list[int], b: list[int]) -> bool:
+    return [os.fstat(x).st_ino for x in a] == [os.fstat(x).st_ino for x in b]
+
+
+async def receive_n(stream: UnixSocketStream, count: int) -> tuple[bytes, list[int]]:
+    data, fds = b"", list[int]()
+    while len(fds) < count:
+        chunk, got = await stream.receive_fds(65536, SCM_MAX_FD)
+        data += chunk
+        fds += got
+    return data, fds
+
+
+@pytest.mark.parametrize(
+    ("count", "data", "messages"),
+    [(1, b"x", 1), (253, b"x", 1), (254, b"xy", 2), (600, b"abc", 3), (1000, b"abcd", 4)],
+)
+def test_split_at_scm_max_fd(count: int, data: bytes, messages: int) -> None:
+    parts = list(split_for_sending(data, list(range(count))))
+    assert len(parts) == messages
+    assert all(chunk and len(fds) <= SCM_MAX_FD for chunk, fds in parts)
+    assert b"".join(chunk for chunk, _ in parts) == data
+    assert [fd for _, fds in parts for fd in fds] == list(range(count))
+
+
+def test_split_needs_a_byte_per_message() -> None:
+    with pytest.raises(ValueError, match="at least one byte"):
+        list(split_for_sending(b"x", list(range(300))))
+
+
+@pytest.mark.parametrize("count", [1, 253, 254, 1000])
+async def test_any_number_of_descriptors(
+    pair: tuple[UnixSocketStream, UnixSocketStream], count: int
+) -> None:
+    a, b = pair
+    sent = devnulls(count)
+    try:
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(a.send_fds, b"x" * 4, sent)
+                data, got = await receive_n(b, count)
+        assert data.startswith(b"x")
+        assert len(got) == count and same_files(got, sent)
+        assert not any(os.get_inheritable(fd) for fd in got), "received fds must be CLOEXEC"
+        close(got)
+    finally:
+        close(sent)
+
+
+@pytest.mark.parametrize(
+    ("count", "maxfds", "message"),
+    [(253, 3, "MSG_CTRUNC"), (10, 3, "at most 3 were expected")],
+)
+async def test_more_than_maxfds_raises_and_closes(
+    pair: tuple[UnixSocketStream, UnixSocketStream], count: int, maxfds: int, message: str
+) -> None:
+    # CPython's recv_fds would return 3 of them and say nothing.  Small
+    # overflows fit the room kept for credentials; large ones are cut by the kernel.
+    a, b = pair
+    sent = devnulls(count)
+    try:
+        await a.send_fds(b"x", sent)
+        with anyio.fail_after(TIMEOUT), pytest.raises(TruncatedFdsError, match=message):
+            await b.receive_fds(1, maxfds=maxfds)
+    finally:
+        close(sent)
+
+
+RLIMIT_CHILD = """
+import os, resource, socket, sys, anyio
+from fdchannel import TruncatedFdsError
+from fdchannel.transports._socket import UnixSocketStream
+sock = socket.socket(fileno=int(sys.argv[1]))
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), int(sys.argv[2])))
+async def main():
+    stream = UnixSocketStream(sock, None)
+    before = len(os.listdir("/proc/self/fd"))
+    try:
+        await stream.receive_fds(1, 253)
+        print("no error")
+    except TruncatedFdsError as exc:
+        print("truncated", len(os.listdir("/proc/self/fd")) - before, exc)
+    await stream.aclose()
+anyio.run(main)
+"""
+
+
+async def test_receiver_rlimit_truncation_in_child() -> None:
+    parent, child = socket.socketpair()
+    sent = devnulls(100)
+    try:
+        parent.sendmsg(
+            [b"x"],
+            [
+                (
+                    socket.SOL_SOCKET,
+                    socket.SCM_RIGHTS,
+                    b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in sent),
+                )
+            ],
+        )
+        with anyio.fail_after(TIMEOUT):
+            result = await anyio.run_process(
+                [sys.executable, "-c", RLIMIT_CHILD, str(child.fileno()), "40"],
+                pass_fds=[child.fileno()],
+            )
+        out = result.stdout.decode()
+        # The child hit its limit, got an error, and holds no extra descriptor.
+        assert out.startswith("truncated 0 "), out
+        assert "RLIMIT_NOFILE" in out
+    finally:
+        close(sent)
+        parent.close()
+        child.close()
+
+
+async def test_credentials_message_costs_nothing(
+    pair: tuple[UnixSocketStream, UnixSocketStream],
+) -> None:
+    # With SO_PASSCRED the kernel puts SCM_CREDENTIALS first; a buffer sized for
+    # exactly 253 descriptors then truncates the array.
+    a, b = pair
+    b.socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    sent = devnulls(SCM_MAX_FD)
+    try:
+        await a.send_fds(b"x", sent)
+        with anyio.fail_after(TIMEOUT):
+            data, got = await b.receive_fds(1, SCM_MAX_FD)
+        assert data == b"x" and len(got) == SCM_MAX_FD
+        close(got)
+    finally:
+        close(sent)
+
+
+async def test_pidfd_message_is_closed(pair: tuple[UnixSocketStream, UnixSocketStream]) -> None:
+    a, b = pair
+    try:
+        b.socket.setsockopt(socket.SOL_SOCKET, SO_PASSPIDFD, 1)
+    except OSError:
+        pytest.skip("SO_PASSPIDFD needs Linux 6.5")
+    sent = devnulls(2)
+    try:
+        await a.send_fds(b"x", sent)
+        with anyio.fail_after(TIMEOUT):
+            _, got = await b.receive_fds(1, SCM_MAX_FD)
+        assert len(got) == 2 and same_files(got, sent)
+        close(got)
+    finally:
+        close(sent)
+
+
+async def test_plain_receive_closes_and_reports(
+    pair: tuple[UnixSocketStream, UnixSocketStream],
+) -> None:
+    a, b = pair
+    sent = devnulls(5)
+    try:
+        await a.send_fds(b"hello", sent)
+        with anyio.fail_after(TIMEOUT):
+            assert await b.receive() == b"hello"
+        assert b.discarded_fds == 5
+    finally:
+        close(sent)
+
+
+async def test_partial_send_does_not_reattach(
+    pair: tuple[UnixSocketStream, UnixSocketStream],
+) -> None:
+    # 8 MiB cannot fit the socket buffer: sendmsg is short and the rest must
+    # travel without the descriptors, or the receiver gets them twice.
+    a, b = pair
+    a.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    payload = os.urandom(8 << 20)
+    sent = devnulls(3)
+    try:
+        with anyio.fail_after(TIMEOUT):
+            received = bytearray()
+            fds: list[int] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(a.send_fds, payload, sent)
+                while len(received) < len(payload):
+                    chunk, got = await b.receive_fds(1 << 20, SCM_MAX_FD)
+                    received += chunk
+                    fds += got
+        assert bytes(received) == payload
+        assert len(fds) == 3 and same_files(fds, sent)
+        close(fds)
+    finally:
+        close(sent)
+
+
+def test_einval_names_scm_max_fd() -> None:
+    left, right = socket.socketpair()
+    sent = devnulls(SCM_MAX_FD + 1)
+    try:
+        with pytest.raises(FdPassingError, match="SCM_MAX_FD"):
+            sendmsg_fds(left, memoryview(b"x"), sent)
+    finally:
+        close(sent)
+        left.close()
+        right.close()
+
+
+def test_ebadf_names_the_problem() -> None:
+    left, right = socket.socketpair()
+    fd = os.open("/dev/null", os.O_RDONLY)
+    os.close(fd)
+    try:
+        with pytest.raises(FdPassingError, match="EBADF"):
+            sendmsg_fds(left, memoryview(b"x"), [fd])
+    finally:
+        left.close()
+        right.close()
+
+
+INFLIGHT_CHILD = textwrap.dedent("""
+    import os, resource, socket
+    from fdchannel import FdPassingError
+    from fdchannel.fds import sendmsg_fds
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+    # Drop root (and with it CAP_SYS_RESOURCE, which lifts the limit) after
+    # start-up: the interpreter itself may not be reachable for ``nobody``.
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+    left, right = socket.socketpair()   # nobody reads ``right``
+    fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(253)]
+    sent = 0
+    try:
+        for _ in range(50):
+            sendmsg_fds(left, memoryview(b"x"), fds)
+            sent += 1
+        print("no error")
+    except FdPassingError as exc:
+        print("refused after", sent, exc)
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the sender unprivileged")
+async def test_in_flight_limit_is_named() -> None:
+    with anyio.fail_after(TIMEOUT):
+        result = await anyio.run_process(
+            [sys.executable, "-c", INFLIGHT_CHILD], stderr=subprocess.STDOUT
+        )
+    out = result.stdout.decode()
+    assert out.startswith("refused after "), out
+    assert "ETOOMANYREFS" in out and "in flight" in out
