@@ -29,6 +29,7 @@ from .errors import (
     TransportError,
     TruncatedFdsError,
 )
+from .handoff import Ack, Incoming, Outgoing
 from .state import FdState, Limits, NamedFd
 from .transfer import receive_state, send_state
 from .transports import Listener, Stream, connect, listen
@@ -36,6 +37,9 @@ from .transports import Listener, Stream, connect, listen
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Ack",
+    "Incoming",
+    "Outgoing",
     "FdState",
     "Limits",
     "Listener",

@@ -17,7 +17,7 @@ from .fds import SCM_MAX_FD
 from .state import DEFAULT_LIMITS, FdState, Limits
 from .transports._base import Stream
 
-__all__ = ["ensure_fd_room", "read_reply", "receive_state", "send_state"]
+__all__ = ["ensure_fd_room", "read_reply", "receive_state", "receive_state_and_codec", "send_state"]
 
 Codec = Literal["native", "qemu"]
 T = TypeVar("T")
@@ -108,6 +108,14 @@ async def receive_state(stream: Stream, *, limits: Limits = DEFAULT_LIMITS) -> F
     The returned state owns its descriptors.  On any error every descriptor
     received so far is closed.
     """
+    state, _ = await receive_state_and_codec(stream, limits=limits)
+    return state
+
+
+async def receive_state_and_codec(
+    stream: Stream, *, limits: Limits = DEFAULT_LIMITS
+) -> tuple[FdState, Codec]:
+    """``receive_state``, also telling which codec the sender used."""
     fd_passing = Capability.FD_PASSING in stream.capabilities
     decoder = Decoder(limits)
     room_checked = False
@@ -131,7 +139,8 @@ async def receive_state(stream: Stream, *, limits: Limits = DEFAULT_LIMITS) -> F
                     raise
             for frame in decoder.take_outgoing():
                 await stream.send(frame)
-        return decoder.finish()
+        state = decoder.finish()
+        return state, "native" if decoder.codec == "native" else "qemu"
     except BaseException:
         decoder.close()
         raise

@@ -1,0 +1,9 @@
+"""The close-as-ack handoff: a pure state machine and the two sides that drive it."""
+
+from __future__ import annotations
+
+from .incoming import Incoming
+from .machine import INCOMING, OUTGOING, Event, Machine, State
+from .outgoing import Ack, Outgoing
+
+__all__ = ["INCOMING", "OUTGOING", "Ack", "Event", "Incoming", "Machine", "Outgoing", "State"]

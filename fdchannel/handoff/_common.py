@@ -1,0 +1,79 @@
+"""Pieces both handoff sides share: deadlines, connect retries, error wrapping."""
+
+from __future__ import annotations
+
+import errno
+import math
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+import anyio
+
+from ..channel import Channel, parse_channel, validate_channels
+from ..errors import ConnectError, FdChannelError, HandoffError, HandoffTimeout
+from ..transports import Stream, connect
+from .machine import Event, Machine
+
+__all__ = ["connect_retrying", "parse_channels", "step"]
+
+#: errno values that mean "the peer is not listening yet": worth retrying.
+_NOT_YET = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
+_FIRST_DELAY = 0.001
+_MAX_DELAY = 0.05
+
+
+def parse_channels(channels: Iterable[Channel | str]) -> tuple[Channel, Channel]:
+    """Parse and validate a main and a cpr channel for cpr-transfer."""
+    main, cpr = validate_channels([parse_channel(c) for c in channels], mode="cpr-transfer")
+    assert cpr is not None  # cpr-transfer mode guarantees it
+    return main, cpr
+
+
+@asynccontextmanager
+async def step(machine: Machine, what: str, timeout: float | None) -> AsyncIterator[None]:
+    """Run one handoff step under a deadline; failures become HandoffError.
+
+    The machine moves to FAILED on any error, ABORTED on cancellation.
+    """
+    try:
+        with anyio.fail_after(timeout if timeout is not None else math.inf):
+            yield
+    except TimeoutError as exc:
+        machine.fire(Event.FAIL)
+        raise HandoffTimeout(
+            f"{machine.side} handoff: {what} did not finish within {timeout} s"
+        ) from exc
+    except HandoffError:
+        machine.fire(Event.FAIL)
+        raise
+    except (FdChannelError, OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+        machine.fire(Event.FAIL)
+        detail = str(exc) or type(exc).__name__
+        raise HandoffError(f"{machine.side} handoff: {what} failed: {detail}") from exc
+    except anyio.get_cancelled_exc_class():
+        machine.fire(Event.ABORT)
+        raise
+
+
+async def connect_retrying(channel: Channel) -> Stream:
+    """Connect, retrying while the peer's socket is missing or refuses.
+
+    QEMU does not retry; a new process that is still starting is normal
+    for us, so we back off briefly until the caller's deadline cancels us.
+    """
+    delay = _FIRST_DELAY
+    while True:
+        try:
+            return await connect(channel)
+        except ConnectError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, OSError) and cause.errno in _NOT_YET):
+                raise
+        await anyio.sleep(delay)
+        delay = min(delay * 2, _MAX_DELAY)
+
+
+def now() -> float:
+    """The clock handoff timings use (monotonic, shared by every process)."""
+    return time.monotonic()

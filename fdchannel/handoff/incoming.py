@@ -1,0 +1,200 @@
+"""The new process's side: receive the state, then acknowledge by closing."""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+
+from ..channel import Channel
+from ..codecs import native
+from ..errors import HandoffError, PeerCredentialsError
+from ..state import DEFAULT_LIMITS, FdState, Limits
+from ..transfer import Codec, receive_state_and_codec
+from ..transports import Listener, Stream, listen
+from ._common import parse_channels, step
+from .machine import INCOMING, Event, Machine, State
+
+__all__ = ["Incoming"]
+
+log = logging.getLogger("fdchannel")
+
+
+class Incoming:
+    """Drive the incoming side of a cpr-transfer handoff, in QEMU's order.
+
+    ``receive_cpr`` listens on the cpr channel (first of all), accepts one
+    peer that passes the credential policy and reads the state to EOF.
+    ``listen_main`` starts the main listener and *then* closes the cpr
+    connection: that close tells the old process "I am listening".
+    ``reject`` closes without listening (native codec: with a reason).
+    """
+
+    def __init__(
+        self,
+        channels: Iterable[Channel | str],
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        listen_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.main, self.cpr = parse_channels(channels)
+        self.limits = limits
+        self._options = listen_options or {}
+        self._machine = Machine(INCOMING, "incoming")
+        self._cpr_listener: Listener | None = None
+        self._cpr_stream: Stream | None = None
+        self._main_listener: Listener | None = None
+        self._main_stream: Stream | None = None
+        #: The codec the old process used (known once the state arrived).
+        self.codec: Codec | None = None
+
+    @property
+    def state(self) -> State:
+        """Where the handoff stands."""
+        return self._machine.state
+
+    async def listen_cpr(self) -> Listener:
+        """Start listening on the cpr channel (``receive_cpr`` does it if needed)."""
+        self._machine.fire(Event.LISTEN)
+        async with step(self._machine, "listening on the cpr channel", None):
+            self._cpr_listener = await listen(self.cpr, **self._options)
+        return self._cpr_listener
+
+    async def receive_cpr(self, timeout: float | None = 10) -> FdState:
+        """Accept one peer on the cpr channel and read its state to EOF.
+
+        The state owns its descriptors: the caller takes them over.
+        """
+        if self._machine.state is State.IDLE:
+            await self.listen_cpr()
+        listener = self._cpr_listener
+        if listener is None:
+            raise HandoffError(f"incoming handoff: cannot receive while {self.state.value}")
+        async with step(self._machine, "receiving the state on the cpr channel", timeout):
+            self._cpr_stream = await self._accept_one(listener)
+            self._machine.fire(Event.PEER_ACCEPTED)
+            await self._close_listener()
+            received, self.codec = await receive_state_and_codec(
+                self._cpr_stream, limits=self.limits
+            )
+            self._machine.fire(Event.STATE_RECEIVED)
+        return received
+
+    @staticmethod
+    async def _accept_one(listener: Listener) -> Stream:
+        # Refused peers are closed unread; keep waiting for the right one.
+        while True:
+            try:
+                return await listener.accept()
+            except PeerCredentialsError as exc:
+                log.warning("%s", exc)
+
+    async def listen_main(self) -> Listener:
+        """Listen on the main channel, then close cpr: the acknowledgement."""
+        self._machine.fire(Event.LISTEN_MAIN)
+        async with step(self._machine, "listening on the main channel", None):
+            self._main_listener = await listen(self.main, **self._options)
+            await self._send_status(accepted=True)
+            await self._close_cpr()
+        return self._main_listener
+
+    async def accept_main(self, timeout: float | None = 10) -> Stream:
+        """Accept the old process on the main channel."""
+        listener = self._main_listener
+        if listener is None:
+            raise HandoffError(f"incoming handoff: cannot accept main while {self.state.value}")
+        async with step(self._machine, "accepting the main channel", timeout):
+            self._main_stream = await self._accept_one(listener)
+            self._machine.fire(Event.MAIN_ACCEPTED)
+        return self._main_stream
+
+    async def receive_main(self, timeout: float | None = 10, limit: int = 1 << 30) -> bytes:
+        """Accept main and read what ``Outgoing.complete`` sent, then close: the handoff is done.
+
+        The data is length-prefixed, so an old process that died half-way
+        is an error, not a short read.  At most ``limit`` bytes are accepted.
+        """
+        stream = self._main_stream or await self.accept_main(timeout)
+        try:
+            async with step(self._machine, "reading the main channel", timeout):
+                header = await _receive_exactly(stream, 8)
+                (size,) = struct.unpack(">Q", header)
+                if size > limit:
+                    raise HandoffError(
+                        f"the main stream announces {size} bytes; the limit is {limit}"
+                    )
+                data = await _receive_exactly(stream, size)
+                self._machine.fire(Event.COMPLETE)
+        finally:
+            await self._close_main()
+        return data
+
+    async def reject(self, reason: str) -> None:
+        """Refuse the received state: close cpr without listening on main."""
+        self._machine.fire(Event.REJECT)
+        await self._send_status(accepted=False, reason=reason)
+        await self._close_cpr()
+
+    async def _send_status(self, accepted: bool, reason: str = "") -> None:
+        if self.codec == "native" and self._cpr_stream is not None:
+            try:
+                await self._cpr_stream.send(native.status_frame(accepted, reason))
+            except anyio.BrokenResourceError:
+                if accepted:
+                    raise
+                # A rejected sender that already left needs no reason.
+
+    async def _close_listener(self) -> None:
+        if self._cpr_listener is not None:
+            listener, self._cpr_listener = self._cpr_listener, None
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+
+    async def _close_cpr(self) -> None:
+        await self._close_listener()
+        if self._cpr_stream is not None:
+            stream, self._cpr_stream = self._cpr_stream, None
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _close_main(self) -> None:
+        for name in ("_main_stream", "_main_listener"):
+            resource = getattr(self, name)
+            if resource is not None:
+                setattr(self, name, None)
+                with anyio.CancelScope(shield=True):
+                    await resource.aclose()
+
+    async def abort(self) -> None:
+        """Give up at any step and close everything; safe to call more than once."""
+        self._machine.fire(Event.ABORT)
+        await self._close_cpr()
+        await self._close_main()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.abort()
+
+
+async def _receive_exactly(stream: Stream, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        try:
+            buf += await stream.receive(min(size - len(buf), 1 << 20))
+        except anyio.EndOfStream:
+            raise HandoffError(
+                f"the main stream ended after {len(buf)} of {size} bytes: the old process "
+                "stopped sending"
+            ) from None
+    return bytes(buf)

@@ -1,0 +1,159 @@
+"""The old process's side: hand the state over, learn that the new one is ready."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import anyio
+
+from ..channel import Channel
+from ..codecs import native
+from ..codecs._parse import ByteSource
+from ..errors import HandoffError, ProtocolError
+from ..state import FdState
+from ..transfer import Codec, read_reply, send_state
+from ..transports import Stream
+from ._common import connect_retrying, now, parse_channels, step
+from .machine import OUTGOING, Event, Machine, State
+
+__all__ = ["Ack", "Outgoing"]
+
+_MAIN_LENGTH = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The new process acknowledged the state by closing the cpr channel."""
+
+    codec: str
+    descriptors: int
+    #: Seconds from the first connect attempt to the acknowledgement.
+    seconds: float
+
+
+class Outgoing:
+    """Drive the outgoing side of a cpr-transfer handoff.
+
+    ``start`` connects the cpr channel (retrying until the new process
+    listens), sends the state, half-closes and waits for the new process to
+    close: that close is the acknowledgement.  ``finish`` then connects the
+    main channel.  Whatever fails, the descriptors in the state stay the
+    caller's and open: the old process keeps running (the rollback).
+    """
+
+    def __init__(self, channels: Iterable[Channel | str], *, codec: Codec = "native") -> None:
+        self.main, self.cpr = parse_channels(channels)
+        self.codec = codec
+        self._machine = Machine(OUTGOING, "outgoing")
+        self._cpr_stream: Stream | None = None
+        self._main_stream: Stream | None = None
+
+    @property
+    def state(self) -> State:
+        """Where the handoff stands."""
+        return self._machine.state
+
+    async def start(self, state: FdState, timeout: float | None = 10) -> Ack:
+        """Send ``state`` on the cpr channel and wait for the close-as-ack."""
+        self._machine.fire(Event.START)
+        started = now()
+        try:
+            async with step(self._machine, "sending the state on the cpr channel", timeout):
+                self._cpr_stream = await connect_retrying(self.cpr)
+                self._machine.fire(Event.CPR_CONNECTED)
+                await send_state(self._cpr_stream, state, self.codec)
+                self._machine.fire(Event.STATE_SENT)
+                await self._wait_for_ack(self._cpr_stream)
+                self._machine.fire(Event.ACK)
+        finally:
+            await self._close_cpr()
+        return Ack(self.codec, len(state.fds), now() - started)
+
+    async def _wait_for_ack(self, stream: Stream) -> None:
+        if self.codec == "qemu":
+            # As QEMU does it: a bare close.  A receiver that died with our
+            # bytes unread makes the kernel report ECONNRESET instead.
+            await stream.wait_peer_closed()
+            return
+        src = ByteSource()
+        try:
+            reply = await read_reply(stream, src)
+        except ProtocolError as exc:
+            if src.offset == 0 and src.available() == 0:
+                raise HandoffError(
+                    "the new process closed the cpr channel without a status: "
+                    "it died or gave up before acknowledging"
+                ) from exc
+            raise
+        if not isinstance(reply, native.Status):
+            raise HandoffError(
+                f"the new process sent an acknowledgement of {reply} descriptors "
+                "where its status was expected"
+            )
+        if not reply.accepted:
+            raise HandoffError(f"the new process rejected the state: {reply.reason}")
+        await stream.wait_peer_closed()
+
+    async def finish(self, timeout: float | None = 10) -> Stream:
+        """Connect the main channel (after the ack) and return its stream."""
+        self._machine.fire(Event.FINISH)
+        async with step(self._machine, "connecting the main channel", timeout):
+            stream = await connect_retrying(self.main)
+            self._main_stream = stream
+            self._machine.fire(Event.MAIN_CONNECTED)
+        return stream
+
+    async def complete(self, data: bytes = b"", timeout: float | None = 10) -> None:
+        """Send ``data`` on main, half-close, and wait until the new process closed it.
+
+        Calls ``finish`` first if it was not called.  The main stream is
+        closed afterwards; failures become HandoffError.
+        """
+        if self._machine.state is State.ACKED:
+            await self.finish(timeout)
+        stream = self._main_stream
+        if stream is None or self._machine.state is not State.MAIN_OPEN:
+            self._machine.fire(Event.COMPLETE)  # raises: not allowed here
+            raise AssertionError  # pragma: no cover
+        try:
+            async with step(self._machine, "sending the main stream", timeout):
+                # A length first, so the new process tells our death from the end.
+                await stream.send(_MAIN_LENGTH.pack(len(data)))
+                await stream.send(data)
+                await stream.send_eof()
+                await stream.wait_peer_closed()
+                self._machine.fire(Event.COMPLETE)
+        finally:
+            self._main_stream = None
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _close_cpr(self) -> None:
+        if self._cpr_stream is not None:
+            stream, self._cpr_stream = self._cpr_stream, None
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def abort(self) -> None:
+        """Give up at any step; safe to call more than once."""
+        self._machine.fire(Event.ABORT)
+        await self._close_cpr()
+        if self._main_stream is not None:
+            stream, self._main_stream = self._main_stream, None
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.abort()
