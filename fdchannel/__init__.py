@@ -30,6 +30,7 @@ from .errors import (
     TruncatedFdsError,
 )
 from .handoff import Ack, Incoming, Outgoing
+from .relay import RelayStats, relay
 from .state import FdState, Limits, NamedFd
 from .transfer import receive_state, send_state
 from .transports import Listener, Stream, connect, listen
@@ -37,6 +38,8 @@ from .transports import Listener, Stream, connect, listen
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "RelayStats",
+    "relay",
     "Ack",
     "Incoming",
     "Outgoing",

@@ -25,7 +25,7 @@ from ..channel import Channel, ChannelType, parse_channel
 from ..errors import CapabilityError, TransportError
 from ._base import Listener, Stream
 
-__all__ = ["Listener", "Stream", "connect", "listen"]
+__all__ = ["Listener", "Stream", "Target", "connect", "listen", "resolve_target"]
 
 Target = Address | Channel | str
 
@@ -39,7 +39,8 @@ _MODULES: dict[type[Any], str] = {
 }
 
 
-def _resolve(target: Target) -> tuple[Address, ChannelType]:
+def resolve_target(target: Target) -> tuple[Address, ChannelType]:
+    """The address and channel type of an address, URI or channel text, or Channel."""
     if isinstance(target, str):
         target = parse_channel(target)
     if isinstance(target, Channel):
@@ -62,7 +63,7 @@ def _refuse_cpr(address: Address) -> None:
 
 async def connect(target: Target, **options: Any) -> Stream:
     """Open the outgoing side of ``target`` and return its stream."""
-    address, kind = _resolve(target)
+    address, kind = resolve_target(target)
     if kind is ChannelType.CPR and not isinstance(address, UnixAddress | FdAddress):
         _refuse_cpr(address)
     stream: Stream = await _module(address).connect(address, **options)
@@ -74,7 +75,7 @@ async def connect(target: Target, **options: Any) -> Stream:
 
 async def listen(target: Target, **options: Any) -> Listener:
     """Open the incoming side of ``target``; ``async with`` it and ``accept()`` peers."""
-    address, kind = _resolve(target)
+    address, kind = resolve_target(target)
     if kind is ChannelType.CPR and not isinstance(address, UnixAddress | FdAddress):
         _refuse_cpr(address)
     listener: Listener = await _module(address).listen(address, **options)

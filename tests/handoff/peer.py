@@ -60,7 +60,8 @@ async def incoming(cpr: str, main: str, die_at: str) -> None:
 async def outgoing(cpr: str, main: str, die_at: str, codec: str) -> None:
     memfd = os.memfd_create("ram0")
     os.write(memfd, b"ram!")
-    state = fdchannel.FdState([fdchannel.NamedFd("ram0", 0, memfd)], b"meta")
+    metadata = b"meta" if codec == "native" else b""  # QEMU's format has none
+    state = fdchannel.FdState([fdchannel.NamedFd("ram0", 0, memfd)], metadata)
     step("ready", die_at)
     async with fdchannel.Outgoing(channels(cpr, main), codec=codec) as out:  # type: ignore[arg-type]
         if die_at == "mid-send":
