@@ -44,7 +44,7 @@ unit: $(STAMP) debian-packages
 test: lint typecheck unit
 
 demo: $(STAMP)
-	$(PY) examples/channels.py
+	$(PY) examples/live_upgrade.py $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -28,9 +28,7 @@ async def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="fdc-") as tmp:
         path = os.path.join(tmp, "cpr.sock")
-        cpr = fdchannel.parse_channel(
-            f"cpr,addr.transport=socket,addr.type=unix,addr.path={path}"
-        )
+        cpr = fdchannel.parse_channel(f"cpr,addr.transport=socket,addr.type=unix,addr.path={path}")
         memfd = os.memfd_create("ram0", os.MFD_CLOEXEC)
         os.write(memfd, b"guest memory")
         try:
