@@ -36,6 +36,7 @@ __all__ = [
     "SCM_MAX_FD",
     "close_all",
     "control_buffer_size",
+    "recvmsg_discarding",
     "recvmsg_fds",
     "sendmsg_fds",
     "split_for_sending",
@@ -52,6 +53,10 @@ _SCM_PIDFD = getattr(socket, "SCM_PIDFD", 4)
 _EXTRA_CONTROL = (
     socket.CMSG_SPACE(3 * _INT_SIZE) + socket.CMSG_SPACE(_INT_SIZE) + socket.CMSG_SPACE(256)
 )
+
+
+#: Control room for a read that expects no descriptor: one, to notice them.
+_PLAIN_CONTROL = socket.CMSG_SPACE(_INT_SIZE) + _EXTRA_CONTROL
 
 
 def control_buffer_size(maxfds: int) -> int:
@@ -130,6 +135,40 @@ def sendmsg_fds(sock: socket.socket, data: memoryview, fds: Sequence[int]) -> in
         raise
 
 
+def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The SCM_RIGHTS descriptors of a recvmsg result; other messages are skipped.
+
+    A pidfd (SCM_PIDFD) is a descriptor too, installed by the kernel: it is
+    closed here, never left open.
+    """
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level != socket.SOL_SOCKET or kind not in (socket.SCM_RIGHTS, _SCM_PIDFD):
+            continue
+        # A cut-off message may end in a partial int: only whole ones are descriptors.
+        received = array.array("i")
+        received.frombytes(payload[: len(payload) - len(payload) % _INT_SIZE])
+        if kind == socket.SCM_RIGHTS:
+            fds.extend(received)
+        else:
+            close_all(received)
+    return fds
+
+
+def recvmsg_discarding(sock: socket.socket, max_bytes: int) -> tuple[bytes, int]:
+    """One non-blocking read where no descriptor is expected.
+
+    Returns the bytes and how many descriptors arrived and were closed (at
+    least that many: with room for one, the kernel drops the rest itself,
+    which is what we want here, and cheaper than making room for 253).
+    """
+    data, ancillary, flags, _ = sock.recvmsg(max_bytes, _PLAIN_CONTROL, socket.MSG_CMSG_CLOEXEC)
+    unexpected = _descriptors(ancillary)
+    close_all(unexpected)
+    dropped = len(unexpected) + (1 if flags & socket.MSG_CTRUNC and not unexpected else 0)
+    return data, dropped
+
+
 def recvmsg_fds(sock: socket.socket, max_bytes: int, maxfds: int) -> tuple[bytes, list[int]]:
     """One non-blocking recvmsg; returns the bytes and the descriptors that came with them.
 
@@ -140,20 +179,8 @@ def recvmsg_fds(sock: socket.socket, max_bytes: int, maxfds: int) -> tuple[bytes
     data, ancillary, flags, _ = sock.recvmsg(
         max_bytes, control_buffer_size(maxfds), socket.MSG_CMSG_CLOEXEC
     )
-    fds: list[int] = []
+    fds = _descriptors(ancillary)
     try:
-        for level, kind, payload in ancillary:
-            if level != socket.SOL_SOCKET:
-                continue
-            if kind in (socket.SCM_RIGHTS, _SCM_PIDFD):
-                # A cut-off message may end in a partial int: only whole ones are descriptors.
-                whole = len(payload) - len(payload) % _INT_SIZE
-                received = array.array("i")
-                received.frombytes(payload[:whole])
-                if kind == socket.SCM_RIGHTS:
-                    fds.extend(received)
-                else:
-                    close_all(received)
         if flags & socket.MSG_CTRUNC:
             raise TruncatedFdsError(
                 f"descriptors were lost in transit (MSG_CTRUNC): {len(fds)} arrived and were "

@@ -99,14 +99,13 @@ class UnixSocketStream(SocketStream):
     def _read_once(self, max_bytes: int) -> bytes:
         # Plain reads use recvmsg too, so descriptors nobody asked for are
         # closed here instead of staying open in the process.
-        data, fds = fdpass.recvmsg_fds(self._sock, max_bytes, fdpass.SCM_MAX_FD)
-        if fds:
-            fdpass.close_all(fds)
-            self.discarded_fds += len(fds)
+        data, dropped = fdpass.recvmsg_discarding(self._sock, max_bytes)
+        if dropped:
+            self.discarded_fds += dropped
             log.warning(
-                "%s: closed %d descriptor(s) that arrived on a plain receive",
+                "%s: closed descriptor(s) that arrived on a plain receive (%d so far)",
                 self._describe(),
-                len(fds),
+                self.discarded_fds,
             )
         return data
 
