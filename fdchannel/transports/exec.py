@@ -88,10 +88,16 @@ class _Child:
         return returncode
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            # Through the pidfd: the signal cannot reach a reused pid.
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        if self.process.returncode is not None:
+            return  # reaped: its pid and group id may belong to someone else now
+        # /bin/sh may fork the command instead of exec'ing it: kill the whole
+        # process group the child leads.  The leader is not reaped yet, so
+        # the group id is still ours.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        # Through the pidfd too: the signal cannot reach a reused pid.
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
     def __del__(self) -> None:
         # A stream dropped without aclose: leave neither a zombie nor a stray command.
@@ -288,6 +294,8 @@ def _spawn(address: ExecAddress, *, outgoing: bool, grace: float) -> ExecStream:
                 stderr=None,
                 close_fds=True,
                 pass_fds=(),
+                # Its own process group, so that killing it reaches what it started.
+                process_group=0,
             )
         except OSError as exc:
             hint = "" if "/" in args[0] else " (no PATH search is done: give a path)"

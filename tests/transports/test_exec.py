@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+import fdchannel
 from fdchannel.address import ExecAddress
 from fdchannel.capabilities import Capability
 from fdchannel.errors import AddressError, CapabilityError, ConnectError, TransportError
@@ -265,3 +266,21 @@ async def test_no_path_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 async def test_empty_command() -> None:
     with pytest.raises(AddressError, match="needs a command"):
         await exec_transport.connect(ExecAddress(()))
+
+
+async def test_abort_kills_what_the_shell_forked() -> None:
+    # The shell forks "sleep" and waits for it: killing only the shell would
+    # leave the sleep running, adopted by init.  The shell reports its pid.
+    async with await fdchannel.listen("exec:sleep 1000 & echo $!; wait") as listener:
+        stream = await listener.accept()
+        try:
+            with anyio.fail_after(10):
+                sleeper = int(await stream.receive())
+                pidfd = os.pidfd_open(sleeper)
+                try:
+                    await stream.abort()  # type: ignore[attr-defined]
+                    await anyio.wait_readable(pidfd)  # readable once the process has exited
+                finally:
+                    os.close(pidfd)
+        finally:
+            await stream.aclose()
