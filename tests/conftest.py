@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import anyio
 import anyio.to_thread
 import pytest
 import uvloop
+
+from fdchannel.transports._socket import UnixSocketStream
 
 BACKENDS = [
     pytest.param(("asyncio", {}), id="asyncio"),
@@ -68,3 +71,19 @@ def sockdir() -> Iterator[Path]:
     """A short temporary directory for AF_UNIX paths (sun_path holds 108 bytes)."""
     with tempfile.TemporaryDirectory(prefix="fdc-", dir="/tmp") as d:
         yield Path(d)
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[UnixSocketStream, UnixSocketStream]]:
+    """Two connected unix streams (a socketpair), closed afterwards."""
+    left, right = socket.socketpair()
+    a, b = UnixSocketStream(left, None), UnixSocketStream(right, None)
+    yield a, b
+    await a.aclose()
+    await b.aclose()
+
+
+def close_fds(fds: list[int]) -> None:
+    """Close descriptors a test made."""
+    for fd in fds:
+        os.close(fd)

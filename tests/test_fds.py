@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -16,28 +15,16 @@ from fdchannel import FdPassingError, TruncatedFdsError
 from fdchannel.fds import SCM_MAX_FD, sendmsg_fds, split_for_sending
 from fdchannel.transports._socket import UnixSocketStream
 
+from .conftest import close_fds as close
+
 pytestmark = pytest.mark.anyio
 TIMEOUT = 20
 NOBODY = 65534
 SO_PASSPIDFD = getattr(socket, "SO_PASSPIDFD", 76)
 
 
-@pytest.fixture
-async def pair() -> AsyncIterator[tuple[UnixSocketStream, UnixSocketStream]]:
-    left, right = socket.socketpair()
-    a, b = UnixSocketStream(left, None), UnixSocketStream(right, None)
-    yield a, b
-    await a.aclose()
-    await b.aclose()
-
-
 def devnulls(n: int) -> list[int]:
     return [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(n)]
-
-
-def close(fds: list[int]) -> None:
-    for fd in fds:
-        os.close(fd)
 
 
 def same_files(a: list[int], b: list[int]) -> bool:
@@ -112,6 +99,7 @@ RLIMIT_CHILD = """
 import os, resource, socket, sys, anyio
 from fdchannel import TruncatedFdsError
 from fdchannel.transports._socket import UnixSocketStream
+
 sock = socket.socket(fileno=int(sys.argv[1]))
 resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), int(sys.argv[2])))
 async def main():

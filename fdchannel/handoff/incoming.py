@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Iterable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
+import anyio.abc
 
 from ..channel import Channel
 from ..codecs import native
@@ -24,7 +24,7 @@ __all__ = ["Incoming"]
 log = logging.getLogger("fdchannel")
 
 
-class Incoming:
+class Incoming(anyio.abc.AsyncResource):
     """Drive the incoming side of a cpr-transfer handoff, in QEMU's order.
 
     ``receive_cpr`` listens on the cpr channel (first of all), accepts one
@@ -175,15 +175,8 @@ class Incoming:
         await self._close_cpr()
         await self._close_main()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """``abort``: leaving ``async with`` gives up whatever is not finished."""
         await self.abort()
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
 import anyio
+import anyio.abc
 
 from ..channel import Channel
 from ..codecs import native
@@ -35,7 +34,7 @@ class Ack:
     seconds: float
 
 
-class Outgoing:
+class Outgoing(anyio.abc.AsyncResource):
     """Drive the outgoing side of a cpr-transfer handoff.
 
     ``start`` connects the cpr channel (retrying until the new process
@@ -147,13 +146,6 @@ class Outgoing:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """``abort``: leaving ``async with`` gives up whatever is not finished."""
         await self.abort()

@@ -8,7 +8,7 @@ pass descriptors, so it is refused on any transport that cannot.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, NoReturn
 
 from ..address import (
     Address,
@@ -54,7 +54,21 @@ def _module(address: Address) -> Any:
     return importlib.import_module(f".{_MODULES[type(address)]}", __name__)
 
 
-def _refuse_cpr(address: Address) -> None:
+async def _open(verb: str, target: Target, options: dict[str, Any]) -> Stream | Listener:
+    """Open ``target`` with the transport's ``verb``; a cpr channel must pass descriptors."""
+    address, kind = resolve_target(target)
+    cpr = kind is ChannelType.CPR
+    if cpr and not isinstance(address, UnixAddress | FdAddress):
+        _refuse_cpr(address)
+    opened: Stream | Listener = await getattr(_module(address), verb)(address, **options)
+    can_pass = opened.capabilities if isinstance(opened, Stream) else opened.stream_capabilities
+    if cpr and Capability.FD_PASSING not in can_pass:
+        await opened.aclose()
+        _refuse_cpr(address)
+    return opened
+
+
+def _refuse_cpr(address: Address) -> NoReturn:
     raise CapabilityError(
         f"a cpr channel must pass descriptors, and the {address.scheme} transport "
         f"({address}) cannot: use a unix socket, or an fd: that is an AF_UNIX socket"
@@ -63,23 +77,13 @@ def _refuse_cpr(address: Address) -> None:
 
 async def connect(target: Target, **options: Any) -> Stream:
     """Open the outgoing side of ``target`` and return its stream."""
-    address, kind = resolve_target(target)
-    if kind is ChannelType.CPR and not isinstance(address, UnixAddress | FdAddress):
-        _refuse_cpr(address)
-    stream: Stream = await _module(address).connect(address, **options)
-    if kind is ChannelType.CPR and Capability.FD_PASSING not in stream.capabilities:
-        await stream.aclose()
-        _refuse_cpr(address)
+    stream = await _open("connect", target, options)
+    assert isinstance(stream, Stream)
     return stream
 
 
 async def listen(target: Target, **options: Any) -> Listener:
     """Open the incoming side of ``target``; ``async with`` it and ``accept()`` peers."""
-    address, kind = resolve_target(target)
-    if kind is ChannelType.CPR and not isinstance(address, UnixAddress | FdAddress):
-        _refuse_cpr(address)
-    listener: Listener = await _module(address).listen(address, **options)
-    if kind is ChannelType.CPR and Capability.FD_PASSING not in listener.stream_capabilities:
-        await listener.aclose()
-        _refuse_cpr(address)
+    listener = await _open("listen", target, options)
+    assert isinstance(listener, Listener)
     return listener

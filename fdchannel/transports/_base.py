@@ -13,8 +13,7 @@ import errno
 import functools
 import os
 from collections.abc import Callable
-from types import TracebackType
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.abc
@@ -179,7 +178,7 @@ class DescriptorStream(Stream):
         await anyio.lowlevel.checkpoint()
 
 
-class Listener(abc.ABC):
+class Listener(anyio.abc.AsyncResource):
     """The incoming side of a transport: ``async with`` it and ``await accept()``."""
 
     capabilities: Capability = Capability.NONE
@@ -197,14 +196,3 @@ class Listener(abc.ABC):
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Stop listening; idempotent."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

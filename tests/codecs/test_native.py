@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
 import struct
-from collections.abc import AsyncIterator
 from functools import partial
 
 import anyio
@@ -17,26 +15,14 @@ from fdchannel.codecs import Decoder, native
 from fdchannel.state import Limits
 from fdchannel.transports._socket import UnixSocketStream
 
+from ..conftest import close_fds as close
+
 pytestmark = pytest.mark.anyio
 TIMEOUT = 30
 
 
-@pytest.fixture
-async def pair() -> AsyncIterator[tuple[UnixSocketStream, UnixSocketStream]]:
-    left, right = socket.socketpair()
-    a, b = UnixSocketStream(left, None), UnixSocketStream(right, None)
-    yield a, b
-    await a.aclose()
-    await b.aclose()
-
-
 def memfds(count: int) -> list[int]:
     return [os.memfd_create(f"m{i}", os.MFD_CLOEXEC) for i in range(count)]
-
-
-def close(fds: list[int]) -> None:
-    for fd in fds:
-        os.close(fd)
 
 
 async def transfer(
@@ -141,6 +127,7 @@ def test_truncated_stream_names_what_is_missing() -> None:
 LOW_LIMIT_RECEIVER = """
 import os, resource, socket, sys, anyio, fdchannel
 from fdchannel.transports._socket import UnixSocketStream
+
 async def main():
     stream = UnixSocketStream(socket.socket(fileno=int(sys.argv[1])), None)
     low = len(os.listdir("/proc/self/fd")) + 100
