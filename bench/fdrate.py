@@ -1,0 +1,318 @@
+"""Descriptor rate between two processes: raw stdlib SCM_RIGHTS, fdchannel's native and qemu codecs.
+
+The sender (this process) creates its memfds once and passes them all in
+every transfer; the receiver (a child process) keeps what arrives until the
+last descriptor is there, then closes them.  A transfer is timed from the
+sender's first send to the moment the receiver holds the last descriptor;
+both read CLOCK_MONOTONIC, one clock for every process on Linux.
+
+* stdlib: blocking ``socket.send_fds``/``socket.recv_fds``, 253 descriptors
+  and one byte per message: the baseline, with no framing at all.
+* native: ``send_state(..., codec="native")`` and ``receive_state``; 253 per
+  message, with its table, checksum and acknowledged windows.
+* qemu: the same calls with ``codec="qemu"``: one descriptor per message,
+  as QEMU sends them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import resource
+import shutil
+import socket
+import struct
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Literal
+
+import anyio
+
+from . import _loops
+from ._peer import Peer, PeerError, start_peer
+from ._report import Figure, Row
+
+__all__ = ["HELP", "NAME", "add_arguments", "run"]
+
+NAME = "fdrate"
+HELP = "descriptors per second between two processes, 253 per message (qemu: 1)"
+
+Codec = Literal["native", "qemu"]
+Implementation = Literal["stdlib", Codec]
+#: Linux's SCM_MAX_FD: the most descriptors one message may carry.
+PER_MESSAGE = 253
+#: Descriptors each process keeps free beyond the ones measured.
+HEADROOM = 256
+#: Unmeasured transfers first: a transfer takes milliseconds, and the first
+#: one also pays for page faults, caches and lazy imports.
+WARM_UP = 1
+#: How long a child may take to import and start listening.
+START_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of the table; ``loop`` is None for blocking stdlib sockets."""
+
+    implementation: Implementation
+    loop: _loops.Loop | None
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Where to meet and how many descriptors to move."""
+
+    path: str
+    count: int
+    #: Allowed for one whole transfer before it counts as hung.
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The receiver listens."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """One transfer as the receiver saw it."""
+
+    count: int
+    #: time.monotonic_ns() when the receiver held the last descriptor.
+    end_ns: int
+
+
+def add_arguments(parser: argparse._ArgumentGroup) -> None:
+    """This figure's options."""
+    parser.add_argument(
+        "--fds",
+        type=_positive,
+        default=10_000,
+        metavar="N",
+        help="descriptors (memfds) per transfer (default 10000)",
+    )
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def cases() -> list[Case]:
+    """The blocking baseline first, then each codec on every loop."""
+    out = [Case("stdlib", None)]
+    for implementation in ("native", "qemu"):
+        for loop in _loops.LOOPS:
+            out.append(Case(implementation, loop))
+    return out
+
+
+def raise_fd_limit(count: int) -> str | None:
+    """Raise the soft RLIMIT_NOFILE to the hard one; say why ``count`` fds cannot fit, if so."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = hard
+    if hard == resource.RLIM_INFINITY:
+        # The kernel caps any limit at fs.nr_open.
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = int(f.read())
+    if soft < ceiling:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+    if count + HEADROOM > ceiling:
+        return (
+            f"{count} descriptors need RLIMIT_NOFILE of at least {count + HEADROOM}; "
+            f"the hard limit is {ceiling} (raise it with ulimit -Hn, or measure fewer with --fds)"
+        )
+    return None
+
+
+def run(options: argparse.Namespace) -> Figure:
+    """Measure every case and return the table."""
+    count: int = options.fds
+    repeat: int = options.repeat
+    figure = Figure(
+        name=NAME,
+        title=f"fdrate: {count} memfds between two processes",
+        columns=("implementation", "loop", "per message"),
+        unit="fds/s",
+        ratio_heading="vs stdlib",
+        value_format="{:,.0f}",
+        parameters={"fds": count, "repeat": repeat},
+        notes=[
+            "timed from the sender's first send until the receiver holds the last descriptor, "
+            "after an unmeasured warm-up transfer",
+            "ratio: to the stdlib row of this run; target for native: at least 0.80",
+        ],
+    )
+    too_many = raise_fd_limit(count)
+    # The sender's window follows its (now raised) descriptor limit.
+    from fdchannel.codecs import native
+
+    window = native.default_window()
+    figure.parameters["native_window"] = window
+    figure.notes.append(f"native: the receiver acknowledges every {window} descriptors")
+    sockdir = tempfile.mkdtemp(prefix="fdchbench-")
+    memfds: list[int] = []
+    try:
+        if too_many is None:
+            memfds.extend(os.memfd_create(f"fdrate{i}", os.MFD_CLOEXEC) for i in range(count))
+        for case in cases():
+            label = f"{case.implementation:7} {case.loop or 'blocking':8}"
+            print(f"  {label}", end="", file=sys.stderr, flush=True)
+            if too_many is None:
+                row = measure(case, memfds, repeat, sockdir)
+            else:
+                row = dataclasses.replace(_row(case), error=too_many)
+            done = " ".join(f"{s:,.0f}" for s in row.samples) if row.error is None else row.error
+            print(f" {done}", file=sys.stderr, flush=True)
+            figure.rows.append(row)
+    finally:
+        for fd in memfds:
+            os.close(fd)
+        shutil.rmtree(sockdir, ignore_errors=True)
+    return figure
+
+
+def _row(case: Case) -> Row:
+    per_message = "1" if case.implementation == "qemu" else str(PER_MESSAGE)
+    labels = (case.implementation, case.loop or "blocking", per_message)
+    return Row(labels, baseline=case.implementation == "stdlib")
+
+
+def measure(case: Case, memfds: list[int], repeat: int, sockdir: str) -> Row:
+    """``repeat`` transfers of every memfd for one case, as fds/s samples."""
+    row = _row(case)
+    if case.loop is not None and (why := _loops.missing(case.loop)) is not None:
+        return dataclasses.replace(row, error=why)
+    path = os.path.join(sockdir, f"{case.implementation}-{case.loop or 'blocking'}.sock")
+    # Generous: a hang is a failure, a slow run is a number.
+    transfer = Transfer(path, len(memfds), timeout=60.0 + len(memfds) / 1000)
+    samples: list[float] = []
+    try:
+        with start_peer(_receiver, case, transfer, WARM_UP + repeat) as peer:
+            peer.expect(Ready, START_TIMEOUT)
+            for i in range(WARM_UP + repeat):
+                received, start_ns = _one_transfer(peer, case, transfer, memfds)
+                if received.count != len(memfds):
+                    raise PeerError(f"the receiver got {received.count} of {len(memfds)}")
+                if i >= WARM_UP:
+                    samples.append(received.count / ((received.end_ns - start_ns) / 1e9))
+    except Exception as exc:
+        # One broken case must not cost the rest of the table.
+        return dataclasses.replace(row, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        if os.path.lexists(path):
+            os.unlink(path)
+    return dataclasses.replace(row, samples=tuple(samples))
+
+
+def _one_transfer(
+    peer: Peer, case: Case, transfer: Transfer, memfds: list[int]
+) -> tuple[Received, int]:
+    try:
+        if case.implementation == "stdlib":
+            start_ns = _send_stdlib(transfer, memfds)
+        else:
+            assert case.loop is not None
+            codec: Codec = case.implementation
+            start_ns = _loops.run(case.loop, _send_state, codec, transfer, memfds)
+    except Exception as exc:
+        raise peer.explain(exc) from exc
+    return peer.expect(Received, transfer.timeout), start_ns
+
+
+def _kernel_timeout(sock: socket.socket, seconds: float) -> None:
+    # SO_RCVTIMEO/SO_SNDTIMEO bound a hang and keep the calls plain blocking
+    # ones (settimeout() would make Python poll() before each).
+    timeval = struct.pack("ll", int(seconds), 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+# --- the receiving child -------------------------------------------------------------------
+
+
+def _receiver(conn: Connection, case: Case, transfer: Transfer, repeat: int) -> None:
+    """Child process: listen, then take ``repeat`` transfers, reporting each."""
+    too_many = raise_fd_limit(transfer.count)
+    if too_many is not None:
+        raise RuntimeError(too_many)
+    try:
+        if case.implementation == "stdlib":
+            _receive_stdlib(conn, transfer, repeat)
+        else:
+            assert case.loop is not None
+            _loops.run(case.loop, _receive_state, conn, transfer, repeat)
+    finally:
+        # A stdlib listener leaves its socket file behind (fdchannel's removes it).
+        if os.path.lexists(transfer.path):
+            os.unlink(transfer.path)
+
+
+def _receive_stdlib(conn: Connection, transfer: Transfer, repeat: int) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(transfer.path)
+        server.listen()
+        _kernel_timeout(server, transfer.timeout)
+        conn.send(Ready())
+        for _ in range(repeat):
+            peer, _ = server.accept()
+            with peer:
+                _kernel_timeout(peer, transfer.timeout)
+                held: list[int] = []
+                try:
+                    while len(held) < transfer.count:
+                        data, fds, _flags, _ = socket.recv_fds(peer, PER_MESSAGE, PER_MESSAGE)
+                        held.extend(fds)
+                        if not data:
+                            break
+                    end_ns = time.monotonic_ns()
+                finally:
+                    for fd in held:
+                        os.close(fd)
+            conn.send(Received(len(held), end_ns))
+
+
+async def _receive_state(conn: Connection, transfer: Transfer, repeat: int) -> None:
+    import fdchannel
+    from fdchannel.address import UnixAddress
+
+    async with await fdchannel.listen(UnixAddress(transfer.path)) as listener:
+        conn.send(Ready())
+        for _ in range(repeat):
+            with anyio.fail_after(transfer.timeout):
+                async with await listener.accept() as stream:
+                    with await fdchannel.receive_state(stream) as state:
+                        end_ns = time.monotonic_ns()
+                        held = len(state.fds)
+            conn.send(Received(held, end_ns))
+
+
+# --- the sending parent --------------------------------------------------------------------
+
+
+def _send_stdlib(transfer: Transfer, memfds: list[int]) -> int:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        _kernel_timeout(sock, transfer.timeout)
+        sock.connect(transfer.path)
+        start_ns = time.monotonic_ns()
+        for i in range(0, len(memfds), PER_MESSAGE):
+            socket.send_fds(sock, [b"x"], memfds[i : i + PER_MESSAGE])
+        sock.shutdown(socket.SHUT_WR)
+    return start_ns
+
+
+async def _send_state(codec: Codec, transfer: Transfer, memfds: list[int]) -> int:
+    import fdchannel
+    from fdchannel.address import UnixAddress
+
+    state = fdchannel.FdState([fdchannel.NamedFd("fd", i, fd) for i, fd in enumerate(memfds)])
+    with anyio.fail_after(transfer.timeout):
+        async with await fdchannel.connect(UnixAddress(transfer.path)) as stream:
+            start_ns = time.monotonic_ns()
+            await fdchannel.send_state(stream, state, codec=codec)
+    return start_ns
