@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import repeat
 from types import TracebackType
-from typing import Self
+from typing import NamedTuple, Self
 
 from .fds import close_all
 
 __all__ = ["FdState", "Limits", "NamedFd"]
 
 
-@dataclass(frozen=True)
-class NamedFd:
-    """One descriptor with the (name, id) the receiver knows it by."""
+class NamedFd(NamedTuple):
+    """One descriptor with the (name, id) the receiver knows it by.
+
+    A named tuple, not a dataclass: states carry tens of thousands of them,
+    and a tuple is built and taken apart in C (see ``FdState.from_columns``).
+    """
 
     name: str
     id: int
@@ -42,38 +47,94 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass
+Columns = tuple[Sequence[str], Sequence[int], Sequence[int]]
+
+
 class FdState:
     """An ordered list of named descriptors plus opaque metadata.
 
     A state that was received owns its descriptors: close it (or use it as a
     context manager) once they have been taken over.  A state built to be
     sent does not: the sender keeps its descriptors whatever happens.
+
+    Inside, a state may hold its entries as three columns (names, ids,
+    descriptors): that is how the codecs build and read them, in C, and
+    ``fds`` makes the NamedFd list only when someone asks for it.
     """
 
-    fds: list[NamedFd] = field(default_factory=list)
-    metadata: bytes = b""
+    def __init__(self, fds: Iterable[NamedFd | tuple[str, int, int]] = (), metadata: bytes = b""):
+        entries = [entry if type(entry) is NamedFd else NamedFd(*entry) for entry in fds]
+        names, ids, descriptors = _transpose(entries)
+        check_unique(names, ids)
+        self._entries: list[NamedFd] | None = entries
+        self._columns: Columns = (names, ids, descriptors)
+        self.metadata = metadata
 
-    def __post_init__(self) -> None:
-        seen: set[tuple[str, int]] = set()
-        for entry in self.fds:
-            key = (entry.name, entry.id)
-            if key in seen:
-                raise ValueError(f"duplicate descriptor name {entry.name!r} id {entry.id}")
-            seen.add(key)
+    @classmethod
+    def from_columns(
+        cls,
+        names: Sequence[str],
+        ids: Sequence[int],
+        fds: Sequence[int],
+        metadata: bytes = b"",
+        *,
+        checked: bool = False,
+    ) -> FdState:
+        """Build a state from parallel columns without a Python step per entry.
+
+        ``checked``: the caller already ran ``check_unique`` on these columns.
+        """
+        if not len(names) == len(ids) == len(fds):
+            raise ValueError("names, ids and descriptors differ in length")
+        if not checked:
+            check_unique(names, ids)
+        state = cls.__new__(cls)
+        state._entries = None
+        state._columns = (names, ids, fds)
+        state.metadata = metadata
+        return state
+
+    @property
+    def fds(self) -> list[NamedFd]:
+        """The entries, in order."""
+        if self._entries is None:
+            self._entries = list(
+                map(tuple.__new__, repeat(NamedFd), zip(*self._columns, strict=True))
+            )
+        return self._entries
+
+    def columns(self) -> Columns:
+        """Names, ids and descriptors as three parallel sequences."""
+        return self._columns
+
+    def __len__(self) -> int:
+        return len(self._columns[0])
 
     def get(self, name: str, id: int = 0) -> int:
         """The descriptor registered as (name, id); KeyError if there is none."""
-        for entry in self.fds:
-            if entry.name == name and entry.id == id:
-                return entry.fd
+        names, ids, fds = self._columns
+        for index, entry_name in enumerate(names):
+            if entry_name == name and ids[index] == id:
+                return fds[index]
         raise KeyError((name, id))
 
     def close(self) -> None:
         """Close every descriptor of the state; closing twice closes nothing twice."""
-        close_all([entry.fd for entry in self.fds if entry.fd >= 0])
+        names, ids, fds = self._columns
+        close_all([fd for fd in fds if fd >= 0])
         # Forget the numbers so a second close cannot hit a reused descriptor.
-        self.fds = [NamedFd(entry.name, entry.id, -1) for entry in self.fds]
+        self._columns = (names, ids, [-1] * len(fds))
+        self._entries = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FdState):
+            return NotImplemented
+        return self.fds == other.fds and self.metadata == other.metadata
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the list it holds
+
+    def __repr__(self) -> str:
+        return f"FdState({self.fds!r}, metadata={self.metadata!r})"
 
     def __enter__(self) -> Self:
         return self
@@ -85,3 +146,26 @@ class FdState:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _transpose(entries: list[NamedFd]) -> Columns:
+    if not entries:
+        return (), (), ()
+    names, ids, fds = zip(*entries, strict=True)
+    return names, ids, fds
+
+
+def check_unique(names: Sequence[str], ids: Sequence[int]) -> None:
+    """ValueError naming a (name, id) given twice."""
+    # Distinct names or distinct ids make distinct pairs: the common cases,
+    # each seen in one C pass without building a tuple per entry.
+    count = len(names)
+    if len(set(names)) == count or len(set(ids)) == count:
+        return
+    if len(set(zip(names, ids, strict=True))) == count:
+        return
+    seen: set[tuple[str, int]] = set()
+    for key in zip(names, ids, strict=True):
+        if key in seen:
+            raise ValueError(f"duplicate descriptor name {key[0]!r} id {key[1]}")
+        seen.add(key)

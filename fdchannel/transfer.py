@@ -16,6 +16,7 @@ from .errors import CapabilityError, FdPassingError, HandoffError, ProtocolError
 from .fds import SCM_MAX_FD
 from .state import DEFAULT_LIMITS, FdState, Limits
 from .transports._base import Stream
+from .transports._socket import UnixSocketStream
 
 __all__ = ["ensure_fd_room", "read_reply", "receive_state", "receive_state_and_codec", "send_state"]
 
@@ -88,6 +89,15 @@ async def _send(stream: Stream, data: bytes, fds: list[int]) -> None:
         await stream.send(data)
 
 
+async def _make_room(stream: Stream, count: int) -> None:
+    """ensure_fd_room, telling a native sender why we refuse."""
+    try:
+        ensure_fd_room(count)
+    except FdPassingError as exc:
+        await stream.send(native.status_frame(False, str(exc)))
+        raise
+
+
 def ensure_fd_room(count: int) -> None:
     """Raise the soft RLIMIT_NOFILE so ``count`` more descriptors fit, or fail early."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -118,7 +128,11 @@ async def receive_state_and_codec(
     """``receive_state``, also telling which codec the sender used."""
     fd_passing = Capability.FD_PASSING in stream.capabilities
     decoder = Decoder(limits)
-    room_checked = False
+    if isinstance(stream, UnixSocketStream):
+        # Make room before the first read that could install descriptors.
+        count = native.announced_count(await stream.peek(native.HEADER_SIZE))
+        if count is not None:
+            await _make_room(stream, min(count, limits.max_entries))
     try:
         while True:
             try:
@@ -129,14 +143,6 @@ async def receive_state_and_codec(
             except anyio.EndOfStream:
                 break
             decoder.feed(data, fds)
-            expected = decoder.progress.expected_fds
-            if not room_checked and expected is not None:
-                room_checked = True
-                try:
-                    ensure_fd_room(expected)
-                except FdPassingError as exc:
-                    await stream.send(native.status_frame(False, str(exc)))
-                    raise
             for frame in decoder.take_outgoing():
                 await stream.send(frame)
         state = decoder.finish()

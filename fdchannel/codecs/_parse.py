@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections import deque
 from collections.abc import Generator, Iterable
 
 from ..errors import ProtocolError
@@ -25,23 +24,35 @@ class FdQueue:
     """Received descriptors, owned here until a parser hands them on."""
 
     def __init__(self) -> None:
-        self._fds: deque[int] = deque()
+        self._fds: list[int] = []
+        self._head = 0
 
     def push(self, fds: Iterable[int]) -> None:
         self._fds.extend(fds)
 
     def pop(self, what: str) -> int:
-        if not self._fds:
-            raise ProtocolError(f"{what}: the marker byte arrived without a descriptor")
-        return self._fds.popleft()
+        return self.pop_many(1, what)[0]
+
+    def pop_many(self, count: int, what: str) -> list[int]:
+        """The next ``count`` descriptors, handed on: the caller owns them now."""
+        if len(self) < count:
+            raise ProtocolError(
+                f"{what}: {count} descriptor(s) announced, {len(self)} arrived with the bytes"
+            )
+        taken = self._fds[self._head : self._head + count]
+        self._head += count
+        if self._head > 4096 and self._head * 2 > len(self._fds):
+            del self._fds[: self._head]
+            self._head = 0
+        return taken
 
     def __len__(self) -> int:
-        return len(self._fds)
+        return len(self._fds) - self._head
 
     def close(self) -> None:
         """Close every descriptor still held (error paths)."""
-        fds = list(self._fds)
-        self._fds.clear()
+        fds = self._fds[self._head :]
+        self._fds, self._head = [], 0
         close_all(fds)
 
 

@@ -1,28 +1,30 @@
 """fdchannel's own state format: versioned, bounded, checksummed, windowed.
 
 The byte layout is documented in docs/native-codec.md.  In short: a 16-byte
-header (magic ``FDCN``, major, minor, flags, window), then frames of
-``u8 type, u32 length, payload``: one TABLE (names, ids, metadata length),
-FDS frames each sent in one sendmsg with up to 253 descriptors, META
-chunks, and END with a CRC-32 of every byte before it.  The receiver
-answers on the same socket with ACK frames: one once it has checked the
-table (before any descriptor is sent), then one per window of descriptors,
-so that an unprivileged sender never has more descriptors
-in flight than the kernel allows (ETOOMANYREFS), and with a STATUS frame
-when it accepts or rejects the state.
+header (magic ``FDCN``, major, minor, flags, window, entry count), then
+frames of ``u8 type, u32 length, payload``: one TABLE (ids, names,
+metadata length), FDS frames each sent in one sendmsg with up to 253
+descriptors, META chunks, and END with a CRC-32 of every byte before it.
+The receiver peeks at the header to make room for the descriptors before
+any can arrive, and answers on the same socket with an ACK frame per
+window of descriptors, so that an unprivileged sender never has more
+descriptors in flight than the kernel allows (ETOOMANYREFS), and with a
+STATUS frame when it accepts or rejects the state.
 """
 
 from __future__ import annotations
 
+import array
 import resource
 import struct
+import sys
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..errors import ProtocolError
-from ..fds import SCM_MAX_FD
-from ..state import DEFAULT_LIMITS, FdState, Limits, NamedFd
+from ..fds import SCM_MAX_FD, close_all
+from ..state import DEFAULT_LIMITS, FdState, Limits, check_unique
 from ._parse import ByteSource, FdQueue
 
 __all__ = [
@@ -43,9 +45,10 @@ __all__ = [
 MAGIC = 0x4644434E  # "FDCN"
 MAJOR = 1
 MINOR = 0
-_HEADER = struct.Struct(">IBBHII")  # magic, major, minor, flags, window, reserved
+_HEADER = struct.Struct(">IBBHII")  # magic, major, minor, flags, window, count
+#: Bytes a receiver peeks at to learn the descriptor count before any arrives.
+HEADER_SIZE = _HEADER.size
 _FRAME = struct.Struct(">BI")  # type, payload length
-_ENTRY = struct.Struct(">iH")  # id, name length
 
 TABLE, FDS, META, END = 0x01, 0x02, 0x03, 0x04
 ACK, STATUS = 0x81, 0x82
@@ -85,12 +88,12 @@ def default_window() -> int:
     """Descriptors per acknowledged window for this process.
 
     The kernel refuses a sender whose user has more than RLIMIT_NOFILE
-    descriptors in flight; half the soft limit leaves room for the rest
-    of the process, in whole messages of SCM_MAX_FD.
+    descriptors in flight; about half the soft limit (rounded up to whole
+    messages of SCM_MAX_FD) leaves room for the rest of the process.
     """
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    per_half = (soft // 2) // SCM_MAX_FD * SCM_MAX_FD
-    return max(SCM_MAX_FD, min(8 * SCM_MAX_FD, per_half))
+    messages = max(1, -(-(soft // 2) // SCM_MAX_FD))  # half the limit, in whole messages
+    return messages * SCM_MAX_FD
 
 
 def _frame(kind: int, payload: bytes) -> bytes:
@@ -120,18 +123,12 @@ def encode(state: FdState, window: int | None = None) -> Iterator[Send | AwaitAc
         crc = zlib.crc32(data, crc)
         return Send(data, fds or [])
 
-    table = bytearray(struct.pack(">IQ", len(state.fds), len(state.metadata)))
-    for entry in state.fds:
-        name = entry.name.encode("utf-8", "surrogateescape")
-        if not -(2**31) <= entry.id < 2**31 or len(name) > 0xFFFF:
-            raise ValueError(f"entry {entry.name!r} id {entry.id}: id or name too large")
-        table += _ENTRY.pack(entry.id, len(name)) + name
-    yield emit(_HEADER.pack(MAGIC, MAJOR, MINOR, 0, window, 0) + _frame(TABLE, bytes(table)))
-    fds = [entry.fd for entry in state.fds]
-    if fds:
-        # The receiver first checks that the descriptors will fit (limits,
-        # RLIMIT_NOFILE) and acknowledges zero; none is in flight until then.
-        yield AwaitAck(0)
+    names, ids, descriptors = state.columns()
+    table = struct.pack(">IQ", len(names), len(state.metadata)) + _ids_bytes(ids)
+    table += _names_bytes(names)
+    header = _HEADER.pack(MAGIC, MAJOR, MINOR, 0, window, len(names))
+    yield emit(header + _frame(TABLE, table))
+    fds = list(descriptors)
     for start in range(0, len(fds), SCM_MAX_FD):
         if window and start and start % window == 0:
             yield AwaitAck(start)
@@ -140,6 +137,49 @@ def encode(state: FdState, window: int | None = None) -> Iterator[Send | AwaitAc
     for start in range(0, len(state.metadata), META_CHUNK):
         yield emit(_frame(META, state.metadata[start : start + META_CHUNK]))
     yield Send(_frame(END, struct.pack(">I", crc)), [])
+
+
+def _ids_bytes(ids: Sequence[int]) -> bytes:
+    """Every id as a big-endian int32, in one C pass."""
+    try:
+        column = array.array("i", ids)
+    except OverflowError:
+        raise ValueError("an id does not fit in a signed 32-bit integer") from None
+    if sys.byteorder == "little":
+        column.byteswap()
+    return column.tobytes()
+
+
+def _names_bytes(names: Sequence[str]) -> bytes:
+    """Every name in UTF-8 followed by a NUL (names are C strings, as in QEMU)."""
+    if not names:
+        return b""
+    blob = ("\0".join(names) + "\0").encode("utf-8", "surrogateescape")
+    if blob.count(b"\0") != len(names):
+        raise ValueError("a descriptor name contains a NUL character")
+    return blob
+
+
+def _split_names(blob: bytes, count: int, limits: Limits) -> list[str]:
+    """The ``count`` NUL-ended names of a TABLE frame, checked against the limits."""
+    if not count:
+        if blob:
+            raise ProtocolError(f"native stream: {len(blob)} bytes of names for no entries")
+        return []
+    # One decode for the whole table, then a split: no Python step per name.
+    names = blob.decode("utf-8", "surrogateescape").split("\0")
+    if len(names) != count + 1 or names.pop():
+        raise ProtocolError(
+            f"native stream: TABLE names hold {len(names) - 1} NUL-ended names, not {count}"
+        )
+    # A character is at most 4 bytes in UTF-8: measure bytes only when it matters.
+    if max(map(len, names)) * 4 > limits.max_name:
+        longest = max(len(name.encode("utf-8", "surrogateescape")) for name in names)
+        if longest > limits.max_name:
+            raise ProtocolError(
+                f"native stream: a name of {longest} bytes exceeds the limit of {limits.max_name}"
+            )
+    return names
 
 
 def _frame_header(
@@ -180,7 +220,7 @@ def parse(
 ) -> Generator[int, None, FdState]:
     """Parser (see _parse): the state after the magic."""
     progress = progress or Progress()
-    major, minor, _flags, window, _reserved = yield from src.unpack(">BBHII")
+    major, minor, _flags, window, announced = yield from src.unpack(">BBHII")
     if major != MAJOR:
         raise ProtocolError(
             f"native stream has major version {major}.{minor}; this fdchannel reads {MAJOR}.x"
@@ -188,6 +228,8 @@ def parse(
     progress.window = window
     kind, length = yield from _frame_header(src, limits, "TABLE")
     _expect(kind, TABLE, "first frame")
+    if length < 12:
+        raise ProtocolError(f"native stream: TABLE frame of {length} bytes is too short")
     count, metadata_len = yield from src.unpack(">IQ")
     if count > limits.max_entries:
         raise ProtocolError(
@@ -198,29 +240,21 @@ def parse(
             f"native stream announces {metadata_len} bytes of metadata; the "
             f"limit is {limits.max_metadata}"
         )
-    remaining = length - 12
-    names: list[tuple[str, int]] = []
-    seen: set[tuple[str, int]] = set()
-    for _ in range(count):
-        if remaining < _ENTRY.size:
-            raise ProtocolError("native stream: TABLE frame ends inside an entry")
-        ident, name_len = yield from src.unpack(">iH")
-        if name_len > limits.max_name or name_len > remaining - _ENTRY.size:
-            raise ProtocolError(
-                f"native stream: name length {name_len} exceeds the limit "
-                f"({limits.max_name}) or its frame"
-            )
-        name = (yield from src.read(name_len)).decode("utf-8", "surrogateescape")
-        remaining -= _ENTRY.size + name_len
-        if (name, ident) in seen:
-            raise ProtocolError(f"native stream names {name!r} id {ident} twice")
-        seen.add((name, ident))
-        names.append((name, ident))
-    if remaining != 0:
-        raise ProtocolError(f"native stream: TABLE frame has {remaining} bytes left over")
+    if 4 * count > length - 12:
+        raise ProtocolError(f"native stream: TABLE frame of {length} bytes cannot hold {count} ids")
+    ids = array.array("i")
+    ids.frombytes((yield from src.read(4 * count)))
+    if sys.byteorder == "little":
+        ids.byteswap()
+    blob = yield from src.read(length - 12 - 4 * count)
+    names = _split_names(blob, count, limits)
+    try:
+        check_unique(names, ids)
+    except ValueError as exc:
+        raise ProtocolError(f"native stream: {exc}") from None
+    if count != announced:
+        raise ProtocolError(f"native stream: header announces {announced} entries, TABLE {count}")
     progress.expected_fds = count
-    if count:
-        progress.outgoing.append(ack_frame(0))
     received: list[int] = []
     try:
         while len(received) < count:
@@ -231,8 +265,7 @@ def parse(
             (n,) = yield from src.unpack(">H")
             if not 1 <= n <= min(SCM_MAX_FD, count - len(received)):
                 raise ProtocolError(f"native stream: FDS frame announces {n} descriptors")
-            for _ in range(n):
-                received.append(fds.pop("native FDS frame"))
+            received += fds.pop_many(n, "native FDS frame")
             progress.received_fds = len(received)
             if window and len(received) % window == 0 and len(received) < count:
                 progress.outgoing.append(ack_frame(len(received)))
@@ -254,12 +287,21 @@ def parse(
                 f"native stream: checksum mismatch (sent {claimed:#010x}, computed {crc:#010x})"
             )
     except BaseException:
-        FdState([NamedFd(str(i), i, fd) for i, fd in enumerate(received)]).close()
+        close_all(received)
         raise
-    return FdState(
-        [NamedFd(name, ident, fd) for (name, ident), fd in zip(names, received, strict=True)],
-        bytes(metadata),
-    )
+    return FdState.from_columns(names, ids, received, bytes(metadata), checked=True)
+
+
+def announced_count(header: bytes) -> int | None:
+    """The descriptor count a native header announces, or None for anything else.
+
+    A receiver peeks at the header (a peek installs no descriptor) to make
+    room for the descriptors before the first read that could bring them.
+    """
+    if len(header) < HEADER_SIZE:
+        return None
+    magic, major, _minor, _flags, _window, count = _HEADER.unpack_from(header)
+    return int(count) if magic == MAGIC and major == MAJOR else None
 
 
 def parse_reply(src: ByteSource) -> Generator[int, None, int | Status]:

@@ -109,6 +109,20 @@ class UnixSocketStream(SocketStream):
             )
         return data
 
+    async def peek(self, size: int) -> bytes:
+        """Wait for data and return up to ``size`` bytes without consuming them.
+
+        A peek has no control buffer, so it installs none of the descriptors
+        that may come with the bytes: a receiver can look first, then make room.
+        Returns b"" at EOF.
+        """
+        self._check_open()
+        if self._pending:
+            return bytes(self._pending[:size])
+        if self._eof_seen:
+            return b""
+        return await self._retry(lambda: self._sock.recv(size, socket.MSG_PEEK), readable=True)
+
     async def send_fds(self, data: bytes, fds: list[int]) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()
         for chunk, batch in fdpass.split_for_sending(data, fds):

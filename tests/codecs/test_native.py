@@ -70,12 +70,13 @@ def encoded(state: FdState, window: int = 0) -> bytes:
 def test_windows_wait_for_acks() -> None:
     state = FdState([NamedFd(str(i), 0, 100 + i) for i in range(1100)])
     steps = list(native.encode(state, window=506))
-    assert [s.count for s in steps if isinstance(s, native.AwaitAck)] == [0, 506, 1012]
+    assert [s.count for s in steps if isinstance(s, native.AwaitAck)] == [506, 1012]
     sends = [s for s in steps if isinstance(s, native.Send)]
     assert all(len(s.fds) <= 253 and s.data for s in sends)
 
 
-HEADER = struct.pack(">IBBHII", native.MAGIC, 1, 0, 0, 0, 0)
+HEADER = struct.pack(">IBBHII", native.MAGIC, 1, 0, 0, 0, 1)  # announces one entry
+LONG_NAME = b"x" * 60000 + b"\0"
 
 
 @pytest.mark.parametrize(
@@ -87,7 +88,12 @@ HEADER = struct.pack(">IBBHII", native.MAGIC, 1, 0, 0, 0, 0)
         (HEADER + struct.pack(">BI", 0x01, 0xFFFFFFFF), "claims 4294967295 bytes"),
         (HEADER + struct.pack(">BIIQ", 0x01, 12, 2_000_000, 0), "2000000 entries"),
         (HEADER + struct.pack(">BIIQ", 0x01, 12, 0, 1 << 40), "metadata"),
-        (HEADER + struct.pack(">BIIQiH", 0x01, 18, 1, 0, 0, 60000), "name length 60000"),
+        (
+            HEADER + struct.pack(">BIIQi", 0x01, 16 + len(LONG_NAME), 1, 0, 0) + LONG_NAME,
+            "a name of 60000 bytes",
+        ),
+        (HEADER + struct.pack(">BIIQi", 0x01, 18, 1, 0, 7) + b"ab", "names hold 0"),
+        (HEADER + struct.pack(">BIIQ", 0x01, 12, 0, 0), "header announces 1 entries"),
         (b"\x00\x00\x00\x00", "unknown state stream magic"),
     ],
 )
