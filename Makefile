@@ -36,7 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check fdchannel tests examples bench
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy fdchannel tests
+	$(VENV)/bin/mypy fdchannel tests bench examples
 
 unit: $(STAMP) debian-packages
 	$(PY) -m pytest
