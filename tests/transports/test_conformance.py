@@ -19,7 +19,15 @@ import pytest
 
 import fdchannel
 from fdchannel import Capability
-from fdchannel.address import Address, ExecAddress, FileAddress, TcpAddress, UnixAddress
+from fdchannel.address import (
+    Address,
+    ExecAddress,
+    FdAddress,
+    FileAddress,
+    TcpAddress,
+    UnixAddress,
+    VsockAddress,
+)
 from fdchannel.transports import Stream
 
 pytestmark = pytest.mark.anyio
@@ -30,7 +38,9 @@ TIMEOUT = 30
 
 
 @asynccontextmanager
-async def socket_pair(address: Address) -> AsyncIterator[tuple[Stream, Stream]]:
+async def socket_pair(
+    address: Address, connect_to: Callable[[Address], Address] | None = None
+) -> AsyncIterator[tuple[Stream, Stream]]:
     """A connected (outgoing, incoming) pair through a real listener."""
     async with await fdchannel.listen(address) as listener:
         incoming: list[Stream] = []
@@ -38,9 +48,10 @@ async def socket_pair(address: Address) -> AsyncIterator[tuple[Stream, Stream]]:
         async def accept() -> None:
             incoming.append(await listener.accept())
 
+        target = connect_to(listener.address) if connect_to else listener.address
         async with anyio.create_task_group() as tg:
             tg.start_soon(accept)
-            outgoing = await fdchannel.connect(listener.address)
+            outgoing = await fdchannel.connect(target)
     try:
         yield outgoing, incoming[0]
     finally:
@@ -48,19 +59,46 @@ async def socket_pair(address: Address) -> AsyncIterator[tuple[Stream, Stream]]:
         await incoming[0].aclose()
 
 
+@asynccontextmanager
+async def fd_pair(_: Path) -> AsyncIterator[tuple[Stream, Stream]]:
+    """Both ends of a socketpair opened as ``fd:N`` (each transport call takes a copy)."""
+    left, right = socket.socketpair()
+    with left, right:
+        outgoing = await fdchannel.connect(FdAddress(str(left.fileno())))
+        try:
+            listener = await fdchannel.listen(FdAddress(str(right.fileno())))
+        except BaseException:
+            await outgoing.aclose()
+            raise
+    # The originals are closed: only the copies hold the connection now.
+    async with listener:
+        incoming = await listener.accept()
+    try:
+        yield outgoing, incoming
+    finally:
+        await outgoing.aclose()
+        await incoming.aclose()
+
+
 @dataclass(frozen=True)
 class PairSpec:
     """How to open one transport's two ends."""
 
     name: str
-    #: For socket-like pairs: the address to listen on, made from a temporary directory.
-    listen_on: Callable[[Path], Address] | None = None
+    #: For socket-like pairs: opens both ends at once, given a temporary directory.
+    open: Callable[[Path], AbstractAsyncContextManager[tuple[Stream, Stream]]] | None = None
     #: For file-like pairs: (writer address, reader address), used one after the other.
     sequential: Callable[[Path], tuple[Address, Address]] | None = None
 
     def concurrent(self, tmp: Path) -> AbstractAsyncContextManager[tuple[Stream, Stream]]:
-        assert self.listen_on is not None
-        return socket_pair(self.listen_on(tmp))
+        assert self.open is not None
+        return self.open(tmp)
+
+
+def listening_on(
+    make: Callable[[Path], Address], connect_to: Callable[[Address], Address] | None = None
+) -> Callable[[Path], AbstractAsyncContextManager[tuple[Stream, Stream]]]:
+    return lambda tmp: socket_pair(make(tmp), connect_to)
 
 
 def _has_ipv6() -> bool:
@@ -72,17 +110,39 @@ def _has_ipv6() -> bool:
     return True
 
 
+def _vsock_loopback_unavailable() -> str | None:
+    from .test_vsock import _loopback_unavailable
+
+    return _loopback_unavailable()
+
+
 SOCKET_PAIRS = [
-    PairSpec("unix-path", listen_on=lambda d: UnixAddress(str(d / "s"))),
-    PairSpec("unix-abstract", listen_on=lambda d: UnixAddress(f"fdc-{d.name}", abstract=True)),
+    PairSpec("unix-path", open=listening_on(lambda d: UnixAddress(str(d / "s")))),
+    PairSpec(
+        "unix-abstract", open=listening_on(lambda d: UnixAddress(f"fdc-{d.name}", abstract=True))
+    ),
     PairSpec(
         "unix-abstract-loose",
-        listen_on=lambda d: UnixAddress(f"fdc-{d.name}", abstract=True, tight=False),
+        open=listening_on(lambda d: UnixAddress(f"fdc-{d.name}", abstract=True, tight=False)),
     ),
-    PairSpec("tcp-ipv4", listen_on=lambda d: TcpAddress("127.0.0.1", "0")),
+    PairSpec("tcp-ipv4", open=listening_on(lambda d: TcpAddress("127.0.0.1", "0"))),
     pytest.param(
-        PairSpec("tcp-ipv6", listen_on=lambda d: TcpAddress("::1", "0", ipv6=True)),
+        PairSpec("tcp-ipv6", open=listening_on(lambda d: TcpAddress("::1", "0", ipv6=True))),
         marks=pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback on this host"),
+    ),
+    PairSpec("fd-socketpair", open=fd_pair),
+    pytest.param(
+        PairSpec(
+            "vsock-loopback",
+            open=listening_on(
+                lambda d: VsockAddress(str(2**32 - 1), "0"),
+                connect_to=lambda a: VsockAddress("1", a.port),  # type: ignore[union-attr]
+            ),
+        ),
+        marks=pytest.mark.skipif(
+            _vsock_loopback_unavailable() is not None,
+            reason=str(_vsock_loopback_unavailable()),
+        ),
     ),
 ]
 
@@ -193,6 +253,37 @@ async def test_aclose_is_idempotent(spec: PairSpec, sockdir: Path) -> None:
             # The peer sees EOF, then a send to the closed side breaks.
             with pytest.raises(anyio.EndOfStream):
                 await inc.receive()
+
+
+@pytest.mark.parametrize("spec", SEQUENTIAL_PAIRS, ids=_ids)
+async def test_sequential_aclose_is_idempotent(spec: PairSpec, sockdir: Path) -> None:
+    assert spec.sequential is not None
+    writer_address, _ = spec.sequential(sockdir)
+    with anyio.fail_after(TIMEOUT):
+        writer = await fdchannel.connect(writer_address)
+        await writer.send(b"x")
+        await writer.aclose()
+        await writer.aclose()
+        with pytest.raises(anyio.ClosedResourceError):
+            await writer.send(b"x")
+
+
+@pytest.mark.parametrize("spec", SEQUENTIAL_PAIRS, ids=_ids)
+async def test_sequential_cancel_mid_transfer_leaves_nothing(spec: PairSpec, sockdir: Path) -> None:
+    """Cancelled while writing: the writer closes, its child (if any) is reaped."""
+    assert spec.sequential is not None
+    writer_address, _ = spec.sequential(sockdir)
+    with anyio.fail_after(TIMEOUT):
+        writer = await fdchannel.connect(writer_address)
+        try:
+            with anyio.CancelScope() as scope:
+                for _ in range(16):
+                    await writer.send(b"\0" * CHUNK)
+                scope.cancel()
+                await writer.send(b"\0" * CHUNK)  # the cancellation lands here
+        finally:
+            with anyio.CancelScope(shield=True):
+                await writer.aclose()
 
 
 @pytest.mark.parametrize("spec", SOCKET_PAIRS, ids=_ids)
