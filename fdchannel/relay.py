@@ -99,11 +99,16 @@ async def relay(
     dest: Target | Channel,
     *,
     accept_timeout: float | None = None,
+    connect_timeout: float | None = 10,
     on_progress: Callable[[RelayStats], None] | None = None,
     task_status: anyio.abc.TaskStatus[Address] = anyio.TASK_STATUS_IGNORED,
     **listen_options: object,
 ) -> RelayStats:
     """Accept one peer on ``source``, connect ``dest``, and copy until both sides ended.
+
+    ``accept_timeout`` bounds the wait for the peer, ``connect_timeout`` the
+    attempts to reach ``dest`` (TimeoutError); the copying itself runs until
+    both sides end, under the caller's own cancel scope.
 
     With ``task_group.start(relay, ...)`` the start returns once the relay
     listens, with the address it listens on.
@@ -115,7 +120,9 @@ async def relay(
             incoming = await listener.accept()
     try:
         address, kind = resolve_target(dest)
-        outgoing = await connect_retrying(Channel(kind, address))
+        with anyio.fail_after(connect_timeout if connect_timeout is not None else math.inf):
+            # The receiver may still be starting: retry until the deadline.
+            outgoing = await connect_retrying(Channel(kind, address))
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(
