@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -155,12 +156,23 @@ def _transpose(entries: list[NamedFd]) -> Columns:
     return names, ids, fds
 
 
+def _consecutive(ids: Sequence[int]) -> bool:
+    """True if the ids are first, first+1, ... (compared in C, as int32 arrays)."""
+    if not ids:
+        return True
+    try:
+        column = ids if isinstance(ids, array.array) else array.array("i", ids)
+        return column == array.array("i", range(ids[0], ids[0] + len(ids)))
+    except OverflowError:
+        return False
+
+
 def check_unique(names: Sequence[str], ids: Sequence[int]) -> None:
     """ValueError naming a (name, id) given twice."""
     # Distinct names or distinct ids make distinct pairs: the common cases,
     # each seen in one C pass without building a tuple per entry.
     count = len(names)
-    if len(set(names)) == count or len(set(ids)) == count:
+    if len(set(names)) == count or _consecutive(ids) or len(set(ids)) == count:
         return
     if len(set(zip(names, ids, strict=True))) == count:
         return

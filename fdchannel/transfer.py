@@ -136,7 +136,9 @@ async def receive_state_and_codec(
     try:
         while True:
             try:
-                if fd_passing:
+                if isinstance(stream, UnixSocketStream):
+                    data, fds = await stream.receive_fds_many(_READ, SCM_MAX_FD)
+                elif fd_passing:
                     data, fds = await stream.receive_fds(_READ, SCM_MAX_FD)
                 else:
                     data, fds = await stream.receive(_READ), []

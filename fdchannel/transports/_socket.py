@@ -109,6 +109,41 @@ class UnixSocketStream(SocketStream):
             )
         return data
 
+    async def receive_fds_many(
+        self, max_bytes: int, maxfds: int = fdpass.SCM_MAX_FD, max_messages: int = 64
+    ) -> tuple[bytes, list[int]]:
+        """``receive_fds``, then whatever more is already queued, in one call.
+
+        The kernel returns at most one message with descriptors per recvmsg;
+        draining what is queued without a trip through the event loop keeps a
+        stream of many such messages at the kernel's pace.  The bytes are
+        joined and the descriptors kept in order, so each still arrives at or
+        before its byte.
+        """
+        data, fds = await self.receive_fds(max_bytes, maxfds)
+        chunks = [data]
+        size = len(data)
+        try:
+            for _ in range(max_messages - 1):
+                if size >= max_bytes or self._pending:
+                    break
+                try:
+                    more, more_fds = fdpass.recvmsg_fds(self._sock, max_bytes - size, maxfds)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    raise self._translate(exc) from exc
+                if not more and not more_fds:
+                    self._eof_seen = True
+                    break
+                chunks.append(more)
+                fds += more_fds
+                size += len(more)
+        except BaseException:
+            fdpass.close_all(fds)
+            raise
+        return b"".join(chunks), fds
+
     async def peek(self, size: int) -> bytes:
         """Wait for data and return up to ``size`` bytes without consuming them.
 
