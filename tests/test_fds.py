@@ -275,3 +275,40 @@ async def test_in_flight_limit_is_named() -> None:
     out = result.stdout.decode()
     assert out.startswith("refused after "), out
     assert "ETOOMANYREFS" in out and "in flight" in out
+
+
+async def test_receive_many_keeps_order_and_sees_eof(
+    pair: tuple[UnixSocketStream, UnixSocketStream],
+) -> None:
+    a, b = pair
+    batches = [devnulls(3) for _ in range(5)]
+    try:
+        for i, batch in enumerate(batches):
+            await a.send(b"plain%d" % i)
+            await a.send_fds(b"!", batch)
+        await a.send_eof()
+        with anyio.fail_after(TIMEOUT):
+            data, fds = await b.receive_fds_many(1 << 20, SCM_MAX_FD)
+            assert data == b"".join(b"plain%d!" % i for i in range(5))
+            assert same_files(fds, [fd for batch in batches for fd in batch])
+            close(fds)
+            with pytest.raises(anyio.EndOfStream):
+                await b.receive_fds_many(1 << 20)
+    finally:
+        for batch in batches:
+            close(batch)
+
+
+async def test_receive_many_closes_what_it_gathered_on_error(
+    pair: tuple[UnixSocketStream, UnixSocketStream],
+) -> None:
+    a, b = pair
+    first, second = devnulls(2), devnulls(200)
+    try:
+        await a.send_fds(b"1", first)
+        await a.send_fds(b"2", second)  # more than the receiver allows
+        with anyio.fail_after(TIMEOUT), pytest.raises(TruncatedFdsError):
+            await b.receive_fds_many(1 << 20, maxfds=2)
+    finally:
+        close(first)
+        close(second)
