@@ -5,17 +5,27 @@ from __future__ import annotations
 import errno
 import math
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 import anyio
 
 from ..channel import Channel, parse_channel, validate_channels
-from ..errors import ConnectError, FdChannelError, HandoffError, HandoffTimeout
-from ..transports import Stream, connect
+from ..codecs import native
+from ..codecs._parse import ByteSource
+from ..errors import (
+    ConnectError,
+    FdChannelError,
+    HandoffError,
+    HandoffTimeout,
+    PeerCredentialsError,
+    ProtocolError,
+)
+from ..transfer import Codec, read_reply
+from ..transports import Listener, Stream, connect
 from .machine import Event, Machine
 
-__all__ = ["connect_retrying", "parse_channels", "step"]
+__all__ = ["accept_admitted", "connect_retrying", "parse_channels", "step", "wait_for_ack"]
 
 #: errno values that mean "the peer is not listening yet": worth retrying.
 _NOT_YET = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
@@ -56,11 +66,12 @@ async def step(machine: Machine, what: str, timeout: float | None) -> AsyncItera
         raise
 
 
-async def connect_retrying(channel: Channel) -> Stream:
+async def connect_retrying(channel: Channel, attempts: list[str] | None = None) -> Stream:
     """Connect, retrying while the peer's socket is missing or refuses.
 
     QEMU does not retry; a new process that is still starting is normal
     for us, so we back off briefly until the caller's deadline cancels us.
+    Each failed attempt's reason is appended to ``attempts`` if given.
     """
     delay = _FIRST_DELAY
     while True:
@@ -70,6 +81,8 @@ async def connect_retrying(channel: Channel) -> Stream:
             cause = exc.__cause__
             if not (isinstance(cause, OSError) and cause.errno in _NOT_YET):
                 raise
+            if attempts is not None:
+                attempts.append(cause.strerror or str(cause))
         await anyio.sleep(delay)
         delay = min(delay * 2, _MAX_DELAY)
 
@@ -77,3 +90,49 @@ async def connect_retrying(channel: Channel) -> Stream:
 def now() -> float:
     """The clock handoff timings use (monotonic, shared by every process)."""
     return time.monotonic()
+
+
+async def wait_for_ack(stream: Stream, codec: Codec) -> str:
+    """Wait for the receiver's close-as-ack; "closed" (qemu) or "accepted" (native).
+
+    qemu: a bare close, as QEMU does it (a receiver that died with our bytes
+    unread makes the kernel report ECONNRESET instead).  native: a STATUS
+    frame first, so a rejection (with its reason) and a receiver that died
+    before acknowledging are told apart from the ack.
+    """
+    if codec == "qemu":
+        await stream.wait_peer_closed()
+        return "closed"
+    src = ByteSource()
+    try:
+        reply = await read_reply(stream, src)
+    except ProtocolError as exc:
+        if src.offset == 0 and src.available() == 0:
+            raise HandoffError(
+                "the receiver closed the connection without a status: "
+                "it died or gave up before acknowledging"
+            ) from exc
+        raise
+    if not isinstance(reply, native.Status):
+        raise HandoffError(
+            f"the receiver acknowledged {reply} descriptors where its status was expected"
+        )
+    if not reply.accepted:
+        raise HandoffError(f"the receiver rejected the state: {reply.reason}")
+    await stream.wait_peer_closed()
+    return "accepted"
+
+
+async def accept_admitted(
+    listener: Listener, on_refused: Callable[[PeerCredentialsError], None]
+) -> Stream:
+    """The next peer the listener's credential policy admits.
+
+    A refused peer was closed unread by the listener; ``on_refused`` hears
+    of it, and we wait for the next one.
+    """
+    while True:
+        try:
+            return await listener.accept()
+        except PeerCredentialsError as exc:
+            on_refused(exc)

@@ -12,16 +12,20 @@ import anyio.abc
 
 from ..channel import Channel
 from ..codecs import native
-from ..errors import HandoffError, PeerCredentialsError
+from ..errors import HandoffError
 from ..state import DEFAULT_LIMITS, FdState, Limits
 from ..transfer import Codec, receive_state_and_codec
 from ..transports import Listener, Stream, listen
-from ._common import parse_channels, step
+from ._common import accept_admitted, parse_channels, step
 from .machine import INCOMING, Event, Machine, State
 
 __all__ = ["Incoming"]
 
 log = logging.getLogger("fdchannel")
+
+
+def _log_refused(exc: Exception) -> None:
+    log.warning("%s", exc)
 
 
 class Incoming(anyio.abc.AsyncResource):
@@ -75,7 +79,7 @@ class Incoming(anyio.abc.AsyncResource):
         if listener is None:
             raise HandoffError(f"incoming handoff: cannot receive while {self.state.value}")
         async with step(self._machine, "receiving the state on the cpr channel", timeout):
-            self._cpr_stream = await self._accept_one(listener)
+            self._cpr_stream = await accept_admitted(listener, _log_refused)
             self._machine.fire(Event.PEER_ACCEPTED)
             await self._close_listener()
             received, self.codec = await receive_state_and_codec(
@@ -83,15 +87,6 @@ class Incoming(anyio.abc.AsyncResource):
             )
             self._machine.fire(Event.STATE_RECEIVED)
         return received
-
-    @staticmethod
-    async def _accept_one(listener: Listener) -> Stream:
-        # Refused peers are closed unread; keep waiting for the right one.
-        while True:
-            try:
-                return await listener.accept()
-            except PeerCredentialsError as exc:
-                log.warning("%s", exc)
 
     async def listen_main(self) -> Listener:
         """Listen on the main channel, then close cpr: the acknowledgement."""
@@ -108,7 +103,7 @@ class Incoming(anyio.abc.AsyncResource):
         if listener is None:
             raise HandoffError(f"incoming handoff: cannot accept main while {self.state.value}")
         async with step(self._machine, "accepting the main channel", timeout):
-            self._main_stream = await self._accept_one(listener)
+            self._main_stream = await accept_admitted(listener, _log_refused)
             self._machine.fire(Event.MAIN_ACCEPTED)
         return self._main_stream
 

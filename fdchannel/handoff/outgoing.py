@@ -10,13 +10,10 @@ import anyio
 import anyio.abc
 
 from ..channel import Channel
-from ..codecs import native
-from ..codecs._parse import ByteSource
-from ..errors import HandoffError, ProtocolError
 from ..state import FdState
-from ..transfer import Codec, read_reply, send_state
+from ..transfer import Codec, send_state
 from ..transports import Stream
-from ._common import connect_retrying, now, parse_channels, step
+from ._common import connect_retrying, now, parse_channels, step, wait_for_ack
 from .machine import OUTGOING, Event, Machine, State
 
 __all__ = ["Ack", "Outgoing"]
@@ -66,36 +63,11 @@ class Outgoing(anyio.abc.AsyncResource):
                 self._machine.fire(Event.CPR_CONNECTED)
                 await send_state(self._cpr_stream, state, self.codec)
                 self._machine.fire(Event.STATE_SENT)
-                await self._wait_for_ack(self._cpr_stream)
+                await wait_for_ack(self._cpr_stream, self.codec)
                 self._machine.fire(Event.ACK)
         finally:
             await self._close_cpr()
         return Ack(self.codec, len(state.fds), now() - started)
-
-    async def _wait_for_ack(self, stream: Stream) -> None:
-        if self.codec == "qemu":
-            # As QEMU does it: a bare close.  A receiver that died with our
-            # bytes unread makes the kernel report ECONNRESET instead.
-            await stream.wait_peer_closed()
-            return
-        src = ByteSource()
-        try:
-            reply = await read_reply(stream, src)
-        except ProtocolError as exc:
-            if src.offset == 0 and src.available() == 0:
-                raise HandoffError(
-                    "the new process closed the cpr channel without a status: "
-                    "it died or gave up before acknowledging"
-                ) from exc
-            raise
-        if not isinstance(reply, native.Status):
-            raise HandoffError(
-                f"the new process sent an acknowledgement of {reply} descriptors "
-                "where its status was expected"
-            )
-        if not reply.accepted:
-            raise HandoffError(f"the new process rejected the state: {reply.reason}")
-        await stream.wait_peer_closed()
 
     async def finish(self, timeout: float | None = 10) -> Stream:
         """Connect the main channel (after the ack) and return its stream."""

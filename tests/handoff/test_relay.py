@@ -12,7 +12,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 import fdchannel
 from fdchannel.address import UnixAddress
-from fdchannel.relay import RelayStats, relay
+from fdchannel.relaying import RelayStats, relay
 from fdchannel.transports._socket import UnixSocketStream
 
 pytestmark = pytest.mark.anyio

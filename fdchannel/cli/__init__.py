@@ -1,0 +1,258 @@
+"""The ``fdchannel`` command line: the parser, dispatch, and errors as one line.
+
+Exit status: 0 all went well; 1 a problem was found (unreachable, timed
+out, refused, a bad state); 2 the command line is wrong (argparse's errors,
+an address or channel that does not parse).  Errors are one line on
+stderr, ``fdchannel: error: ...``; ``--debug`` adds the traceback; with
+``--json`` stdout also gets ``{"ok": false, "error": {...}}``.
+
+Start-up matters (``fdchannel --help`` runs in scripts): this module
+imports argparse and the output helpers only.  A command's module, and
+with it the address layer or the event loop, is imported when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn, Protocol
+
+from ..errors import AddressError, FdChannelError
+from ._output import PROBLEM, USAGE, CliError, Output, UsageError, single
+
+__all__ = ["build_parser", "main"]
+
+PROG = "fdchannel"
+
+
+class _Command(Protocol):
+    def run(self, options: argparse.Namespace, out: Output) -> int: ...
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are raised, to be printed as one line like every other."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')", self.prog)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a timeout must be a positive number")
+    return value
+
+
+def _common() -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON document, not text")
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return common
+
+
+def _timeout(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--timeout", type=_seconds, metavar="SECONDS", help=f"give up after SECONDS ({default})"
+    )
+
+
+def _add_probe(commands: argparse._SubParsersAction[_Parser], common: _Parser) -> None:
+    probe = commands.add_parser(
+        "probe",
+        parents=[common],
+        help="check channels; with --listen, receive a state and describe it",
+        description="Parse and validate each URI or channel (a list is validated as a set), "
+        "show its typed address, QAPI form and capabilities, check that it is reachable, "
+        "self-test descriptor passing against 'fdchannel probe --listen', and time each "
+        "step.  With --listen: act as the incoming cpr side, accept one peer, show who it "
+        "is, receive its state (native or qemu codec), describe every descriptor, then "
+        "acknowledge by closing.",
+        epilog="A channel is a URI (a main channel), QAPI JSON or QEMU keyval text, e.g. "
+        "'cpr,addr.transport=socket,addr.type=unix,addr.path=/run/vm/cpr.sock'.",
+    )
+    probe.add_argument("channels", nargs="*", metavar="URI|CHANNEL", help="what to probe")
+    probe.add_argument(
+        "--listen", action="store_true", help="be the incoming side on the one URI given"
+    )
+    probe.add_argument(
+        "--mode",
+        choices=("normal", "cpr-transfer"),
+        help="validate the channels as a set in this mode "
+        "(default: cpr-transfer if a cpr channel is given, else normal; "
+        "a single channel is validated only with --mode)",
+    )
+    probe.add_argument(
+        "--self-test",
+        action=argparse.BooleanOptionalAction,
+        help="pass a memfd to a unix listener (default: only when it is 'fdchannel probe "
+        "--listen', as a one-shot listener would take the test for its real peer)",
+    )
+    probe.add_argument(
+        "--no-ack",
+        action="store_true",
+        help="--listen: hold the connection instead of acknowledging, until the sender "
+        "hangs up or a signal",
+    )
+    _timeout(probe, "each check: default 5; --listen: waiting for the peer, default never")
+
+
+def _add_relay(commands: argparse._SubParsersAction[_Parser], common: _Parser) -> None:
+    relay = commands.add_parser(
+        "relay",
+        parents=[common],
+        help="accept one peer on FROM, connect TO, forward bytes and descriptors",
+        description="Accept one peer on FROM, connect TO, and forward bytes and "
+        "descriptors both ways (each descriptor with its bytes), passing on the sender's "
+        "half-close and the receiver's close (the ack).  A progress line on stderr counts "
+        "what crossed; the result says who closed first.",
+    )
+    relay.add_argument("source", metavar="FROM", help="URI or channel to listen on")
+    relay.add_argument("dest", metavar="TO", help="URI or channel to connect to")
+    relay.add_argument("--quiet", action="store_true", help="no progress line")
+    _timeout(relay, "waiting for the peer on FROM; default never")
+
+
+def _add_send(commands: argparse._SubParsersAction[_Parser], common: _Parser) -> None:
+    send = commands.add_parser(
+        "send",
+        parents=[common],
+        help="send descriptors to a listener (recv, probe --listen, an Incoming)",
+        description="Send a state holding the named descriptors to URI, as the outgoing "
+        "side of a cpr channel: connect (retrying while nobody listens yet), send, "
+        "half-close, and wait for the receiver to acknowledge by closing.",
+        epilog="SOURCE is a descriptor number this process inherited (3), fd:NAME (an "
+        "inherited descriptor by its LISTEN_FDNAMES name), a new listening socket "
+        "(tcp:HOST:PORT or unix:PATH; port 0 lets the kernel choose), or a file path. "
+        "NAME:ID gives an id (default: 0, or one more than the last same NAME).",
+    )
+    send.add_argument("uri", metavar="URI", help="where the receiver listens (unix: or fd:)")
+    send.add_argument("items", nargs="*", metavar="NAME=SOURCE", help="descriptors to send")
+    send.add_argument(
+        "--codec", choices=("native", "qemu"), default="native", help="state format (native)"
+    )
+    send.add_argument("--metadata", metavar="TEXT", help="bytes sent with the state (native)")
+    _timeout(send, "connect, send and ack; default 10")
+
+
+def _add_recv(commands: argparse._SubParsersAction[_Parser], common: _Parser) -> None:
+    recv = commands.add_parser(
+        "recv",
+        parents=[common],
+        usage=f"{PROG} recv [-h] [--json] [--debug] [--timeout SECONDS] URI -- CMD [ARGS ...]",
+        help="receive descriptors, then exec CMD with them (socket activation)",
+        description="Listen on URI, accept one peer, receive its state, acknowledge by "
+        "closing, then exec CMD with the descriptors as fd 3, 4, ... and LISTEN_FDS, "
+        "LISTEN_FDNAMES and LISTEN_PID set, as systemd's socket activation does.  The "
+        "report goes to stderr: stdout is CMD's.",
+    )
+    recv.add_argument("uri", metavar="URI", help="where to listen (unix: or fd:)")
+    # Caught only to say where the command belongs: after "--".
+    recv.add_argument("misplaced", nargs="*", help=argparse.SUPPRESS)
+    recv.set_defaults(command=[])
+    _timeout(recv, "waiting for the peer and its state; default never")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = _Parser(
+        prog=PROG,
+        description="Hand file descriptors and state from one process to another, "
+        "as QEMU's cpr-transfer does.",
+        epilog=f"'{PROG} COMMAND --help' for each command.  Exit status: 0 ok, "
+        "1 a problem was found, 2 usage error.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="name", metavar="COMMAND", parser_class=_Parser)
+    common = _common()
+    for add in (_add_probe, _add_relay, _add_send, _add_recv):
+        add(commands, common)
+    return parser
+
+
+def _version() -> str:
+    return str(sys.modules["fdchannel"].__dict__.get("__version__", "unknown"))
+
+
+def _parse(args: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    # The command is the first word that is not an option (the top level has no
+    # option that takes a value).
+    name = next((arg for arg in args if not arg.startswith("-")), None)
+    if name == "recv" and "--" in args:
+        # recv's command may hold options and "--" of its own: keep it verbatim.
+        cut = args.index("--")
+        options = parser.parse_args(args[:cut])
+        options.command = args[cut + 1 :]
+        return options
+    options = parser.parse_args(args)
+    if options.name is None:
+        raise UsageError(f"a command is required: probe, relay, send or recv (see '{PROG} --help')")
+    if options.name == "recv" and options.misplaced:
+        raise UsageError(f"put the command after '--': {PROG} recv URI -- CMD", f"{PROG} recv")
+    return options
+
+
+def _command(options: argparse.Namespace) -> _Command:
+    name = "listen" if options.name == "probe" and options.listen else options.name
+    module: _Command = importlib.import_module(f".{name}", __name__)
+    return module
+
+
+def _flag(args: list[str], flag: str) -> bool:
+    """Whether ``flag`` was given before any ``--`` (so also when parsing failed)."""
+    return flag in (args[: args.index("--")] if "--" in args else args)
+
+
+def _describe(exc: BaseException) -> tuple[int, str]:
+    """Exit status and one line for an error."""
+    if isinstance(exc, CliError):
+        return exc.exit_status, str(exc)
+    if isinstance(exc, AddressError):
+        return USAGE, str(exc)
+    if isinstance(exc, FdChannelError | TimeoutError | ValueError):
+        return PROBLEM, str(exc) or type(exc).__name__
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        return PROBLEM, f"{exc.strerror or exc}{where}"
+    if type(exc).__module__.split(".")[0] == "anyio":
+        # BrokenResourceError and friends: the peer went away under us.
+        return PROBLEM, f"{type(exc).__name__}: {exc or 'the connection broke'}"
+    return PROBLEM, f"unexpected {type(exc).__name__}: {exc} (--debug shows where)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = _flag(args, "--debug")
+    out = Output(_flag(args, "--json"), PROG)
+    try:
+        options = _parse(args)
+        return _command(options).run(options, out)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        # Whoever read our output stopped (``| head``): not worth a message, and
+        # the interpreter must not fail again flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return PROBLEM
+    except Exception as exc:
+        leaf = single(exc)
+        status, message = _describe(leaf)
+        if debug:
+            import traceback  # only here: every import costs start-up time
+
+            traceback.print_exception(exc)
+        message = " ".join(message.split())  # one line, whatever the error held
+        prog = leaf.prog if isinstance(leaf, CliError) and leaf.prog else PROG
+        sys.stderr.write(f"{prog}: error: {message}\n")
+        if out.json:
+            error = {"type": type(leaf).__name__, "message": message, "exit_status": status}
+            out.result({"ok": False, "error": error}, "")
+        return status

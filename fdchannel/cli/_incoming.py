@@ -1,0 +1,132 @@
+"""The incoming side on one channel: listen, accept one peer, receive, acknowledge.
+
+``probe --listen`` and ``recv`` use it.  As ``Incoming.receive_cpr``: the
+listener is closed once one peer passed the credential check; the ack is
+the close (preceded, for the native codec, by an "accepted" status the
+sender can read).
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from ..channel import Channel
+from ..codecs import native
+from ..handoff._common import accept_admitted
+from ..state import FdState
+from ..transfer import Codec, receive_state_and_codec
+from ..transports import Stream, listen
+from ..transports._socket import SocketStream, UnixSocketStream
+from . import _proc
+from ._output import CliError, Output
+
+__all__ = ["Received", "ack", "hold", "receive_one"]
+
+
+@dataclass
+class Received:
+    """A state and where it came from; the state owns its descriptors."""
+
+    state: FdState
+    codec: Codec
+    #: The connection to the peer, open until the ack.
+    stream: Stream
+    listened_on: str
+    peer: dict[str, Any] = field(default_factory=dict)
+    #: Seconds spent waiting for the peer, then reading its state.
+    accept: float = 0.0
+    receive: float = 0.0
+
+
+def describe_peer(stream: Stream) -> dict[str, Any]:
+    """The peer's pid, uid, gid and command line (unix), or its address."""
+    if isinstance(stream, UnixSocketStream):
+        pid, uid, gid = stream.peer_credentials
+        argv, why = _proc.command_line(pid)
+        return {"pid": pid, "uid": uid, "gid": gid, "argv": argv, "argv_error": why}
+    if isinstance(stream, SocketStream):
+        try:
+            name = stream.socket.getpeername()
+        except OSError:
+            name = None
+        return {"address": name if not isinstance(name, tuple) else f"{name[0]}:{name[1]}"}
+    return {}
+
+
+async def receive_one(channel: Channel, timeout: float | None, out: Output) -> Received:
+    """Listen on ``channel``, announce it on stderr, and receive one peer's state.
+
+    ``timeout`` bounds the wait for the peer and the reading of its state.
+    On success the connection is left open: the caller acks or holds.
+    """
+    started = time.monotonic()
+    try:
+        with anyio.fail_after(timeout):
+            async with await listen(channel) as listener:
+                where = str(listener.address)
+                out.notice(f"listening on {where}")
+                stream = await accept_admitted(listener, lambda exc: out.notice(str(exc)))
+    except TimeoutError:
+        raise CliError(f"no peer connected to {channel.addr} within {timeout} s") from None
+    accepted = time.monotonic()
+    try:
+        peer = describe_peer(stream)
+        with anyio.fail_after(timeout):
+            state, codec = await receive_state_and_codec(stream)
+    except TimeoutError:
+        await stream.aclose()
+        raise CliError(f"the peer did not finish sending its state within {timeout} s") from None
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
+        raise
+    return Received(
+        state,
+        codec,
+        stream,
+        where,
+        peer,
+        accepted - started,
+        time.monotonic() - accepted,
+    )
+
+
+async def ack(stream: Stream, codec: Codec) -> str:
+    """Acknowledge by closing; native senders first read an "accepted" status."""
+    try:
+        if codec == "native":
+            await stream.send(native.status_frame(True))
+        outcome = "closed the connection"
+    except anyio.BrokenResourceError:
+        outcome = "the sender had already hung up"
+    finally:
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
+    return outcome
+
+
+def _hung_up(fd: int, wait_ms: int) -> bool:
+    # POLLHUP is reported whatever the events asked for: the sender closed
+    # its side completely, not only half-closed it (which it did already).
+    poller = select.poll()
+    poller.register(fd, 0)
+    return bool(poller.poll(wait_ms))
+
+
+async def hold(stream: Stream) -> float:
+    """Keep the connection open, unacknowledged, until the sender hangs up.
+
+    Returns how long it was held; a signal ends it too (the caller closes).
+    """
+    started = time.monotonic()
+    fd = stream.fileno()
+    # A worker thread polls in short slices so a cancellation is honoured quickly.
+    while not await anyio.to_thread.run_sync(_hung_up, fd, 200):
+        pass
+    return time.monotonic() - started

@@ -1,0 +1,128 @@
+"""``fdchannel recv URI -- CMD ARGS...``: receive descriptors, then become CMD.
+
+Listen on URI, accept one peer, receive its state (either codec), ack by
+closing, then exec CMD with the descriptors set up for socket activation as
+systemd does it: descriptors 3, 4, ... in the order sent, ``LISTEN_FDS``
+(how many), ``LISTEN_FDNAMES`` (their names joined by ``:``) and
+``LISTEN_PID`` (this pid, which exec keeps).  Any socket-activated server
+can so be handed sockets.  recv's own report goes to stderr: stdout is
+CMD's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from ..channel import Channel, ChannelType, parse_channel
+from ..fds import close_all
+from ._incoming import ack, receive_one
+from ._output import OK, CliError, Output, UsageError, plural
+from ._run import run_async
+
+__all__ = ["SD_LISTEN_FDS_START", "run"]
+
+#: The first descriptor of socket activation (sd-daemon.h).
+SD_LISTEN_FDS_START = 3
+
+
+@dataclass
+class _Handed:
+    """What arrived: descriptors (ours until exec) and the report on them."""
+
+    fds: list[int]
+    names: list[str]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _program(command: list[str]) -> str:
+    """CMD's executable, found now so that a typo fails before anyone sends."""
+    if not command:
+        raise UsageError("recv needs a command: recv URI -- CMD ARGS...")
+    name = command[0]
+    found = name if "/" in name else shutil.which(name)
+    if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
+        raise CliError(f"cannot run {name!r}: no such executable (PATH is searched)")
+    return found
+
+
+async def _receive(channel: Channel, options: argparse.Namespace, out: Output) -> _Handed:
+    received = await receive_one(channel, options.timeout, out)
+    state = received.state
+    try:
+        names = [entry.name for entry in state.fds]
+        bad = [name for name in names if ":" in name]
+        if bad:
+            raise CliError(
+                f"descriptor name {bad[0]!r} contains ':', which LISTEN_FDNAMES uses "
+                "as its separator"
+            )
+        outcome = await ack(received.stream, received.codec)
+    except BaseException:
+        state.close()
+        with anyio.CancelScope(shield=True):
+            await received.stream.aclose()
+        raise
+    report = {
+        "ok": True,
+        "listened_on": received.listened_on,
+        "peer": received.peer,
+        "codec": received.codec,
+        "descriptors": [{"name": e.name, "id": e.id} for e in state.fds],
+        "metadata_size": len(state.metadata),
+        "ack": outcome,
+    }
+    return _Handed([entry.fd for entry in state.fds], names, report)
+
+
+def _move_to_activation_slots(fds: list[int]) -> None:
+    """Put ``fds`` at 3, 4, ... without close-on-exec; nothing else is touched."""
+    first_free = SD_LISTEN_FDS_START + len(fds)
+    # Move every descriptor above the target range first, so no target
+    # overwrites a descriptor that still has to move.
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, first_free) for fd in fds]
+    close_all(fds)
+    for slot, fd in enumerate(high, SD_LISTEN_FDS_START):
+        os.dup2(fd, slot, inheritable=True)
+        os.close(fd)
+
+
+def run(options: argparse.Namespace, out: Output) -> int:
+    """Receive, then exec CMD; returns only if something failed before the exec."""
+    program = _program(options.command)
+    address = parse_channel(options.uri).addr
+    handed = run_async(_receive, Channel(ChannelType.CPR, address), options, out)
+    count = len(handed.fds)
+    environment = dict(os.environ)
+    environment.update(
+        LISTEN_FDS=str(count),
+        LISTEN_FDNAMES=":".join(handed.names),
+        LISTEN_PID=str(os.getpid()),
+    )
+    handed.report["exec"] = {
+        "argv": options.command,
+        "program": program,
+        "LISTEN_FDS": count,
+        "LISTEN_FDNAMES": environment["LISTEN_FDNAMES"],
+        "LISTEN_PID": os.getpid(),
+    }
+    last = SD_LISTEN_FDS_START + count - 1
+    slots = f"fd {SD_LISTEN_FDS_START}-{last}" if count > 1 else f"fd {last}" if count else "none"
+    text = (
+        f"{out.prog}: received {plural(count, 'descriptor')} ({handed.report['codec']} codec), "
+        f"{handed.report['ack']}\n"
+        f"{out.prog}: exec {program} with LISTEN_FDS={count} "
+        f"LISTEN_FDNAMES={environment['LISTEN_FDNAMES']} ({slots})"
+    )
+    out.result(handed.report, text, file=sys.stderr)
+    _move_to_activation_slots(handed.fds)
+    sys.stdout.flush()
+    os.execve(program, options.command, environment)
+    return OK  # pragma: no cover (execve does not return)
