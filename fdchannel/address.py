@@ -25,6 +25,7 @@ takes the QAPI mapping.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn, TypeAlias, TypeVar
@@ -43,6 +44,7 @@ __all__ = [
     "VsockAddress",
     "address_from_qapi",
     "address_to_qapi",
+    "family_for",
     "parse_address",
 ]
 
@@ -114,6 +116,21 @@ class InetAddress:
             value = getattr(self, name)
             if value is not None:
                 _check_uint(value, name.replace("_", "-"), _U32)
+
+
+def family_for(address: InetAddress) -> socket.AddressFamily:
+    """The address family the ipv4/ipv6 flags allow (AF_UNSPEC: either)."""
+    if address.ipv4 is False and address.ipv6 is False:
+        raise AddressError(
+            f"{address}: ipv4=off and ipv6=off leave no address family to use", str(address)
+        )
+    if address.ipv4 and address.ipv6:
+        return socket.AF_UNSPEC
+    if address.ipv6 or address.ipv4 is False:
+        return socket.AF_INET6
+    if address.ipv4 or address.ipv6 is False:
+        return socket.AF_INET
+    return socket.AF_UNSPEC
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from ..address import (
     TcpAddress,
     UnixAddress,
     VsockAddress,
+    family_for,
 )
 from . import _proc
 from ._output import format_size
@@ -219,23 +220,15 @@ def _listeners(inodes: list[int], facts: dict[str, Any]) -> Reach:
 # tcp, vsock
 
 
-def _family(addr: TcpAddress) -> socket.AddressFamily:
-    if addr.ipv4 and addr.ipv6:
-        return socket.AF_UNSPEC
-    if addr.ipv6 or addr.ipv4 is False:
-        return socket.AF_INET6
-    if addr.ipv4 or addr.ipv6 is False:
-        return socket.AF_INET
-    return socket.AF_UNSPEC
-
-
 def _tcp(addr: TcpAddress, timeout: float) -> Reach:
     if addr.ipv4 is False and addr.ipv6 is False:
         return Reach(False, "ipv4=off and ipv6=off leave no address family to use")
     if addr.port == "0":
         return Reach(False, "port 0 names no listener (only a listener may ask for any port)")
     try:
-        infos = socket.getaddrinfo(addr.host or None, addr.port, _family(addr), socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(
+            addr.host or None, addr.port, family_for(addr), socket.SOCK_STREAM
+        )
     except socket.gaierror as exc:
         return Reach(False, f"cannot resolve {addr.host or 'localhost'}: {exc.strerror}")
     errors = []

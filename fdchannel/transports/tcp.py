@@ -7,28 +7,13 @@ import socket
 
 import anyio
 
-from ..address import InetAddress, TcpAddress
+from ..address import InetAddress, TcpAddress, family_for
 from ..errors import AddressError, ConnectError, TransportError
 from ._socket import SocketListener, SocketStream, async_connect, tune_buffers
 
-__all__ = ["connect", "family_for", "listen"]
+__all__ = ["connect", "listen"]
 
 _BACKLOG = 4096
-
-
-def family_for(address: InetAddress) -> socket.AddressFamily:
-    """The address family the ipv4/ipv6 flags allow (AF_UNSPEC: either)."""
-    if address.ipv4 is False and address.ipv6 is False:
-        raise AddressError(
-            f"{address}: ipv4=off and ipv6=off leave no address family to use", str(address)
-        )
-    if address.ipv4 and address.ipv6:
-        return socket.AF_UNSPEC
-    if address.ipv6 or address.ipv4 is False:
-        return socket.AF_INET6
-    if address.ipv4 or address.ipv6 is False:
-        return socket.AF_INET
-    return socket.AF_UNSPEC
 
 
 def _port_number(address: InetAddress, text: str) -> int:

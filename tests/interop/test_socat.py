@@ -31,6 +31,8 @@ from fdchannel.address import TcpAddress, UnixAddress
 from fdchannel.transports import Stream
 from fdchannel.transports._socket import UnixSocketStream
 
+from .childlog import Log
+
 SOCAT = shutil.which("socat")
 
 pytestmark = [
@@ -70,42 +72,6 @@ CASES = [
     for socat_listens in (False, True)
     for flow in ("to_us", "from_us", "both", "echo")
 ]
-
-
-class Log:
-    """socat's stderr, read as far as a test needs it.
-
-    With ``-d -d`` socat writes a handful of lines, far less than a pipe
-    holds, so nothing has to read it in the background.
-    """
-
-    def __init__(self, stream: anyio.abc.ByteReceiveStream) -> None:
-        self._stream = stream
-        self.data = bytearray()
-        self._closed = False
-
-    async def _more(self) -> None:
-        try:
-            self.data += await self._stream.receive()
-        except anyio.EndOfStream:
-            self._closed = True
-
-    async def wait_for(self, pattern: re.Pattern[bytes]) -> re.Match[bytes]:
-        """The first match of ``pattern``, as soon as socat has written it."""
-        while (match := pattern.search(self.data)) is None:
-            if self._closed:
-                raise AssertionError(f"socat exited before {pattern.pattern!r}: {self.text()}")
-            await self._more()
-        return match
-
-    async def read_rest(self) -> str:
-        """The whole log, once socat has closed its stderr."""
-        while not self._closed:
-            await self._more()
-        return self.text()
-
-    def text(self) -> str:
-        return self.data.decode(errors="replace")
 
 
 @dataclass
@@ -242,7 +208,9 @@ async def open_pair(
         child = await stack.enter_async_context(
             socat(place.out, *socat_args(case.flow, place.socat_listen(), data))
         )
-        ready = await child.log.wait_for(LISTENING)
+        matches = await child.log.wait_for(LISTENING)
+        assert matches, f"socat exited before listening: {child.log.text()}"
+        ready = matches[0]
         port = int(ready["port"] or 0)
         stream = await stack.enter_async_context(await fdchannel.connect(place.ours(port)))
         return child, stream

@@ -32,6 +32,8 @@ import pytest
 import fdchannel
 from fdchannel.transports import Stream
 
+from .childlog import Log
+
 ACTIVATE = shutil.which("systemd-socket-activate")
 
 pytestmark = [
@@ -128,42 +130,6 @@ CASES = [
     # Without LISTEN_FDNAMES every descriptor is "unknown", as sd_listen_fds_with_names says.
     Case("unnamed", ("unix",), None, ("fd:unknown",), {"unknown": 3}),
 ]
-
-
-class Log:
-    """The activator's stderr (the child's too), read as far as a test needs it.
-
-    Both write a few lines, far less than a pipe holds, so nothing has to
-    read it in the background.
-    """
-
-    def __init__(self, stream: anyio.abc.ByteReceiveStream) -> None:
-        self._stream = stream
-        self.data = bytearray()
-        self.closed = False
-
-    async def _more(self) -> None:
-        try:
-            self.data += await self._stream.receive()
-        except anyio.EndOfStream:
-            self.closed = True
-
-    async def wait_for(self, pattern: re.Pattern[bytes], count: int) -> list[re.Match[bytes]]:
-        """The first ``count`` matches, as soon as they have been written; [] on exit before."""
-        while len(matches := list(pattern.finditer(self.data))) < count:
-            if self.closed:
-                return []
-            await self._more()
-        return matches[:count]
-
-    async def read_rest(self) -> str:
-        """The whole log, once every writer has closed it."""
-        while not self.closed:
-            await self._more()
-        return self.text()
-
-    def text(self) -> str:
-        return self.data.decode(errors="replace")
 
 
 @dataclass
