@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := qemu-system-x86 socat systemd
 DEBIAN_PROGRAMS := qemu-system-x86_64 socat systemd-socket-activate
 
-.PHONY: all test lint typecheck unit demo bench debian-packages clean
+.PHONY: all test lint typecheck unit demo bench stress debian-packages clean
 
 all: test
 
@@ -48,6 +48,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# 1,000 concurrent peers passing descriptors, 100 concurrent handoffs; nothing may be left.
+stress: $(STAMP)
+	$(PY) -m bench.stress
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
