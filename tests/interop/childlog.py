@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 import anyio.abc
@@ -43,3 +46,33 @@ class Log:
 
     def text(self) -> str:
         return self.data.decode(errors="replace")
+
+
+def kill(process: anyio.abc.Process) -> None:
+    """SIGKILL the process unless it was reaped already."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+
+
+@asynccontextmanager
+async def watched(process: anyio.abc.Process, name: str) -> AsyncIterator[Log]:
+    """The process's stderr as a Log; it is killed and reaped on every path.
+
+    A failure inside gets the whole log attached as a note.
+    """
+    assert process.stderr is not None
+    log = Log(process.stderr)
+    try:
+        try:
+            yield log
+        except BaseException as exc:
+            kill(process)
+            with anyio.move_on_after(5, shield=True):
+                await log.read_rest()
+            exc.add_note(f"{name}'s stderr:\n{log.text()}")
+            raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            kill(process)
+            await process.aclose()

@@ -10,7 +10,6 @@ on" line says when, and for TCP on which port, it is ready.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -31,7 +30,7 @@ from fdchannel.address import TcpAddress, UnixAddress
 from fdchannel.transports import Stream
 from fdchannel.transports._socket import UnixSocketStream
 
-from .childlog import Log
+from .childlog import Log, watched
 
 SOCAT = shutil.which("socat")
 
@@ -82,12 +81,6 @@ class Child:
     log: Log
 
 
-def _kill(process: anyio.abc.Process) -> None:
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-
-
 @asynccontextmanager
 async def socat(stdout: Path, *args: str) -> AsyncIterator[Child]:
     """Run socat, its stdout to a file, notices on stderr; it is killed and reaped on every path."""
@@ -96,21 +89,8 @@ async def socat(stdout: Path, *args: str) -> AsyncIterator[Child]:
         process = await anyio.open_process(
             [SOCAT, "-d", "-d", *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE
         )
-    try:
-        assert process.stderr is not None
-        child = Child(process, Log(process.stderr))
-        try:
-            yield child
-        except BaseException as exc:
-            _kill(process)
-            with anyio.move_on_after(5, shield=True):
-                await child.log.read_rest()
-            exc.add_note(f"socat's log:\n{child.log.text()}")
-            raise
-    finally:
-        with anyio.CancelScope(shield=True):
-            _kill(process)
-            await process.aclose()
+    async with watched(process, "socat") as log:
+        yield Child(process, log)
 
 
 def socat_args(flow: Flow, socket_address: str, data: Path) -> list[str]:

@@ -32,7 +32,7 @@ import pytest
 import fdchannel
 from fdchannel.transports import Stream
 
-from .childlog import Log
+from .childlog import Log, watched
 
 ACTIVATE = shutil.which("systemd-socket-activate")
 
@@ -157,28 +157,9 @@ async def activate(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    try:
-        assert process.stderr is not None
-        activated = Activated(process, Log(process.stderr), addresses)
-        try:
-            yield activated
-        except BaseException as exc:
-            # The child's own traceback, if it has one, is in the log.
-            _kill(process)
-            with anyio.move_on_after(5, shield=True):
-                await activated.log.read_rest()
-            exc.add_note(f"systemd-socket-activate's stderr:\n{activated.log.text()}")
-            raise
-    finally:
-        with anyio.CancelScope(shield=True):
-            _kill(process)
-            await process.aclose()
-
-
-def _kill(process: anyio.abc.Process) -> None:
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
+    # The child's own traceback, if it has one, is in the log too.
+    async with watched(process, "systemd-socket-activate") as log:
+        yield Activated(process, log, addresses)
 
 
 def free_port() -> int:
