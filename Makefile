@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := qemu-system-x86 socat systemd
 DEBIAN_PROGRAMS := qemu-system-x86_64 socat systemd-socket-activate
 
-.PHONY: all test lint typecheck unit demo bench stress debian-packages clean
+.PHONY: all test lint typecheck unit demo bench stress fuzz debian-packages clean
 
 all: test
 
@@ -48,6 +48,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The property tests with 100 times their examples: over a million inputs.
+FUZZ_TESTS := tests/test_address.py tests/test_channel.py tests/codecs/test_fuzz.py tests/cli/test_fuzz_args.py
+fuzz: $(STAMP)
+	FDCHANNEL_FUZZ_SCALE=100 $(PY) -m pytest -q $(FUZZ_TESTS)
 
 # 1,000 concurrent peers passing descriptors, 100 concurrent handoffs; nothing may be left.
 stress: $(STAMP)

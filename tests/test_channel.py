@@ -34,6 +34,8 @@ from fdchannel import (
 )
 from fdchannel.address import address_from_qapi, address_to_qapi
 
+from .fuzzing import examples
+
 MAIN, CPR = ChannelType.MAIN, ChannelType.CPR
 U64 = (1 << 64) - 1
 
@@ -541,7 +543,7 @@ def _check_round_trips(channel: Channel) -> None:
 
 
 @settings(
-    max_examples=10_000,
+    max_examples=examples(10_000),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -623,7 +625,7 @@ JSON_VALUES = st.recursive(
 )
 
 
-@settings(max_examples=500, deadline=None, database=None)
+@settings(max_examples=examples(500), deadline=None, database=None)
 @given(st.dictionaries(st.sampled_from(KEYS), JSON_VALUES, max_size=3), st.booleans())
 def test_json_shapes_parse_or_fail_typed(data: dict[str, Any], as_text: bool) -> None:
     try:
@@ -661,7 +663,7 @@ ADDRESSES = st.one_of(
 )
 
 
-@settings(max_examples=1_000, deadline=None, database=None)
+@settings(max_examples=examples(1_000), deadline=None, database=None)
 @given(st.sampled_from(ChannelType), ADDRESSES)
 def test_every_channel_round_trips(kind: ChannelType, addr: Address) -> None:
     channel = Channel(kind, addr)

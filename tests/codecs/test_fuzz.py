@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from fdchannel import FdState, NamedFd, ProtocolError, TruncatedFdsError
 from fdchannel.codecs import Decoder, native, qemu
 
+from ..fuzzing import examples
+
 ALLOWED = (ProtocolError, TruncatedFdsError)
 
 
@@ -44,7 +46,7 @@ def feed_all(chunks: list[tuple[bytes, int]]) -> None:
         decoder.close()
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(3000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.binary(max_size=64), st.integers(0, 3)), max_size=8))
 def test_random_bytes_and_descriptors(chunks: list[tuple[bytes, int]]) -> None:
     before = _fds_open()
@@ -52,7 +54,7 @@ def test_random_bytes_and_descriptors(chunks: list[tuple[bytes, int]]) -> None:
     assert _fds_open() == before
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(
     st.sampled_from(VALID),
     st.data(),
