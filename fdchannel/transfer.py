@@ -67,19 +67,41 @@ async def send_state(
             await _send(stream, data, fds)
     elif codec == "native":
         replies = ByteSource()
-        for step in native.encode(state, window):
-            if isinstance(step, native.Send):
-                await _send(stream, step.data, step.fds)
-                continue
-            reply = await read_reply(stream, replies)
-            if isinstance(reply, native.Status):
-                raise HandoffError(f"the receiver rejected the state: {reply.reason}")
-            if reply != step.count:
-                raise ProtocolError(f"receiver acknowledged {reply} descriptors, not {step.count}")
+        try:
+            for step in native.encode(state, window):
+                if isinstance(step, native.Send):
+                    await _send(stream, step.data, step.fds)
+                    continue
+                reply = await read_reply(stream, replies)
+                if isinstance(reply, native.Status):
+                    raise HandoffError(f"the receiver rejected the state: {reply.reason}")
+                if reply != step.count:
+                    raise ProtocolError(
+                        f"receiver acknowledged {reply} descriptors, not {step.count}"
+                    )
+        except anyio.BrokenResourceError:
+            # A receiver that rejects says why, then closes while we may still be
+            # sending: its STATUS is waiting in our receive queue.
+            reason = await _rejection(stream, replies)
+            if reason is not None:
+                raise HandoffError(f"the receiver rejected the state: {reason}") from None
+            raise
     else:
         raise ValueError(f"unknown codec {codec!r}: expected 'native' or 'qemu'")
     if eof:
         await stream.send_eof()
+
+
+async def _rejection(stream: Stream, replies: ByteSource) -> str | None:
+    """The reason of a rejecting STATUS already received, if there is one."""
+    with anyio.move_on_after(1):
+        try:
+            reply = await read_reply(stream, replies)
+        except (ProtocolError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return None
+        if isinstance(reply, native.Status) and not reply.accepted:
+            return reply.reason
+    return None
 
 
 async def _send(stream: Stream, data: bytes, fds: list[int]) -> None:

@@ -9,6 +9,7 @@ with SIGKILL at DIE_AT (``never`` to finish normally).
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import struct
 import sys
@@ -38,6 +39,10 @@ def step(name: str, die_at: str) -> None:
 async def incoming(cpr: str, main: str, die_at: str) -> None:
     async with fdchannel.Incoming(channels(cpr, main)) as inc:
         listener = await inc.listen_cpr()
+        if die_at == "low-limit":
+            # EMFILE waiting to happen: no room for a state's descriptors.
+            low = len(os.listdir("/proc/self/fd")) + 5
+            resource.setrlimit(resource.RLIMIT_NOFILE, (low, low))
         step("listening", die_at)
         if die_at == "mid-read":
             stream = await listener.accept()

@@ -144,6 +144,32 @@ async def test_incoming_killed(
         resources.close()
 
 
+@pytest.mark.parametrize("codec", ["native", "qemu"])
+async def test_incoming_out_of_descriptors(sockdir: Path, codec: Codec) -> None:
+    """The new process cannot hold the state: both sides fail typed, the old one keeps all."""
+    resources = Resources()
+    try:
+        async with peer("incoming", sockdir, "low-limit", codec) as (process, lines):
+            with anyio.fail_after(20):
+                await wait_line(lines, "listening")
+                chans = channels(str(sockdir / "cpr"), str(sockdir / "main"))
+                # More descriptors than the receiver has room for (5).
+                base = resources.state(codec)
+                extra = [NamedFd("extra", i, resources.memfd) for i in range(10)]
+                state = FdState([*base.fds, *extra], base.metadata)
+                async with fdchannel.Outgoing(chans, codec=codec) as out:
+                    with pytest.raises(HandoffError) as info:
+                        await out.start(state, timeout=SHORT * 4)
+                if codec == "native":  # the receiver says why before closing
+                    assert "hard limit" in str(info.value)
+                # It raised: FdPassingError naming the limit (native, before any
+                # descriptor arrived), TruncatedFdsError (qemu, when one did not fit).
+                assert await process.wait() == 1
+        resources.still_usable()
+    finally:
+        resources.close()
+
+
 # (peer dies at, the call that fails here, the error)
 OUTGOING_DEATHS = [
     ("ready", "receive_cpr", HandoffTimeout),  # before connecting
