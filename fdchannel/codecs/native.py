@@ -204,13 +204,9 @@ def _expect(kind: int, wanted: int, where: str) -> None:
 
 
 class Progress:
-    """What the parser has seen so far, for the driver (acks, descriptor room)."""
+    """What the parser owes the sender, for the driver to send."""
 
     def __init__(self) -> None:
-        self.window = 0
-        #: Descriptors the table announced (known once the table is parsed).
-        self.expected_fds: int | None = None
-        self.received_fds = 0
         #: Acknowledgements to send back, in order.
         self.outgoing: list[bytes] = []
 
@@ -225,7 +221,6 @@ def parse(
         raise ProtocolError(
             f"native stream has major version {major}.{minor}; this fdchannel reads {MAJOR}.x"
         )
-    progress.window = window
     kind, length = yield from _frame_header(src, limits, "TABLE")
     _expect(kind, TABLE, "first frame")
     if length < 12:
@@ -254,7 +249,6 @@ def parse(
         raise ProtocolError(f"native stream: {exc}") from None
     if count != announced:
         raise ProtocolError(f"native stream: header announces {announced} entries, TABLE {count}")
-    progress.expected_fds = count
     received: list[int] = []
     try:
         while len(received) < count:
@@ -266,7 +260,6 @@ def parse(
             if not 1 <= n <= min(SCM_MAX_FD, count - len(received)):
                 raise ProtocolError(f"native stream: FDS frame announces {n} descriptors")
             received += fds.pop_many(n, "native FDS frame")
-            progress.received_fds = len(received)
             if window and len(received) % window == 0 and len(received) < count:
                 progress.outgoing.append(ack_frame(len(received)))
         metadata = bytearray()

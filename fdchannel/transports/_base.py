@@ -129,20 +129,27 @@ class DescriptorStream(Stream):
     async def receive(self, max_bytes: int = DEFAULT_RECEIVE) -> bytes:
         if max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
+        data, _ = await self._receive_with(max_bytes, lambda: (self._read_once(max_bytes), []))
+        return data
+
+    async def _receive_with(
+        self, max_bytes: int, op: Callable[[], tuple[bytes, list[int]]]
+    ) -> tuple[bytes, list[int]]:
+        """One receive: bytes kept by wait_peer_closed first, then ``op``; EOF once."""
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         if self._pending:
             data = bytes(self._pending[:max_bytes])
             del self._pending[:max_bytes]
             await anyio.lowlevel.cancel_shielded_checkpoint()
-            return data
+            return data, []
         if self._eof_seen:
             raise anyio.EndOfStream
-        data = await self._retry(lambda: self._read_once(max_bytes), readable=True)
-        if not data:
+        data, fds = await self._retry(op, readable=True)
+        if not data and not fds:
             self._eof_seen = True
             raise anyio.EndOfStream
-        return data
+        return data, fds
 
     async def send(self, item: bytes) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()

@@ -176,22 +176,9 @@ class UnixSocketStream(SocketStream):
     ) -> tuple[bytes, list[int]]:
         if max_bytes < 1 or maxfds < 0:
             raise ValueError("max_bytes must be at least 1 and maxfds not negative")
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
-        if self._pending:
-            data = bytes(self._pending[:max_bytes])
-            del self._pending[:max_bytes]
-            await anyio.lowlevel.cancel_shielded_checkpoint()
-            return data, []
-        if self._eof_seen:
-            raise anyio.EndOfStream
-        data, fds = await self._retry(
-            lambda: fdpass.recvmsg_fds(self._sock, max_bytes, maxfds), readable=True
+        return await self._receive_with(
+            max_bytes, lambda: fdpass.recvmsg_fds(self._sock, max_bytes, maxfds)
         )
-        if not data and not fds:
-            self._eof_seen = True
-            raise anyio.EndOfStream
-        return data, fds
 
 
 def stream_for_socket(sock: socket.socket, address: Address | None) -> SocketStream:
