@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -66,7 +65,7 @@ class FdState:
     def __init__(self, fds: Iterable[NamedFd | tuple[str, int, int]] = (), metadata: bytes = b""):
         entries = [entry if type(entry) is NamedFd else NamedFd(*entry) for entry in fds]
         names, ids, descriptors = _transpose(entries)
-        check_unique(names, ids)
+        check_entries(names, ids)
         self._entries: list[NamedFd] | None = entries
         self._columns: Columns = (names, ids, descriptors)
         self.metadata = metadata
@@ -83,12 +82,12 @@ class FdState:
     ) -> FdState:
         """Build a state from parallel columns without a Python step per entry.
 
-        ``checked``: the caller already ran ``check_unique`` on these columns.
+        ``checked``: the caller already ran ``check_entries`` on these columns.
         """
         if not len(names) == len(ids) == len(fds):
             raise ValueError("names, ids and descriptors differ in length")
         if not checked:
-            check_unique(names, ids)
+            check_entries(names, ids)
         state = cls.__new__(cls)
         state._entries = None
         state._columns = (names, ids, fds)
@@ -156,15 +155,19 @@ def _transpose(entries: list[NamedFd]) -> Columns:
     return names, ids, fds
 
 
-def _consecutive(ids: Sequence[int]) -> bool:
-    """True if the ids are first, first+1, ... (compared in C, as int32 arrays)."""
-    if not ids:
-        return True
-    try:
-        column = ids if isinstance(ids, array.array) else array.array("i", ids)
-        return column == array.array("i", range(ids[0], ids[0] + len(ids)))
-    except OverflowError:
-        return False
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def check_entries(names: Sequence[str], ids: Sequence[int]) -> None:
+    """ValueError unless every entry can travel: int32 ids, no NUL in a name, no pair twice.
+
+    Both wire formats carry ids as int32 and names as C strings, as QEMU does.
+    """
+    if ids and (min(ids) < INT32_MIN or max(ids) > INT32_MAX):
+        raise ValueError("an id does not fit in a signed 32-bit integer")
+    if any(map(str.__contains__, names, repeat("\0"))):
+        raise ValueError("a descriptor name contains a NUL character")
+    check_unique(names, ids)
 
 
 def check_unique(names: Sequence[str], ids: Sequence[int]) -> None:
@@ -172,7 +175,7 @@ def check_unique(names: Sequence[str], ids: Sequence[int]) -> None:
     # Distinct names or distinct ids make distinct pairs: the common cases,
     # each seen in one C pass without building a tuple per entry.
     count = len(names)
-    if len(set(names)) == count or _consecutive(ids) or len(set(ids)) == count:
+    if len(set(names)) == count or len(set(ids)) == count:
         return
     if len(set(zip(names, ids, strict=True))) == count:
         return

@@ -2,14 +2,16 @@
 
 The byte layout is documented in docs/native-codec.md.  In short: a 16-byte
 header (magic ``FDCN``, major, minor, flags, window, entry count), then
-frames of ``u8 type, u32 length, payload``: one TABLE (ids, names,
-metadata length), FDS frames each sent in one sendmsg with up to 253
-descriptors, META chunks, and END with a CRC-32 of every byte before it.
-The receiver peeks at the header to make room for the descriptors before
-any can arrive, and answers on the same socket with an ACK frame per
-window of descriptors, so that an unprivileged sender never has more
-descriptors in flight than the kernel allows (ETOOMANYREFS), and with a
-STATUS frame when it accepts or rejects the state.
+frames of ``u8 type, u32 length, payload``: FDS frames each sent in one
+sendmsg with up to 253 descriptors, one TABLE (the entries' names and ids
+as runs), META chunks, and END with a CRC-32 of every byte before it.
+The descriptors go first: the receiver installs them (the slow part, in
+the kernel) while the sender builds the table.  The receiver peeks at the
+header to make room for the descriptors before any can arrive, and answers
+on the same socket with an ACK frame per window of descriptors, so that
+an unprivileged sender never has more descriptors in flight than the
+kernel allows (ETOOMANYREFS), and with a STATUS frame when it accepts or
+rejects the state.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from dataclasses import dataclass
 
 from ..errors import ProtocolError
 from ..fds import SCM_MAX_FD, close_all
-from ..state import DEFAULT_LIMITS, FdState, Limits, check_unique
+from ..state import DEFAULT_LIMITS, FdState, Limits
+from . import _runs
 from ._parse import ByteSource, FdQueue
 
 __all__ = [
@@ -112,9 +115,14 @@ def status_frame(accepted: bool, reason: str = "") -> bytes:
 
 
 def encode(state: FdState, window: int | None = None) -> Iterator[Send | AwaitAck]:
-    """The steps that send ``state``; ``window`` descriptors between acknowledgements."""
+    """The steps that send ``state``; ``window`` descriptors between acknowledgements.
+
+    Lazy: the table is built after the descriptors went out, so that the
+    receiver installs them meanwhile.  FdState has checked what the table
+    needs (distinct pairs, int32 ids, names without NUL) when it was built.
+    """
     window = default_window() if window is None else window
-    if window and window % SCM_MAX_FD and window < len(state.fds):
+    if window and window % SCM_MAX_FD and window < len(state):
         raise ValueError(f"window {window} must be a multiple of {SCM_MAX_FD}")
     crc = 0
 
@@ -124,30 +132,50 @@ def encode(state: FdState, window: int | None = None) -> Iterator[Send | AwaitAc
         return Send(data, fds or [])
 
     names, ids, descriptors = state.columns()
-    table = struct.pack(">IQ", len(names), len(state.metadata)) + _ids_bytes(ids)
-    table += _names_bytes(names)
-    header = _HEADER.pack(MAGIC, MAJOR, MINOR, 0, window, len(names))
-    yield emit(header + _frame(TABLE, table))
+    # The header rides with the first descriptors: one sendmsg fewer.
+    lead = _HEADER.pack(MAGIC, MAJOR, MINOR, 0, window, len(names))
     fds = list(descriptors)
     for start in range(0, len(fds), SCM_MAX_FD):
         if window and start and start % window == 0:
             yield AwaitAck(start)
         batch = fds[start : start + SCM_MAX_FD]
-        yield emit(_frame(FDS, struct.pack(">H", len(batch))), batch)
+        yield emit(lead + _frame(FDS, struct.pack(">H", len(batch))), batch)
+        lead = b""
+    yield emit(lead + _frame(TABLE, _table(names, ids, len(state.metadata))))
     for start in range(0, len(state.metadata), META_CHUNK):
         yield emit(_frame(META, state.metadata[start : start + META_CHUNK]))
     yield Send(_frame(END, struct.pack(">I", crc)), [])
 
 
-def _ids_bytes(ids: Sequence[int]) -> bytes:
-    """Every id as a big-endian int32, in one C pass."""
+def _table(names: Sequence[str], ids: Sequence[int], metadata_len: int) -> bytes:
+    runs = _runs.runs_of(names, ids)
+    return b"".join(
+        [
+            struct.pack(">IQI", len(names), metadata_len, len(runs.names)),
+            _int32s("i", runs.firsts),
+            _int32s("I", runs.lengths),
+            _names_bytes(runs.names),
+        ]
+    )
+
+
+def _int32s(typecode: str, column: Sequence[int]) -> bytes:
+    """A column of 32-bit integers, big-endian, in one C pass."""
     try:
-        column = array.array("i", ids)
+        packed = array.array(typecode, column)
     except OverflowError:
         raise ValueError("an id does not fit in a signed 32-bit integer") from None
     if sys.byteorder == "little":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _read_int32s(typecode: str, data: bytes) -> array.array[int]:
+    column = array.array(typecode)
+    column.frombytes(data)
+    if sys.byteorder == "little":
         column.byteswap()
-    return column.tobytes()
+    return column
 
 
 def _names_bytes(names: Sequence[str]) -> bytes:
@@ -173,7 +201,7 @@ def _split_names(blob: bytes, count: int, limits: Limits) -> list[str]:
             f"native stream: TABLE names hold {len(names) - 1} NUL-ended names, not {count}"
         )
     # A character is at most 4 bytes in UTF-8: measure bytes only when it matters.
-    if max(map(len, names)) * 4 > limits.max_name:
+    if len(blob) > limits.max_name and max(map(len, names)) * 4 > limits.max_name:
         longest = max(len(name.encode("utf-8", "surrogateescape")) for name in names)
         if longest > limits.max_name:
             raise ProtocolError(
@@ -216,39 +244,15 @@ def parse(
 ) -> Generator[int, None, FdState]:
     """Parser (see _parse): the state after the magic."""
     progress = progress or Progress()
-    major, minor, _flags, window, announced = yield from src.unpack(">BBHII")
+    major, minor, _flags, window, count = yield from src.unpack(">BBHII")
     if major != MAJOR:
         raise ProtocolError(
             f"native stream has major version {major}.{minor}; this fdchannel reads {MAJOR}.x"
         )
-    kind, length = yield from _frame_header(src, limits, "TABLE")
-    _expect(kind, TABLE, "first frame")
-    if length < 12:
-        raise ProtocolError(f"native stream: TABLE frame of {length} bytes is too short")
-    count, metadata_len = yield from src.unpack(">IQ")
     if count > limits.max_entries:
         raise ProtocolError(
             f"native stream announces {count} entries; the limit is {limits.max_entries}"
         )
-    if metadata_len > limits.max_metadata:
-        raise ProtocolError(
-            f"native stream announces {metadata_len} bytes of metadata; the "
-            f"limit is {limits.max_metadata}"
-        )
-    if 4 * count > length - 12:
-        raise ProtocolError(f"native stream: TABLE frame of {length} bytes cannot hold {count} ids")
-    ids = array.array("i")
-    ids.frombytes((yield from src.read(4 * count)))
-    if sys.byteorder == "little":
-        ids.byteswap()
-    blob = yield from src.read(length - 12 - 4 * count)
-    names = _split_names(blob, count, limits)
-    try:
-        check_unique(names, ids)
-    except ValueError as exc:
-        raise ProtocolError(f"native stream: {exc}") from None
-    if count != announced:
-        raise ProtocolError(f"native stream: header announces {announced} entries, TABLE {count}")
     received: list[int] = []
     try:
         while len(received) < count:
@@ -262,6 +266,7 @@ def parse(
             received += fds.pop_many(n, "native FDS frame")
             if window and len(received) % window == 0 and len(received) < count:
                 progress.outgoing.append(ack_frame(len(received)))
+        names, ids, metadata_len = yield from _parse_table(src, count, limits)
         metadata = bytearray()
         while len(metadata) < metadata_len:
             kind, length = yield from _frame_header(src, limits, "META")
@@ -283,6 +288,35 @@ def parse(
         close_all(received)
         raise
     return FdState.from_columns(names, ids, received, bytes(metadata), checked=True)
+
+
+def _parse_table(
+    src: ByteSource, count: int, limits: Limits
+) -> Generator[int, None, tuple[Sequence[str], Sequence[int], int]]:
+    """The TABLE frame: the entries' names and ids, and the metadata length."""
+    kind, length = yield from _frame_header(src, limits, "TABLE")
+    _expect(kind, TABLE, f"after {count} descriptors")
+    if length < 16:
+        raise ProtocolError(f"native stream: TABLE frame of {length} bytes is too short")
+    entries, metadata_len, runs = yield from src.unpack(">IQI")
+    if entries != count:
+        raise ProtocolError(f"native stream: header announces {count} entries, TABLE {entries}")
+    if metadata_len > limits.max_metadata:
+        raise ProtocolError(
+            f"native stream announces {metadata_len} bytes of metadata; the "
+            f"limit is {limits.max_metadata}"
+        )
+    if runs > count or 8 * runs > length - 16:
+        raise ProtocolError(f"native stream: TABLE frame of {length} bytes cannot hold {runs} runs")
+    firsts = _read_int32s("i", (yield from src.read(4 * runs)))
+    lengths = _read_int32s("I", (yield from src.read(4 * runs)))
+    names = _split_names((yield from src.read(length - 16 - 8 * runs)), runs, limits)
+    table = _runs.Runs(names, firsts, lengths)
+    try:
+        _runs.check(table, count)
+    except ValueError as exc:
+        raise ProtocolError(f"native stream: TABLE: {exc}") from None
+    return (*_runs.expand(table, count), metadata_len)
 
 
 def announced_count(header: bytes) -> int | None:

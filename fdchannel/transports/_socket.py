@@ -8,7 +8,7 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -160,14 +160,24 @@ class UnixSocketStream(SocketStream):
 
     async def send_fds(self, data: bytes, fds: list[int]) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()
-        for chunk, batch in fdpass.split_for_sending(data, fds):
+        if data and 0 < len(fds) <= fdpass.SCM_MAX_FD:
+            messages: Iterable[tuple[bytes, Sequence[int]]] = ((data, fds),)  # the usual case
+        else:
+            messages = fdpass.split_for_sending(data, fds)
+        for chunk, batch in messages:
             view = memoryview(chunk).cast("B")
             attach = batch
             while view:
-                n = await self._retry(
-                    functools.partial(fdpass.sendmsg_fds, self._sock, view, attach),
-                    readable=False,
-                )
+                self._check_open()
+                try:  # straight away first: the buffer usually has room
+                    n = fdpass.sendmsg_fds(self._sock, view, attach)
+                except BlockingIOError:
+                    n = await self._retry(
+                        functools.partial(fdpass.sendmsg_fds, self._sock, view, attach),
+                        readable=False,
+                    )
+                except OSError as exc:
+                    raise self._translate(exc) from exc
                 view = view[n:]
                 attach = ()  # a short write already carried them
 

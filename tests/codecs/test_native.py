@@ -75,32 +75,62 @@ def test_windows_wait_for_acks() -> None:
     assert all(len(s.fds) <= 253 and s.data for s in sends)
 
 
-HEADER = struct.pack(">IBBHII", native.MAGIC, 1, 0, 0, 0, 1)  # announces one entry
-LONG_NAME = b"x" * 60000 + b"\0"
+def header(count: int) -> bytes:
+    return struct.pack(">IBBHII", native.MAGIC, 1, 0, 0, 0, count)
 
 
-@pytest.mark.parametrize(
-    ("stream", "message"),
-    [
-        (struct.pack(">IBBHII", native.MAGIC, 2, 0, 0, 0, 0), "major version 2"),
-        (HEADER + struct.pack(">BI", 0x02, 2), "FDS frame where TABLE"),
-        (HEADER + struct.pack(">BI", 0x09, 2), "unknown frame type"),
-        (HEADER + struct.pack(">BI", 0x01, 0xFFFFFFFF), "claims 4294967295 bytes"),
-        (HEADER + struct.pack(">BIIQ", 0x01, 12, 2_000_000, 0), "2000000 entries"),
-        (HEADER + struct.pack(">BIIQ", 0x01, 12, 0, 1 << 40), "metadata"),
-        (
-            HEADER + struct.pack(">BIIQi", 0x01, 16 + len(LONG_NAME), 1, 0, 0) + LONG_NAME,
-            "a name of 60000 bytes",
-        ),
-        (HEADER + struct.pack(">BIIQi", 0x01, 18, 1, 0, 7) + b"ab", "names hold 0"),
-        (HEADER + struct.pack(">BIIQ", 0x01, 12, 0, 0), "header announces 1 entries"),
-        (b"\x00\x00\x00\x00", "unknown state stream magic"),
-    ],
-)
-def test_hostile_headers_fail_without_allocating(stream: bytes, message: str) -> None:
+def fds_frame(n: int, length: int = 2) -> bytes:
+    return struct.pack(">BIH", 0x02, length, n)
+
+
+def table(
+    count: int, runs: list[tuple[bytes, int, int]], metadata: int = 0, names: bytes | None = None
+) -> bytes:
+    """A TABLE frame; ``names`` replaces the NUL-ended names of the runs."""
+    blob = b"".join(name + b"\0" for name, _, _ in runs) if names is None else names
+    payload = struct.pack(">IQI", count, metadata, len(runs))
+    payload += b"".join(struct.pack(">i", first) for _, first, _ in runs)
+    payload += b"".join(struct.pack(">I", length) for _, _, length in runs)
+    return struct.pack(">BI", 0x01, len(payload) + len(blob)) + payload + blob
+
+
+LONG_NAME = b"x" * 60000
+
+# (stream, descriptors attached, the error's message); no allocation follows any claim.
+HOSTILE = [
+    (struct.pack(">IBBHII", native.MAGIC, 2, 0, 0, 0, 0), 0, "major version 2"),
+    (header(2_000_000), 0, "2000000 entries"),
+    (header(1) + table(1, [(b"a", 0, 1)]), 0, "TABLE frame where FDS"),
+    (header(1) + struct.pack(">BI", 0x09, 2), 0, "unknown frame type"),
+    (header(1) + struct.pack(">BI", 0x02, 0xFFFFFFFF), 0, "claims 4294967295 bytes"),
+    (header(1) + fds_frame(1, length=3), 0, "FDS frame of 3 bytes"),
+    (header(1) + fds_frame(0), 0, "announces 0 descriptors"),
+    (header(1) + fds_frame(2), 2, "announces 2 descriptors"),
+    (header(1) + fds_frame(1), 0, "1 descriptor\\(s\\) announced, 0 arrived"),
+    (header(0) + table(0, [], metadata=1 << 40), 0, "metadata"),
+    (header(0) + table(1, []), 0, "header announces 0 entries, TABLE 1"),
+    (header(0) + struct.pack(">BI", 0x01, 12), 0, "TABLE frame of 12 bytes is too short"),
+    (header(0) + table(0, [(b"a", 0, 1)]), 0, "cannot hold 1 runs"),
+    (header(1) + fds_frame(1) + table(1, [(LONG_NAME, 0, 1)]), 1, "a name of 60000 bytes"),
+    (header(1) + fds_frame(1) + table(1, [(b"a", 0, 2)]), 1, "runs hold 2 entries, not 1"),
+    (header(1) + fds_frame(1) + table(1, [(b"a", 0, 0)]), 1, "runs hold 0 entries, not 1"),
+    (header(3) + fds_frame(3) + table(3, [(b"a", 0, 3), (b"b", 0, 0)]), 3, "no entry"),
+    (header(2) + fds_frame(2) + table(2, [(b"a", 2**31 - 1, 2)]), 2, "past the largest int32"),
+    (
+        header(4) + fds_frame(4) + table(4, [(b"a", 5, 2), (b"b", 0, 1), (b"a", 6, 1)]),
+        4,
+        "duplicate descriptor name 'a' id 6",
+    ),
+    (header(1) + fds_frame(1) + table(1, [(b"a", 0, 1)], names=b"ab"), 1, "names hold 0"),
+    (b"\x00\x00\x00\x00", 0, "unknown state stream magic"),
+]
+
+
+@pytest.mark.parametrize(("stream", "attached", "message"), HOSTILE, ids=[m for _, _, m in HOSTILE])
+def test_hostile_input_fails_without_allocating(stream: bytes, attached: int, message: str) -> None:
     decoder = Decoder(Limits(max_entries=1_000_000, max_metadata=1 << 30))
     with pytest.raises(ProtocolError, match=message):
-        decoder.feed(stream, [])
+        decoder.feed(stream, memfds(attached))  # closed by the decoder as it fails
     decoder.close()
 
 

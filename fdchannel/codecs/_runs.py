@@ -1,0 +1,93 @@
+"""Entries as runs: one name with consecutive ids.
+
+The native table lists runs, not entries.  10,000 connections named
+``conn`` with ids 0..9999 are one run; QEMU's states (distinct names, id 0)
+are one run per entry.  Both directions work in C passes (map, compress,
+repeat), never a Python step per entry, and a receiver checks uniqueness
+per run, not per entry.
+"""
+
+from __future__ import annotations
+
+import array
+from collections.abc import Sequence
+from itertools import chain, compress, count, islice, pairwise, repeat
+from operator import add, ne, or_, sub
+from typing import NamedTuple
+
+__all__ = ["Runs", "check", "expand", "runs_of"]
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+class Runs(NamedTuple):
+    """Parallel columns: run i is ``names[i]`` with ``lengths[i]`` ids from ``firsts[i]`` up."""
+
+    names: Sequence[str]
+    firsts: Sequence[int]
+    lengths: Sequence[int]
+
+
+def runs_of(names: Sequence[str], ids: Sequence[int]) -> Runs:
+    """The fewest runs that spell out the entries, in order."""
+    n = len(names)
+    if n == 0:
+        return Runs([], [], [])
+    if names.count(names[0]) == n and _counts_up(ids):
+        return Runs([names[0]], [ids[0]], [n])  # the common case, in two C passes
+    # A run ends where the name changes or the next id does not follow on.
+    name_breaks = map(ne, islice(names, 1, None), names)
+    id_breaks = map(ne, islice(ids, 1, None), map(add, ids, repeat(1)))
+    starts = [0, *compress(count(1), map(or_, name_breaks, id_breaks))]
+    ends = [*islice(starts, 1, None), n]
+    return Runs(
+        list(map(names.__getitem__, starts)),
+        list(map(ids.__getitem__, starts)),
+        list(map(sub, ends, starts)),
+    )
+
+
+def _counts_up(ids: Sequence[int]) -> bool:
+    """True if the ids are first, first + 1, ... (a received state's ids are a range)."""
+    first, n = ids[0], len(ids)
+    if isinstance(ids, range):
+        return ids.step == 1 or n == 1
+    return ids[-1] - first == n - 1 and list(ids) == list(range(first, first + n))
+
+
+def check(runs: Runs, total: int) -> None:
+    """ValueError unless the runs hold ``total`` int32 entries, no (name, id) twice."""
+    names, firsts, lengths = runs
+    if not len(names) == len(firsts) == len(lengths):
+        raise ValueError("run columns differ in length")
+    if len(names) == total:
+        if total and not min(lengths) == max(lengths) == 1:
+            raise ValueError(f"{total} runs hold {sum(lengths)} entries, not {total}")
+    else:
+        if (total and not names) or (names and min(lengths) < 1):
+            raise ValueError("a run holds no entry")
+        if sum(lengths) != total:
+            raise ValueError(f"runs hold {sum(lengths)} entries, not {total}")
+        if names and max(map(add, firsts, lengths)) - 1 > INT32_MAX:
+            raise ValueError("a run's ids go past the largest int32")
+    if len(set(names)) == len(names):
+        return  # distinct names: distinct (name, id) pairs
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for name, first, length in zip(names, firsts, lengths, strict=True):
+        spans.setdefault(name, []).append((first, first + length))
+    for name, ranges in spans.items():
+        ranges.sort()
+        for (_, end), (start, _) in pairwise(ranges):
+            if start < end:
+                raise ValueError(f"duplicate descriptor name {name!r} id {start}")
+
+
+def expand(runs: Runs, total: int) -> tuple[Sequence[str], Sequence[int]]:
+    """The name and id columns of ``total`` entries (runs already checked)."""
+    names, firsts, lengths = runs
+    if len(names) == total:
+        return list(names), firsts
+    if len(names) == 1:
+        return [names[0]] * total, range(firsts[0], firsts[0] + total)
+    ids = array.array("i", chain.from_iterable(map(range, firsts, map(add, firsts, lengths))))
+    return list(chain.from_iterable(map(repeat, names, lengths))), ids
