@@ -17,6 +17,7 @@ both read CLOCK_MONOTONIC, one clock for every process on Linux.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import resource
@@ -160,16 +161,10 @@ def run(options: argparse.Namespace) -> Figure:
     try:
         if too_many is None:
             memfds.extend(os.memfd_create(f"fdrate{i}", os.MFD_CLOEXEC) for i in range(count))
-        for case in cases():
-            label = f"{case.implementation:7} {case.loop or 'blocking':8}"
-            print(f"  {label}", end="", file=sys.stderr, flush=True)
-            if too_many is None:
-                row = measure(case, memfds, repeat, sockdir)
-            else:
-                row = dataclasses.replace(_row(case), error=too_many)
-            done = " ".join(f"{s:,.0f}" for s in row.samples) if row.error is None else row.error
-            print(f" {done}", file=sys.stderr, flush=True)
-            figure.rows.append(row)
+        if too_many is None:
+            figure.rows.extend(measure(cases(), memfds, repeat, sockdir))
+        else:
+            figure.rows.extend(dataclasses.replace(_row(c), error=too_many) for c in cases())
     finally:
         for fd in memfds:
             os.close(fd)
@@ -183,31 +178,57 @@ def _row(case: Case) -> Row:
     return Row(labels, baseline=case.implementation == "stdlib")
 
 
-def measure(case: Case, memfds: list[int], repeat: int, sockdir: str) -> Row:
-    """``repeat`` transfers of every memfd for one case, as fds/s samples."""
-    row = _row(case)
-    if case.loop is not None and (why := _loops.missing(case.loop)) is not None:
-        return dataclasses.replace(row, error=why)
-    path = os.path.join(sockdir, f"{case.implementation}-{case.loop or 'blocking'}.sock")
+def measure(cases: list[Case], memfds: list[int], repeat: int, sockdir: str) -> list[Row]:
+    """``repeat`` transfers of every memfd per case, as fds/s samples.
+
+    The cases take turns, one transfer each per round: this machine's speed
+    drifts by tens of percent within seconds, and turns give every case,
+    the baseline included, the same share of fast and slow moments.
+    """
+    rows = {case: _row(case) for case in cases}
+    samples: dict[Case, list[float]] = {case: [] for case in cases}
     # Generous: a hang is a failure, a slow run is a number.
-    transfer = Transfer(path, len(memfds), timeout=60.0 + len(memfds) / 1000)
-    samples: list[float] = []
-    try:
-        with start_peer(_receiver, case, transfer, WARM_UP + repeat) as peer:
-            peer.expect(Ready, START_TIMEOUT)
-            for i in range(WARM_UP + repeat):
-                received, start_ns = _one_transfer(peer, case, transfer, memfds)
-                if received.count != len(memfds):
-                    raise PeerError(f"the receiver got {received.count} of {len(memfds)}")
-                if i >= WARM_UP:
-                    samples.append(received.count / ((received.end_ns - start_ns) / 1e9))
-    except Exception as exc:
-        # One broken case must not cost the rest of the table.
-        return dataclasses.replace(row, error=f"{type(exc).__name__}: {exc}")
-    finally:
-        if os.path.lexists(path):
-            os.unlink(path)
-    return dataclasses.replace(row, samples=tuple(samples))
+    timeout = 60.0 + len(memfds) / 1000
+    with contextlib.ExitStack() as stack:
+        peers: dict[Case, tuple[Peer, Transfer]] = {}
+        for case in cases:
+            if case.loop is not None and (why := _loops.missing(case.loop)) is not None:
+                rows[case] = dataclasses.replace(rows[case], error=why)
+                continue
+            path = os.path.join(sockdir, f"{case.implementation}-{case.loop or 'blocking'}.sock")
+            transfer = Transfer(path, len(memfds), timeout)
+            try:
+                peer = stack.enter_context(start_peer(_receiver, case, transfer, WARM_UP + repeat))
+                peer.expect(Ready, START_TIMEOUT)
+            except Exception as exc:
+                rows[case] = _failed(rows[case], exc)
+                continue
+            peers[case] = (peer, transfer)
+        for round_ in range(WARM_UP + repeat):
+            for case, (peer, transfer) in list(peers.items()):
+                try:
+                    received, start_ns = _one_transfer(peer, case, transfer, memfds)
+                    if received.count != len(memfds):
+                        raise PeerError(f"the receiver got {received.count} of {len(memfds)}")
+                except Exception as exc:
+                    # One broken case must not cost the rest of the table.
+                    rows[case] = _failed(rows[case], exc)
+                    del peers[case]
+                    continue
+                if round_ >= WARM_UP:
+                    samples[case].append(received.count / ((received.end_ns - start_ns) / 1e9))
+    for case in cases:
+        label = f"{case.implementation:7} {case.loop or 'blocking':8}"
+        row = rows[case]
+        done = " ".join(f"{s:,.0f}" for s in samples[case]) if row.error is None else row.error
+        print(f"  {label} {done}", file=sys.stderr, flush=True)
+        if row.error is None:
+            rows[case] = dataclasses.replace(row, samples=tuple(samples[case]))
+    return [rows[case] for case in cases]
+
+
+def _failed(row: Row, exc: Exception) -> Row:
+    return dataclasses.replace(row, error=f"{type(exc).__name__}: {exc}")
 
 
 def _one_transfer(

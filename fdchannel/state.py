@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import NamedTuple, Self
 
 from .fds import close_all
+from .runs import Runs, check, runs_of
 
 __all__ = ["FdState", "Limits", "NamedFd"]
 
@@ -65,7 +66,7 @@ class FdState:
     def __init__(self, fds: Iterable[NamedFd | tuple[str, int, int]] = (), metadata: bytes = b""):
         entries = [entry if type(entry) is NamedFd else NamedFd(*entry) for entry in fds]
         names, ids, descriptors = _transpose(entries)
-        check_entries(names, ids)
+        self._runs = _checked_runs(names, ids)
         self._entries: list[NamedFd] | None = entries
         self._columns: Columns = (names, ids, descriptors)
         self.metadata = metadata
@@ -78,17 +79,16 @@ class FdState:
         fds: Sequence[int],
         metadata: bytes = b"",
         *,
-        checked: bool = False,
+        runs: Runs | None = None,
     ) -> FdState:
         """Build a state from parallel columns without a Python step per entry.
 
-        ``checked``: the caller already ran ``check_entries`` on these columns.
+        ``runs``: the columns' runs, already checked (a decoder read them).
         """
         if not len(names) == len(ids) == len(fds):
             raise ValueError("names, ids and descriptors differ in length")
-        if not checked:
-            check_entries(names, ids)
         state = cls.__new__(cls)
+        state._runs = _checked_runs(names, ids) if runs is None else runs
         state._entries = None
         state._columns = (names, ids, fds)
         state.metadata = metadata
@@ -106,6 +106,10 @@ class FdState:
     def columns(self) -> Columns:
         """Names, ids and descriptors as three parallel sequences."""
         return self._columns
+
+    def runs(self) -> Runs:
+        """The entries as runs of one name with consecutive ids (see ``fdchannel.runs``)."""
+        return self._runs
 
     def __len__(self) -> int:
         return len(self._columns[0])
@@ -155,32 +159,7 @@ def _transpose(entries: list[NamedFd]) -> Columns:
     return names, ids, fds
 
 
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-
-
-def check_entries(names: Sequence[str], ids: Sequence[int]) -> None:
-    """ValueError unless every entry can travel: int32 ids, no NUL in a name, no pair twice.
-
-    Both wire formats carry ids as int32 and names as C strings, as QEMU does.
-    """
-    if ids and (min(ids) < INT32_MIN or max(ids) > INT32_MAX):
-        raise ValueError("an id does not fit in a signed 32-bit integer")
-    if any(map(str.__contains__, names, repeat("\0"))):
-        raise ValueError("a descriptor name contains a NUL character")
-    check_unique(names, ids)
-
-
-def check_unique(names: Sequence[str], ids: Sequence[int]) -> None:
-    """ValueError naming a (name, id) given twice."""
-    # Distinct names or distinct ids make distinct pairs: the common cases,
-    # each seen in one C pass without building a tuple per entry.
-    count = len(names)
-    if len(set(names)) == count or len(set(ids)) == count:
-        return
-    if len(set(zip(names, ids, strict=True))) == count:
-        return
-    seen: set[tuple[str, int]] = set()
-    for key in zip(names, ids, strict=True):
-        if key in seen:
-            raise ValueError(f"duplicate descriptor name {key[0]!r} id {key[1]}")
-        seen.add(key)
+def _checked_runs(names: Sequence[str], ids: Sequence[int]) -> Runs:
+    runs = runs_of(names, ids)
+    check(runs, len(names))
+    return runs

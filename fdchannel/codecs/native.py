@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from ..errors import ProtocolError
 from ..fds import SCM_MAX_FD, close_all
+from ..runs import Runs, check, expand
 from ..state import DEFAULT_LIMITS, FdState, Limits
-from . import _runs
 from ._parse import ByteSource, FdQueue
 
 __all__ = [
@@ -52,6 +52,7 @@ _HEADER = struct.Struct(">IBBHII")  # magic, major, minor, flags, window, count
 #: Bytes a receiver peeks at to learn the descriptor count before any arrives.
 HEADER_SIZE = _HEADER.size
 _FRAME = struct.Struct(">BI")  # type, payload length
+_FDS_FRAME = struct.Struct(">BIH")  # FDS, 2, descriptors attached
 
 TABLE, FDS, META, END = 0x01, 0x02, 0x03, 0x04
 ACK, STATUS = 0x81, 0x82
@@ -117,9 +118,9 @@ def status_frame(accepted: bool, reason: str = "") -> bytes:
 def encode(state: FdState, window: int | None = None) -> Iterator[Send | AwaitAck]:
     """The steps that send ``state``; ``window`` descriptors between acknowledgements.
 
-    Lazy: the table is built after the descriptors went out, so that the
-    receiver installs them meanwhile.  FdState has checked what the table
-    needs (distinct pairs, int32 ids, names without NUL) when it was built.
+    The table goes after the descriptors, so that the receiver installs
+    them while it comes; the state found and checked its runs (distinct
+    pairs, int32 ids, names without NUL) when it was built.
     """
     window = default_window() if window is None else window
     if window and window % SCM_MAX_FD and window < len(state):
@@ -131,7 +132,7 @@ def encode(state: FdState, window: int | None = None) -> Iterator[Send | AwaitAc
         crc = zlib.crc32(data, crc)
         return Send(data, fds or [])
 
-    names, ids, descriptors = state.columns()
+    names, _, descriptors = state.columns()
     # The header rides with the first descriptors: one sendmsg fewer.
     lead = _HEADER.pack(MAGIC, MAJOR, MINOR, 0, window, len(names))
     fds = list(descriptors)
@@ -141,17 +142,16 @@ def encode(state: FdState, window: int | None = None) -> Iterator[Send | AwaitAc
         batch = fds[start : start + SCM_MAX_FD]
         yield emit(lead + _frame(FDS, struct.pack(">H", len(batch))), batch)
         lead = b""
-    yield emit(lead + _frame(TABLE, _table(names, ids, len(state.metadata))))
+    yield emit(lead + _frame(TABLE, _table(state.runs(), len(names), len(state.metadata))))
     for start in range(0, len(state.metadata), META_CHUNK):
         yield emit(_frame(META, state.metadata[start : start + META_CHUNK]))
     yield Send(_frame(END, struct.pack(">I", crc)), [])
 
 
-def _table(names: Sequence[str], ids: Sequence[int], metadata_len: int) -> bytes:
-    runs = _runs.runs_of(names, ids)
+def _table(runs: Runs, count: int, metadata_len: int) -> bytes:
     return b"".join(
         [
-            struct.pack(">IQI", len(names), metadata_len, len(runs.names)),
+            struct.pack(">IQI", count, metadata_len, len(runs.names)),
             _int32s("i", runs.firsts),
             _int32s("I", runs.lengths),
             _names_bytes(runs.names),
@@ -214,6 +214,11 @@ def _frame_header(
     src: ByteSource, limits: Limits, expected: str
 ) -> Generator[int, None, tuple[int, int]]:
     kind, length = yield from src.unpack(">BI")
+    _check_frame(kind, length, limits, expected)
+    return kind, length
+
+
+def _check_frame(kind: int, length: int, limits: Limits, expected: str) -> None:
     if kind not in _NAMES:
         raise ProtocolError(f"native stream: unknown frame type {kind:#04x} (expected {expected})")
     if length > limits.max_frame:
@@ -221,7 +226,6 @@ def _frame_header(
             f"native stream: {_NAMES[kind]} frame claims {length} bytes, more than the "
             f"limit of {limits.max_frame}"
         )
-    return kind, length
 
 
 def _expect(kind: int, wanted: int, where: str) -> None:
@@ -256,17 +260,23 @@ def parse(
     received: list[int] = []
     try:
         while len(received) < count:
-            kind, length = yield from _frame_header(src, limits, "FDS")
-            _expect(kind, FDS, f"{len(received)} of {count} descriptors received")
-            if length != 2:
-                raise ProtocolError(f"native stream: FDS frame of {length} bytes, not 2")
-            (n,) = yield from src.unpack(">H")
-            if not 1 <= n <= min(SCM_MAX_FD, count - len(received)):
-                raise ProtocolError(f"native stream: FDS frame announces {n} descriptors")
-            received += fds.pop_many(n, "native FDS frame")
-            if window and len(received) % window == 0 and len(received) < count:
-                progress.outgoing.append(ack_frame(len(received)))
-        names, ids, metadata_len = yield from _parse_table(src, count, limits)
+            # Every FDS frame that is already here, in one read: at least
+            # ceil(left / 253) more must come, so that many never reaches
+            # past them.
+            left = count - len(received)
+            batch = max(1, min(src.available() // _FDS_FRAME.size, -(-left // SCM_MAX_FD)))
+            data = yield from src.read(_FDS_FRAME.size * batch)
+            for kind, length, n in _FDS_FRAME.iter_unpack(data):
+                _check_frame(kind, length, limits, "FDS")
+                _expect(kind, FDS, f"{len(received)} of {count} descriptors received")
+                if length != 2:
+                    raise ProtocolError(f"native stream: FDS frame of {length} bytes, not 2")
+                if not 1 <= n <= min(SCM_MAX_FD, count - len(received)):
+                    raise ProtocolError(f"native stream: FDS frame announces {n} descriptors")
+                received += fds.pop_many(n, "native FDS frame")
+                if window and len(received) % window == 0 and len(received) < count:
+                    progress.outgoing.append(ack_frame(len(received)))
+        runs, metadata_len = yield from _parse_table(src, count, limits)
         metadata = bytearray()
         while len(metadata) < metadata_len:
             kind, length = yield from _frame_header(src, limits, "META")
@@ -287,13 +297,14 @@ def parse(
     except BaseException:
         close_all(received)
         raise
-    return FdState.from_columns(names, ids, received, bytes(metadata), checked=True)
+    names, ids = expand(runs, count)
+    return FdState.from_columns(names, ids, received, bytes(metadata), runs=runs)
 
 
 def _parse_table(
     src: ByteSource, count: int, limits: Limits
-) -> Generator[int, None, tuple[Sequence[str], Sequence[int], int]]:
-    """The TABLE frame: the entries' names and ids, and the metadata length."""
+) -> Generator[int, None, tuple[Runs, int]]:
+    """The TABLE frame: the entries' runs (checked), and the metadata length."""
     kind, length = yield from _frame_header(src, limits, "TABLE")
     _expect(kind, TABLE, f"after {count} descriptors")
     if length < 16:
@@ -311,12 +322,12 @@ def _parse_table(
     firsts = _read_int32s("i", (yield from src.read(4 * runs)))
     lengths = _read_int32s("I", (yield from src.read(4 * runs)))
     names = _split_names((yield from src.read(length - 16 - 8 * runs)), runs, limits)
-    table = _runs.Runs(names, firsts, lengths)
+    table = Runs(names, firsts, lengths)
     try:
-        _runs.check(table, count)
+        check(table, count)
     except ValueError as exc:
         raise ProtocolError(f"native stream: TABLE: {exc}") from None
-    return (*_runs.expand(table, count), metadata_len)
+    return table, metadata_len
 
 
 def announced_count(header: bytes) -> int | None:

@@ -1,10 +1,11 @@
 """Entries as runs: one name with consecutive ids.
 
-The native table lists runs, not entries.  10,000 connections named
-``conn`` with ids 0..9999 are one run; QEMU's states (distinct names, id 0)
-are one run per entry.  Both directions work in C passes (map, compress,
-repeat), never a Python step per entry, and a receiver checks uniqueness
-per run, not per entry.
+10,000 connections named ``conn`` with ids 0..9999 are one run; QEMU's
+states (distinct names, id 0) are one run per entry.  A state finds its
+runs once, when it is built, and checks them (int32 ids, no NUL, no pair
+twice) per run rather than per entry; the native table sends the runs.
+Both directions work in C passes (map, compress, repeat), never a Python
+step per entry.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def runs_of(names: Sequence[str], ids: Sequence[int]) -> Runs:
     if n == 0:
         return Runs([], [], [])
     if names.count(names[0]) == n and _counts_up(ids):
-        return Runs([names[0]], [ids[0]], [n])  # the common case, in two C passes
+        return Runs([names[0]], [ids[0]], [n])  # one kind of descriptor, numbered
+    if len(set(names)) == n:
+        return Runs(list(names), list(ids), [1] * n)  # every name its own run
     # A run ends where the name changes or the next id does not follow on.
     name_breaks = map(ne, islice(names, 1, None), names)
     id_breaks = map(ne, islice(ids, 1, None), map(add, ids, repeat(1)))
@@ -56,10 +59,18 @@ def _counts_up(ids: Sequence[int]) -> bool:
 
 
 def check(runs: Runs, total: int) -> None:
-    """ValueError unless the runs hold ``total`` int32 entries, no (name, id) twice."""
+    """ValueError unless the runs hold ``total`` entries that can travel.
+
+    Both wire formats carry ids as int32 and names as C strings, as QEMU
+    does; and no (name, id) may come twice.
+    """
     names, firsts, lengths = runs
     if not len(names) == len(firsts) == len(lengths):
         raise ValueError("run columns differ in length")
+    if names and (min(firsts) < INT32_MIN or max(firsts) > INT32_MAX):
+        raise ValueError("an id does not fit in a signed 32-bit integer")
+    if "\0" in "".join(names):
+        raise ValueError("a descriptor name contains a NUL character")
     if len(names) == total:
         if total and not min(lengths) == max(lengths) == 1:
             raise ValueError(f"{total} runs hold {sum(lengths)} entries, not {total}")
@@ -69,7 +80,7 @@ def check(runs: Runs, total: int) -> None:
         if sum(lengths) != total:
             raise ValueError(f"runs hold {sum(lengths)} entries, not {total}")
         if names and max(map(add, firsts, lengths)) - 1 > INT32_MAX:
-            raise ValueError("a run's ids go past the largest int32")
+            raise ValueError("an id does not fit in a signed 32-bit integer")
     if len(set(names)) == len(names):
         return  # distinct names: distinct (name, id) pairs
     spans: dict[str, list[tuple[int, int]]] = {}

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from fdchannel.codecs._runs import Runs, check, expand, runs_of
+from fdchannel.runs import Runs, check, expand, runs_of
 
-from ..fuzzing import examples
+from .fuzzing import examples
 
 # (names, ids, the runs they make)
 SHAPES = [
@@ -41,7 +41,7 @@ BAD = [
     (Runs(["a", "b"], [0, 0], [3, 0]), 3, "no entry"),
     (Runs([], [], []), 1, "no entry"),
     (Runs(["a"], [0, 1], [1]), 1, "differ in length"),
-    (Runs(["a"], [2**31 - 1], [2]), 2, "past the largest int32"),
+    (Runs(["a"], [2**31 - 1], [2]), 2, "signed 32-bit"),
     (Runs(["a", "b", "a"], [0, 0, 4], [5, 1, 1]), 7, "duplicate descriptor name 'a' id 4"),
     (Runs(["a", "a"], [0, 0], [1, 1]), 2, "duplicate descriptor name 'a' id 0"),
 ]
