@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from typing import Protocol, runtime_checkable
 
 import anyio
 
@@ -25,7 +27,16 @@ from ..transfer import Codec, read_reply
 from ..transports import Listener, Stream, connect
 from .machine import Event, Machine
 
-__all__ = ["accept_admitted", "connect_retrying", "parse_channels", "step", "wait_for_ack"]
+__all__ = [
+    "accept_admitted",
+    "connect_retrying",
+    "discard",
+    "parse_channels",
+    "step",
+    "wait_for_ack",
+]
+
+log = logging.getLogger("fdchannel")
 
 #: errno values that mean "the peer is not listening yet": worth retrying.
 _NOT_YET = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
@@ -85,6 +96,31 @@ async def connect_retrying(channel: Channel, attempts: list[str] | None = None) 
                 attempts.append(cause.strerror or str(cause))
         await anyio.sleep(delay)
         delay = min(delay * 2, _MAX_DELAY)
+
+
+@runtime_checkable
+class _Abortable(Protocol):
+    """A stream that can give up at once (an exec: stream kills its command)."""
+
+    async def abort(self) -> None: ...
+
+
+async def discard(stream: Stream) -> None:
+    """Close a stream a failed or abandoned handoff leaves behind: at once, quietly.
+
+    An exec: command is killed instead of being given its grace period to
+    finish (it may never read again), and whatever closing reports (a
+    command's exit status, a file's delayed write error) is logged, not
+    raised over the error that brought us here.
+    """
+    with anyio.CancelScope(shield=True):
+        try:
+            if isinstance(stream, _Abortable):
+                await stream.abort()
+            else:
+                await stream.aclose()
+        except (FdChannelError, OSError, anyio.BrokenResourceError) as exc:
+            log.debug("closing the stream to %s after the handoff stopped: %s", stream.address, exc)
 
 
 def now() -> float:

@@ -13,7 +13,7 @@ from ..channel import Channel
 from ..state import FdState
 from ..transfer import Codec, send_state
 from ..transports import Stream
-from ._common import connect_retrying, now, parse_channels, step, wait_for_ack
+from ._common import connect_retrying, discard, now, parse_channels, step, wait_for_ack
 from .machine import OUTGOING, Event, Machine, State
 
 __all__ = ["Ack", "Outgoing"]
@@ -82,7 +82,8 @@ class Outgoing(anyio.abc.AsyncResource):
         """Send ``data`` on main, half-close, and wait until the new process closed it.
 
         Calls ``finish`` first if it was not called.  The main stream is
-        closed afterwards; failures become HandoffError.
+        closed afterwards; failures become HandoffError, and a main stream
+        that failed is closed at once (an ``exec:`` command is killed).
         """
         if self._machine.state is State.ACKED:
             await self.finish(timeout)
@@ -97,11 +98,18 @@ class Outgoing(anyio.abc.AsyncResource):
                 await stream.send(data)
                 await stream.send_eof()
                 await stream.wait_peer_closed()
+                # Closing belongs to the step: what it reports (a file's delayed
+                # write error) fails the handoff as a HandoffError.
+                self._main_stream = None
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()
                 self._machine.fire(Event.COMPLETE)
-        finally:
+        except BaseException:
+            # Failed or cancelled: no graceful close (a command that stopped
+            # reading would be waited for, and its status raised over ours).
             self._main_stream = None
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
+            await discard(stream)
+            raise
 
     async def _close_cpr(self) -> None:
         if self._cpr_stream is not None:
@@ -115,8 +123,7 @@ class Outgoing(anyio.abc.AsyncResource):
         await self._close_cpr()
         if self._main_stream is not None:
             stream, self._main_stream = self._main_stream, None
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
+            await discard(stream)
 
     async def aclose(self) -> None:
         """``abort``: leaving ``async with`` gives up whatever is not finished."""

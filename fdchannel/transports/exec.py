@@ -45,6 +45,11 @@ __all__ = ["KILL_GRACE", "ExecStream", "connect", "listen"]
 
 #: Seconds a command may take to finish after its stream was closed.
 KILL_GRACE = 5.0
+#: Seconds ``send`` waits, after EPIPE, for the command's exit status.  An
+#: exiting command's descriptors close (the EPIPE) just before the kernel
+#: makes it reapable; one still running after this closed its stdin itself,
+#: and its status is left to ``aclose``.
+EPIPE_EXIT_WAIT = 0.5
 #: Larger pipes mean fewer wake-ups per megabyte (the kernel caps unprivileged
 #: users at /proc/sys/fs/pipe-max-size, 1 MiB by default).
 PIPE_SIZE = 1024 * 1024
@@ -186,7 +191,7 @@ class ExecStream(PipeStream):
             await super().send(item)
         except anyio.BrokenResourceError as exc:
             # EPIPE: the command closed its stdin, usually by exiting.
-            with anyio.move_on_after(self._grace):
+            with anyio.move_on_after(min(self._grace, EPIPE_EXIT_WAIT)):
                 await self._child.wait()
             self._raise_failure(exc)
             raise anyio.BrokenResourceError(

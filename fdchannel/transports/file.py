@@ -225,6 +225,14 @@ class PipeStream(DescriptorStream):
     def _write_once(self, data: memoryview) -> int:
         return os.write(self._fd, data)
 
+    def _translate(self, exc: OSError) -> Exception:
+        if exc.errno == errno.EPIPE:
+            # Every read end is closed: nothing written here will be read.
+            return anyio.BrokenResourceError(
+                f"{self._describe()}: no reader is left ({exc.strerror})"
+            )
+        return super()._translate(exc)
+
     def fileno(self) -> int:
         if self._write_shut:
             raise anyio.ClosedResourceError
