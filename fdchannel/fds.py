@@ -71,6 +71,22 @@ def close_all(fds: Sequence[int]) -> None:
             os.close(fd)
 
 
+def fd_table_size() -> int:
+    """The size of this process's descriptor table: more than its highest open descriptor.
+
+    The kernel grows the table in powers of two and never shrinks it, so it
+    bounds the number of open descriptors from above (FDSize in
+    /proc/self/status).
+    """
+    fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        status = os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+    start = status.index(b"FDSize:") + len(b"FDSize:")
+    return int(status[start : status.index(b"\n", start)])
+
+
 def _fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 

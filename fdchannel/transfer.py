@@ -13,7 +13,7 @@ from .capabilities import Capability
 from .codecs import Decoder, native, qemu
 from .codecs._parse import ByteSource
 from .errors import CapabilityError, FdPassingError, HandoffError, ProtocolError
-from .fds import SCM_MAX_FD
+from .fds import SCM_MAX_FD, fd_table_size
 from .state import DEFAULT_LIMITS, FdState, Limits
 from .transports._base import Stream
 from .transports._socket import UnixSocketStream
@@ -123,15 +123,20 @@ async def _make_room(stream: Stream, count: int) -> None:
 def ensure_fd_room(count: int) -> None:
     """Raise the soft RLIMIT_NOFILE so ``count`` more descriptors fit, or fail early."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = len(os.listdir("/proc/self/fd")) + count + _HEADROOM
-    if need <= soft:
-        return
-    if hard != resource.RLIM_INFINITY and need > hard:
-        raise FdPassingError(
-            f"receiving {count} descriptors needs RLIMIT_NOFILE of at least {need}; "
-            f"the hard limit is {hard} (raise it, e.g. with ulimit -Hn or LimitNOFILE=)"
-        )
-    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    ceiling = None if hard == resource.RLIM_INFINITY else hard
+    # The descriptor table's size bounds how many are open and costs one
+    # small read; counting /proc/self/fd costs about a microsecond per open
+    # descriptor, so it is left for when the bound is not enough.
+    need = fd_table_size() + count + _HEADROOM
+    if ceiling is not None and need > ceiling:
+        need = len(os.listdir("/proc/self/fd")) + count + _HEADROOM
+        if need > ceiling:
+            raise FdPassingError(
+                f"receiving {count} descriptors needs RLIMIT_NOFILE of at least {need}; "
+                f"the hard limit is {hard} (raise it, e.g. with ulimit -Hn or LimitNOFILE=)"
+            )
+    if need > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
 async def receive_state(stream: Stream, *, limits: Limits = DEFAULT_LIMITS) -> FdState:

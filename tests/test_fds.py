@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import anyio
 import pytest
 
 from fdchannel import FdPassingError, TruncatedFdsError
-from fdchannel.fds import SCM_MAX_FD, sendmsg_fds, split_for_sending
+from fdchannel.fds import SCM_MAX_FD, fd_table_size, sendmsg_fds, split_for_sending
+from fdchannel.transfer import ensure_fd_room
 from fdchannel.transports._socket import UnixSocketStream
 
 from .conftest import close_fds as close
@@ -312,3 +314,30 @@ async def test_receive_many_closes_what_it_gathered_on_error(
     finally:
         close(first)
         close(second)
+
+
+def test_fd_table_size_bounds_what_is_open() -> None:
+    extra = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(300)]
+    try:
+        opened = [int(name) for name in os.listdir("/proc/self/fd")]
+        size = fd_table_size()
+        assert size > max(opened) and size >= len(opened)
+        assert size & (size - 1) == 0, "the kernel sizes the table in powers of two"
+    finally:
+        close(extra)
+
+
+def test_room_is_made_by_raising_the_soft_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    opened = len(os.listdir("/proc/self/fd"))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (opened + 8, hard))
+        ensure_fd_room(500)
+        raised = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert opened + 500 <= raised <= fd_table_size() + 500 + 64
+        ensure_fd_room(10)  # room already there: the limit stays
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == raised
+        with pytest.raises(FdPassingError, match=f"the hard limit is {hard}"):
+            ensure_fd_room(hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
