@@ -8,7 +8,6 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Protocol, runtime_checkable
 
 import anyio
 
@@ -98,13 +97,6 @@ async def connect_retrying(channel: Channel, attempts: list[str] | None = None) 
         delay = min(delay * 2, _MAX_DELAY)
 
 
-@runtime_checkable
-class _Abortable(Protocol):
-    """A stream that can give up at once (an exec: stream kills its command)."""
-
-    async def abort(self) -> None: ...
-
-
 async def discard(stream: Stream) -> None:
     """Close a stream a failed or abandoned handoff leaves behind: at once, quietly.
 
@@ -115,10 +107,7 @@ async def discard(stream: Stream) -> None:
     """
     with anyio.CancelScope(shield=True):
         try:
-            if isinstance(stream, _Abortable):
-                await stream.abort()
-            else:
-                await stream.aclose()
+            await stream.abort()
         except (FdChannelError, OSError, anyio.BrokenResourceError) as exc:
             log.debug("closing the stream to %s after the handoff stopped: %s", stream.address, exc)
 

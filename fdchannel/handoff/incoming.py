@@ -16,7 +16,7 @@ from ..errors import HandoffError
 from ..state import DEFAULT_LIMITS, FdState, Limits
 from ..transfer import Codec, receive_state_and_codec
 from ..transports import Listener, Stream, listen
-from ._common import accept_admitted, parse_channels, step
+from ._common import accept_admitted, discard, parse_channels, step
 from .machine import INCOMING, Event, Machine, State
 
 __all__ = ["Incoming"]
@@ -123,6 +123,11 @@ class Incoming(anyio.abc.AsyncResource):
                         f"the main stream announces {size} bytes; the limit is {limit}"
                     )
                 data = await _receive_exactly(stream, size)
+                # Closing belongs to the step: what it reports (an exec:
+                # command's exit status) fails the handoff as a HandoffError.
+                self._main_stream = None
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()
                 self._machine.fire(Event.COMPLETE)
         finally:
             await self._close_main()
@@ -157,12 +162,14 @@ class Incoming(anyio.abc.AsyncResource):
                 await stream.aclose()
 
     async def _close_main(self) -> None:
-        for name in ("_main_stream", "_main_listener"):
-            resource = getattr(self, name)
-            if resource is not None:
-                setattr(self, name, None)
-                with anyio.CancelScope(shield=True):
-                    await resource.aclose()
+        """Close what is left of main: a stream still here belongs to a handoff that stopped."""
+        if self._main_stream is not None:
+            stream, self._main_stream = self._main_stream, None
+            await discard(stream)
+        if self._main_listener is not None:
+            listener, self._main_listener = self._main_listener, None
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
 
     async def abort(self) -> None:
         """Give up at any step and close everything; safe to call more than once."""

@@ -54,6 +54,10 @@ class Stream(anyio.abc.ByteStream):
         """Receive bytes and the descriptors attached to them (FD_PASSING streams only)."""
         raise CapabilityError(f"{self._describe()} cannot pass file descriptors")
 
+    async def abort(self) -> None:
+        """Close at once, giving up on whatever is in flight (an exec: command is killed)."""
+        await self.aclose()
+
     @abc.abstractmethod
     async def wait_peer_closed(self) -> None:
         """Return once the peer has closed its sending side (EOF or hang-up).

@@ -29,7 +29,7 @@ import anyio
 import pytest
 
 import fdchannel
-from fdchannel import ChannelError, HandoffError, HandoffTimeout
+from fdchannel import ChannelError, FdState, HandoffError, HandoffTimeout, NamedFd
 from fdchannel.handoff import State
 from fdchannel.transports.exec import ExecStream
 
@@ -204,3 +204,30 @@ def test_a_file_main_is_refused_before_anything_is_touched(sockdir: Path) -> Non
     with pytest.raises(ChannelError, match="needs a stream"):
         fdchannel.Outgoing(["file:/dev/full", cpr_channel(sockdir)])
     assert not (sockdir / "cpr").exists()
+
+
+async def test_incoming_gives_up_on_a_main_command_that_stalls(sockdir: Path) -> None:
+    """The new process's side: a command that announces 100 bytes, sends 4 and
+    stalls fails at the deadline, and is killed rather than given its grace period."""
+    main = r"exec:printf '\000\000\000\000\000\000\000\144abcd'; exec sleep 30"
+    chans = [main, cpr_channel(sockdir)]
+    memfd = os.memfd_create("ram0", os.MFD_CLOEXEC)
+    try:
+        with anyio.fail_after(15):
+            async with fdchannel.Incoming(chans) as inc, fdchannel.Outgoing(chans) as out:
+                await inc.listen_cpr()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(out.start, FdState([NamedFd("ram0", 0, memfd)]))
+                    with await inc.receive_cpr(timeout=5):
+                        await inc.listen_main()
+                stream = await inc.accept_main(timeout=5)
+                assert isinstance(stream, ExecStream)
+                began = time.monotonic()
+                with pytest.raises(HandoffTimeout, match="reading the main channel"):
+                    await inc.receive_main(timeout=SHORT)
+                assert time.monotonic() - began < SHORT + 1
+                assert inc.state is State.FAILED
+                assert stream.returncode == -signal.SIGKILL
+                assert reaped(stream.pid)
+    finally:
+        os.close(memfd)
