@@ -278,7 +278,7 @@ async def test_abort_kills_what_the_shell_forked() -> None:
                 sleeper = int(await stream.receive())
                 pidfd = os.pidfd_open(sleeper)
                 try:
-                    await stream.abort()  # type: ignore[attr-defined]
+                    await stream.abort()
                     await anyio.wait_readable(pidfd)  # readable once the process has exited
                 finally:
                     os.close(pidfd)
