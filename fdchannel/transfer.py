@@ -60,7 +60,7 @@ async def send_state(
 
     The sender keeps its descriptors: the kernel passes copies.
     """
-    if state.fds and Capability.FD_PASSING not in stream.capabilities:
+    if len(state) and Capability.FD_PASSING not in stream.capabilities:
         raise CapabilityError(f"{stream._describe()} cannot pass the state's descriptors")
     if codec == "qemu":
         for data, fds in qemu.encode(state):

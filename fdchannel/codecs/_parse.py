@@ -39,6 +39,10 @@ class FdQueue:
             raise ProtocolError(
                 f"{what}: {count} descriptor(s) announced, {len(self)} arrived with the bytes"
             )
+        if self._head == 0 and count == len(self._fds):
+            # Everything at once (a whole state in one read): hand the list over.
+            taken, self._fds = self._fds, []
+            return taken
         taken = self._fds[self._head : self._head + count]
         self._head += count
         if self._head > 4096 and self._head * 2 > len(self._fds):

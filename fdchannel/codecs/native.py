@@ -273,7 +273,11 @@ def parse(
                 and total <= left
                 and (not window or done // window == (done + total) // window)
             ):
-                received += fds.pop_many(total, "native FDS frames")
+                taken = fds.pop_many(total, "native FDS frames")
+                if received:
+                    received += taken
+                else:
+                    received = taken
                 continue
             for kind, length, n in _FDS_FRAME.iter_unpack(data):
                 _check_frame(kind, length, limits, "FDS")

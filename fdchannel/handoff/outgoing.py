@@ -67,7 +67,7 @@ class Outgoing(anyio.abc.AsyncResource):
                 self._machine.fire(Event.ACK)
         finally:
             await self._close_cpr()
-        return Ack(self.codec, len(state.fds), now() - started)
+        return Ack(self.codec, len(state), now() - started)
 
     async def finish(self, timeout: float | None = 10) -> Stream:
         """Connect the main channel (after the ack) and return its stream."""
