@@ -25,6 +25,7 @@ from __future__ import annotations
 import array
 import contextlib
 import errno
+import functools
 import os
 import resource
 import socket
@@ -57,8 +58,16 @@ _EXTRA_CONTROL = (
 
 #: Control room for a read that expects no descriptor: one, to notice them.
 _PLAIN_CONTROL = socket.CMSG_SPACE(_INT_SIZE) + _EXTRA_CONTROL
+# Plain ints: the socket module's are IntFlag members, and every ``&`` on
+# one runs enum code in Python, once per message on the receive path.
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
+_MSG_NOSIGNAL = int(socket.MSG_NOSIGNAL)
 
 
+@functools.cache
 def control_buffer_size(maxfds: int) -> int:
     """Room for ``maxfds`` descriptors plus the other messages the kernel may add first."""
     return socket.CMSG_SPACE(maxfds * _INT_SIZE) + _EXTRA_CONTROL
@@ -139,10 +148,10 @@ def sendmsg_fds(sock: socket.socket, data: memoryview, fds: Sequence[int]) -> in
     caller sends the rest *without* attaching the descriptors again.
     """
     ancillary = (
-        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+        [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds))] if fds else []
     )
     try:
-        return sock.sendmsg([data], ancillary, socket.MSG_NOSIGNAL)
+        return sock.sendmsg([data], ancillary, _MSG_NOSIGNAL)
     except BlockingIOError:
         raise
     except OSError as exc:
@@ -159,13 +168,13 @@ def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     """
     fds: list[int] = []
     for level, kind, payload in ancillary:
-        if level != socket.SOL_SOCKET or kind not in (socket.SCM_RIGHTS, _SCM_PIDFD):
+        if level != _SOL_SOCKET or kind not in (_SCM_RIGHTS, _SCM_PIDFD):
             continue
         # A cut-off message may end in a partial int: only whole ones are descriptors.
         received = array.array("i")
         received.frombytes(payload[: len(payload) - len(payload) % _INT_SIZE])
-        if kind == socket.SCM_RIGHTS:
-            fds.extend(received)
+        if kind == _SCM_RIGHTS:
+            fds += received.tolist()  # in C; extending from the array makes each int in Python
         else:
             close_all(received)
     return fds
@@ -178,10 +187,10 @@ def recvmsg_discarding(sock: socket.socket, max_bytes: int) -> tuple[bytes, int]
     least that many: with room for one, the kernel drops the rest itself,
     which is what we want here, and cheaper than making room for 253).
     """
-    data, ancillary, flags, _ = sock.recvmsg(max_bytes, _PLAIN_CONTROL, socket.MSG_CMSG_CLOEXEC)
+    data, ancillary, flags, _ = sock.recvmsg(max_bytes, _PLAIN_CONTROL, _MSG_CMSG_CLOEXEC)
     unexpected = _descriptors(ancillary)
     close_all(unexpected)
-    dropped = len(unexpected) + (1 if flags & socket.MSG_CTRUNC and not unexpected else 0)
+    dropped = len(unexpected) + (1 if flags & _MSG_CTRUNC and not unexpected else 0)
     return data, dropped
 
 
@@ -193,11 +202,11 @@ def recvmsg_fds(sock: socket.socket, max_bytes: int, maxfds: int) -> tuple[bytes
     control buffer raises TruncatedFdsError after closing what arrived.
     """
     data, ancillary, flags, _ = sock.recvmsg(
-        max_bytes, control_buffer_size(maxfds), socket.MSG_CMSG_CLOEXEC
+        max_bytes, control_buffer_size(maxfds), _MSG_CMSG_CLOEXEC
     )
-    fds = _descriptors(ancillary)
+    fds = _descriptors(ancillary) if ancillary else []
     try:
-        if flags & socket.MSG_CTRUNC:
+        if flags & _MSG_CTRUNC:
             raise TruncatedFdsError(
                 f"descriptors were lost in transit (MSG_CTRUNC): {len(fds)} arrived and were "
                 f"closed; the sender attached more than the receiver's limit of {maxfds} per "
