@@ -147,9 +147,7 @@ def sendmsg_fds(sock: socket.socket, data: memoryview, fds: Sequence[int]) -> in
     If fewer bytes than given were sent, the descriptors went with them: the
     caller sends the rest *without* attaching the descriptors again.
     """
-    ancillary = (
-        [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds))] if fds else []
-    )
+    ancillary = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds))] if fds else []
     try:
         return sock.sendmsg([data], ancillary, _MSG_NOSIGNAL)
     except BlockingIOError:
