@@ -266,7 +266,7 @@ class Qemu:
     version: JsonObject
 
 
-async def _accept_monitor(
+async def accept_monitor(
     listener: fdchannel.Listener, process: anyio.abc.Process, name: str, timeout: float
 ) -> Stream:
     """Accept QEMU's QMP connection, or say why it never came (without waiting long)."""
@@ -288,6 +288,35 @@ async def _accept_monitor(
     raise QemuError(f"QEMU {name} did not connect to QMP within {timeout:g} s")
 
 
+async def spawn_with_monitor(
+    command: list[str], monitor: Path, log: Path, cwd: Path | None = None
+) -> tuple[anyio.abc.Process, fdchannel.Listener]:
+    """Listen on ``monitor`` for QEMU's QMP connection, then start ``command``.
+
+    QEMU is the QMP client (no ``server=on``), so there is no polling for
+    its socket file.  Its output goes to ``log``.
+    """
+    listener = await fdchannel.listen(f"unix:{monitor}")
+    try:
+        # Shielded: a cancellation while spawning must not lose a started process.
+        with log.open("wb") as log_file, anyio.CancelScope(shield=True):
+            process = await anyio.open_process(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                cwd=cwd,
+                # Its own process group, so that the commands QEMU runs for
+                # exec: migration die with it instead of lingering as orphans.
+                start_new_session=True,
+            )
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await listener.aclose()
+        raise
+    return process, listener
+
+
 @asynccontextmanager
 async def start_qemu(
     workdir: Path, name: str, *args: str, timeout: float = DEFAULT_TIMEOUT
@@ -303,28 +332,11 @@ async def start_qemu(
     qmp_path = workdir / f"{name}-qmp.sock"
     log = workdir / f"{name}.log"
     command = [QEMU_BINARY, "-name", name, *GUEST_ARGS, "-qmp", f"unix:{qmp_path}", *args]
-    listener = await fdchannel.listen(f"unix:{qmp_path}")
-    try:
-        # Shielded: a cancellation while spawning must not lose a started process.
-        with log.open("wb") as log_file, anyio.CancelScope(shield=True):
-            process = await anyio.open_process(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                cwd=workdir,
-                # Its own process group, so that the commands QEMU runs for
-                # exec: migration die with it instead of lingering as orphans.
-                start_new_session=True,
-            )
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await listener.aclose()
-        raise
+    process, listener = await spawn_with_monitor(command, qmp_path, log, cwd=workdir)
     stream: Stream | None = None
     try:
         try:
-            stream = await _accept_monitor(listener, process, name, timeout)
+            stream = await accept_monitor(listener, process, name, timeout)
         finally:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()

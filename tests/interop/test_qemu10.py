@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -47,16 +46,17 @@ import anyio.abc
 import pytest
 
 import fdchannel
-from fdchannel import Channel, FdState, Stream
+from fdchannel import Channel, FdState
 
 from .qemu import (
     FINAL_MIGRATION_STATES,
     MIGRATION_MAGIC,
     MIGRATION_VERSION,
     JsonObject,
-    QemuError,
     QmpClient,
+    accept_monitor,
     migration_header,
+    spawn_with_monitor,
 )
 from .qemu10_root import bind_mounts, is_complete
 
@@ -170,22 +170,10 @@ class Qemu10:
 
     async def connect(self, timeout: float = 10) -> QmpClient:
         """Accept QEMU's QMP connection and read its greeting, or say why it never came."""
-        stream: Stream | None = None
-        with anyio.move_on_after(timeout):
-            async with anyio.create_task_group() as tg:
-
-                async def exited() -> None:
-                    await self.process.wait()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(exited)
-                stream = await self.listener.accept()
-                tg.cancel_scope.cancel()
-        await self.listener.aclose()
-        if stream is None:
-            if self.process.returncode is not None:
-                raise QemuError(f"QEMU {self.name} exited ({self.process.returncode}) before QMP")
-            raise QemuError(f"QEMU {self.name} did not connect to QMP within {timeout:g} s")
+        try:
+            stream = await accept_monitor(self.listener, self.process, self.name, timeout)
+        finally:
+            await self.listener.aclose()
         self.qmp = QmpClient(stream, timeout=timeout)
         version = await self.qmp.handshake()
         assert version["major"] >= 10, f"QEMU {version} has no cpr-transfer"
@@ -222,21 +210,7 @@ async def start_qemu10(root: Path, place: Place, name: str, *args: str) -> Async
         f"unix:{place.guest / qmp_socket}",
         *args,
     ]
-    listener = await fdchannel.listen(f"unix:{place.host / qmp_socket}")
-    try:
-        # Shielded: a cancellation while spawning must not lose a started process.
-        with log.open("wb") as log_file, anyio.CancelScope(shield=True):
-            process = await anyio.open_process(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                start_new_session=True,
-            )
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await listener.aclose()
-        raise
+    process, listener = await spawn_with_monitor(command, place.host / qmp_socket, log)
     vm = Qemu10(name, process, listener, log)
     try:
         yield vm
