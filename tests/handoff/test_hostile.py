@@ -16,6 +16,7 @@ from fdchannel import FdState, HandoffError, HandoffTimeout, NamedFd
 from fdchannel.codecs import native
 from fdchannel.transports._socket import UnixSocketStream
 
+from .inprocess import handed_over
 from .peer import channels
 
 pytestmark = pytest.mark.anyio
@@ -99,12 +100,10 @@ async def test_descriptors_on_the_main_channel_are_closed(sockdir: Path) -> None
     stray = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(3)]
     try:
         with anyio.fail_after(10):
-            async with fdchannel.Incoming(chans) as inc, fdchannel.Outgoing(chans) as out:
-                await inc.listen_cpr()
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(out.start, FdState([NamedFd("ram0", 0, memfd)]))
-                    with await inc.receive_cpr(timeout=5):
-                        await inc.listen_main()
+            async with handed_over(chans, chans, FdState([NamedFd("ram0", 0, memfd)])) as (
+                inc,
+                out,
+            ):
                 main = await out.finish()
                 # A main stream is bytes only: descriptors on it are closed on arrival.
                 assert isinstance(main, UnixSocketStream)

@@ -33,6 +33,7 @@ from fdchannel import ChannelError, FdState, HandoffError, HandoffTimeout, Named
 from fdchannel.handoff import State
 from fdchannel.transports.exec import ExecStream
 
+from .inprocess import handed_over
 from .peer import MAIN_DATA, channels
 from .test_faults import Resources
 
@@ -130,15 +131,8 @@ async def acknowledged(
     # The new process listens on a main channel of its own: it only
     # acknowledges the state and never reads the old one's main.
     incoming = channels(str(sockdir / "cpr"), str(sockdir / "main"))
-    async with (
-        fdchannel.Incoming(incoming) as inc,
-        fdchannel.Outgoing([main, cpr_channel(sockdir)]) as out,
-    ):
-        await inc.listen_cpr()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(out.start, resources.state())
-            with await inc.receive_cpr(timeout=5):
-                await inc.listen_main()
+    outgoing = [main, cpr_channel(sockdir)]
+    async with handed_over(incoming, outgoing, resources.state()) as (_, out):
         yield out, await out.finish(timeout=5)
 
 
@@ -214,12 +208,7 @@ async def test_incoming_gives_up_on_a_main_command_that_stalls(sockdir: Path) ->
     memfd = os.memfd_create("ram0", os.MFD_CLOEXEC)
     try:
         with anyio.fail_after(15):
-            async with fdchannel.Incoming(chans) as inc, fdchannel.Outgoing(chans) as out:
-                await inc.listen_cpr()
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(out.start, FdState([NamedFd("ram0", 0, memfd)]))
-                    with await inc.receive_cpr(timeout=5):
-                        await inc.listen_main()
+            async with handed_over(chans, chans, FdState([NamedFd("ram0", 0, memfd)])) as (inc, _):
                 stream = await inc.accept_main(timeout=5)
                 assert isinstance(stream, ExecStream)
                 began = time.monotonic()

@@ -288,6 +288,14 @@ async def accept_monitor(
     raise QemuError(f"QEMU {name} did not connect to QMP within {timeout:g} s")
 
 
+async def show_log(name: str, command: list[str], log: Path) -> None:
+    """Print QEMU's command and output to stderr: pytest shows them with a failed test,
+    including one that timed out."""
+    with anyio.CancelScope(shield=True):
+        output = await anyio.Path(log).read_text(errors="replace")
+    print(f"--- QEMU {name}: {' '.join(command)}\n{output}", file=sys.stderr)
+
+
 async def spawn_with_monitor(
     command: list[str], monitor: Path, log: Path, cwd: Path | None = None
 ) -> tuple[anyio.abc.Process, fdchannel.Listener]:
@@ -344,10 +352,7 @@ async def start_qemu(
         version = await qmp.handshake()
         yield Qemu(name, process, qmp, log, version)
     except BaseException:
-        # Shown by pytest for a failed test, including one that timed out.
-        with anyio.CancelScope(shield=True):
-            output = await anyio.Path(log).read_text(errors="replace")
-        print(f"--- QEMU {name}: {' '.join(command)}\n{output}", file=sys.stderr)
+        await show_log(name, command, log)
         raise
     finally:
         with anyio.CancelScope(shield=True):

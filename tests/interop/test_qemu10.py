@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -56,6 +55,7 @@ from .qemu import (
     QmpClient,
     accept_monitor,
     migration_header,
+    show_log,
     spawn_with_monitor,
 )
 from .qemu10_root import bind_mounts, is_complete
@@ -215,9 +215,7 @@ async def start_qemu10(root: Path, place: Place, name: str, *args: str) -> Async
     try:
         yield vm
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            output = await anyio.Path(log).read_text(errors="replace")
-        print(f"--- QEMU {name}: {' '.join(command)}\n{output}", file=sys.stderr)
+        await show_log(name, command, log)
         raise
     finally:
         with anyio.CancelScope(shield=True):
