@@ -135,11 +135,11 @@ def encode(state: FdState, window: int | None = None) -> Iterator[Send | AwaitAc
     names, _, descriptors = state.columns()
     # The header rides with the first descriptors: one sendmsg fewer.
     lead = _HEADER.pack(MAGIC, MAJOR, MINOR, 0, window, len(names))
-    fds = list(descriptors)
-    for start in range(0, len(fds), SCM_MAX_FD):
+    # Slices only: copying the whole column first would delay the first send.
+    for start in range(0, len(descriptors), SCM_MAX_FD):
         if window and start and start % window == 0:
             yield AwaitAck(start)
-        batch = fds[start : start + SCM_MAX_FD]
+        batch = list(descriptors[start : start + SCM_MAX_FD])
         yield emit(lead + _frame(FDS, struct.pack(">H", len(batch))), batch)
         lead = b""
     yield emit(lead + _frame(TABLE, _table(state.runs(), len(names), len(state.metadata))))

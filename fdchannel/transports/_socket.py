@@ -37,6 +37,8 @@ log = logging.getLogger("fdchannel")
 #: Socket buffer size we ask for: a few MiB let one wake-up move a megabyte,
 #: which is what brings an event-loop stream to raw socket speed.
 BUFFER_SIZE = 4 * 1024 * 1024
+#: Bytes asked for after a message that carried descriptors (see receive_fds_many).
+_SMALL_READ = 4096
 
 
 def tune_buffers(sock: socket.socket) -> None:
@@ -123,12 +125,19 @@ class UnixSocketStream(SocketStream):
         data, fds = await self.receive_fds(max_bytes, maxfds)
         chunks = [data]
         size = len(data)
+        last_had_fds = bool(fds)
         try:
             for _ in range(max_messages - 1):
                 if size >= max_bytes or self._pending:
                     break
+                # After a message with descriptors the next is most likely one
+                # too, a few bytes long: a small buffer spares allocating (and
+                # shrinking) max_bytes for each.  A longer one is read on.
+                want = max_bytes - size
+                if last_had_fds:
+                    want = min(want, _SMALL_READ)
                 try:
-                    more, more_fds = fdpass.recvmsg_fds(self._sock, max_bytes - size, maxfds)
+                    more, more_fds = fdpass.recvmsg_fds(self._sock, want, maxfds)
                 except BlockingIOError:
                     break
                 except OSError as exc:
@@ -139,6 +148,7 @@ class UnixSocketStream(SocketStream):
                 chunks.append(more)
                 fds += more_fds
                 size += len(more)
+                last_had_fds = bool(more_fds)
         except BaseException:
             fdpass.close_all(fds)
             raise
