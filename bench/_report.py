@@ -77,6 +77,10 @@ class Figure:
     value_format: str = "{:.2f}"
     higher_is_better: bool = True
     statistic: Statistic = "median"
+    #: Rows whose samples were taken in turns with the baseline's (sample i of
+    #: each in round i): the ratio is then the median of the rounds' ratios,
+    #: which a machine whose speed drifts between rounds disturbs less.
+    paired: bool = False
     parameters: dict[str, object] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -95,10 +99,18 @@ class Figure:
         return max(row.samples) if self.higher_is_better else min(row.samples)
 
     def ratio(self, row: Row) -> float | None:
-        """``value(row) / value(baseline)`` for the baseline of the row's group."""
+        """``value(row) / value(baseline)`` for the baseline of the row's group.
+
+        For a paired figure: the median over rounds of sample / baseline sample.
+        """
         value = self.value(row)
         for other in self.rows:
             if other.baseline and other.group == row.group:
+                if self.paired and value is not None and len(row.samples) == len(other.samples):
+                    return statistics.median(
+                        mine / theirs
+                        for mine, theirs in zip(row.samples, other.samples, strict=True)
+                    )
                 base = self.value(other)
                 if value is not None and base:
                     return value / base

@@ -147,11 +147,13 @@ def run(options: argparse.Namespace) -> Figure:
         unit="fds/s",
         ratio_heading="vs stdlib",
         value_format="{:,.0f}",
+        paired=True,
         parameters={"fds": count, "repeat": repeat},
         notes=[
             "timed from the sender's first send until the receiver holds the last descriptor, "
             "after an unmeasured warm-up transfer",
-            "ratio: to the stdlib row of this run; target for native: at least 0.80",
+            "ratio: the median over rounds of each transfer's rate over the stdlib transfer of "
+            "the same round; target for native: at least 0.80",
         ],
     )
     too_many = raise_fd_limit(count)
