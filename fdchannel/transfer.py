@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import Literal, TypeVar
 
 import anyio
@@ -63,15 +63,19 @@ async def send_state(
     if len(state) and Capability.FD_PASSING not in stream.capabilities:
         raise CapabilityError(f"{stream._describe()} cannot pass the state's descriptors")
     if codec == "qemu":
-        for data, fds in qemu.encode(state):
-            await _send(stream, data, fds)
+        await stream.send_fds_many(qemu.encode(state))
     elif codec == "native":
         replies = ByteSource()
+        steps = native.encode(state, window)
         try:
-            for step in native.encode(state, window):
-                if isinstance(step, native.Send):
-                    await _send(stream, step.data, step.fds)
-                    continue
+            while True:
+                # Every message up to the next acknowledgement the encoder
+                # waits for, in one call (the stream's fast path).
+                ack: list[native.AwaitAck] = []
+                await stream.send_fds_many(_until_ack(steps, ack))
+                if not ack:
+                    break
+                step = ack[0]
                 reply = await read_reply(stream, replies)
                 if isinstance(reply, native.Status):
                     raise HandoffError(f"the receiver rejected the state: {reply.reason}")
@@ -104,11 +108,15 @@ async def _rejection(stream: Stream, replies: ByteSource) -> str | None:
     return None
 
 
-async def _send(stream: Stream, data: bytes, fds: list[int]) -> None:
-    if fds:
-        await stream.send_fds(data, fds)
-    else:
-        await stream.send(data)
+def _until_ack(
+    steps: Iterator[native.Send | native.AwaitAck], ack: list[native.AwaitAck]
+) -> Iterator[tuple[bytes, list[int]]]:
+    """The messages of ``steps`` up to the next AwaitAck, which lands in ``ack``."""
+    for step in steps:
+        if isinstance(step, native.AwaitAck):
+            ack.append(step)
+            return
+        yield step.data, step.fds
 
 
 async def _make_room(stream: Stream, count: int) -> None:

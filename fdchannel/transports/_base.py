@@ -12,7 +12,7 @@ import abc
 import errno
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
@@ -49,6 +49,14 @@ class Stream(anyio.abc.ByteStream):
     async def send_fds(self, data: bytes, fds: list[int]) -> None:
         """Send ``data`` with descriptors attached (FD_PASSING streams only)."""
         raise CapabilityError(f"{self._describe()} cannot pass file descriptors")
+
+    async def send_fds_many(self, messages: Iterable[tuple[bytes, Sequence[int]]]) -> None:
+        """Send each (bytes, descriptors) message in turn; descriptors need FD_PASSING."""
+        for data, fds in messages:
+            if fds:
+                await self.send_fds(data, list(fds))
+            else:
+                await self.send(data)
 
     async def receive_fds(self, max_bytes: int, maxfds: int) -> tuple[bytes, list[int]]:
         """Receive bytes and the descriptors attached to them (FD_PASSING streams only)."""

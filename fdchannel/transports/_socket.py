@@ -171,25 +171,39 @@ class UnixSocketStream(SocketStream):
     async def send_fds(self, data: bytes, fds: list[int]) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()
         if data and 0 < len(fds) <= fdpass.SCM_MAX_FD:
-            messages: Iterable[tuple[bytes, Sequence[int]]] = ((data, fds),)  # the usual case
-        else:
-            messages = fdpass.split_for_sending(data, fds)
-        for chunk, batch in messages:
-            view = memoryview(chunk).cast("B")
-            attach = batch
-            while view:
-                self._check_open()
-                try:  # straight away first: the buffer usually has room
-                    n = fdpass.sendmsg_fds(self._sock, view, attach)
-                except BlockingIOError:
-                    n = await self._retry(
-                        functools.partial(fdpass.sendmsg_fds, self._sock, view, attach),
-                        readable=False,
-                    )
-                except OSError as exc:
-                    raise self._translate(exc) from exc
-                view = view[n:]
-                attach = ()  # a short write already carried them
+            await self._send_message(data, fds)  # the usual case
+            return
+        for chunk, batch in fdpass.split_for_sending(data, fds):
+            await self._send_message(chunk, batch)
+
+    async def send_fds_many(self, messages: Iterable[tuple[bytes, Sequence[int]]]) -> None:
+        """``send_fds`` for each message in turn, as one call: one checkpoint, and the
+        event loop visited only when the socket buffer is full."""
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        for data, fds in messages:
+            if len(fds) <= fdpass.SCM_MAX_FD and (data or not fds):
+                await self._send_message(data, fds)
+            else:
+                for chunk, batch in fdpass.split_for_sending(data, fds):
+                    await self._send_message(chunk, batch)
+
+    async def _send_message(self, data: bytes, fds: Sequence[int]) -> None:
+        """One message: its descriptors ride on the first sendmsg, never again."""
+        view = memoryview(data).cast("B")
+        attach = fds
+        while view:
+            self._check_open()
+            try:  # straight away first: the buffer usually has room
+                n = fdpass.sendmsg_fds(self._sock, view, attach)
+            except BlockingIOError:
+                n = await self._retry(
+                    functools.partial(fdpass.sendmsg_fds, self._sock, view, attach),
+                    readable=False,
+                )
+            except OSError as exc:
+                raise self._translate(exc) from exc
+            view = view[n:]
+            attach = ()  # a short write already carried them
 
     async def receive_fds(
         self, max_bytes: int, maxfds: int = fdpass.SCM_MAX_FD
