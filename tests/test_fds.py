@@ -341,3 +341,48 @@ def test_room_is_made_by_raising_the_soft_limit() -> None:
             ensure_fd_room(hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def memfds(n: int) -> list[int]:
+    return [os.memfd_create(f"m{i}", os.MFD_CLOEXEC) for i in range(n)]
+
+
+# Messages for send_fds_many: (bytes, how many descriptors)
+MESSAGES = [
+    (b"a", 3),
+    (b"plain", 0),
+    (b"b" * (8 << 20), 2),  # more than the socket buffer: partial writes
+    (b"cdef", 600),  # more than one message's worth: split at 253
+    (b"", 0),
+    (b"z", 253),
+]
+
+
+async def test_send_fds_many_keeps_order(pair: tuple[UnixSocketStream, UnixSocketStream]) -> None:
+    a, b = pair
+    sent = [memfds(n) for _, n in MESSAGES]
+    flat = [fd for group in sent for fd in group]
+    try:
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+
+                async def send() -> None:
+                    await a.send_fds_many(
+                        (data, group) for (data, _), group in zip(MESSAGES, sent, strict=True)
+                    )
+                    await a.send_eof()
+
+                tg.start_soon(send)
+                data, got = b"", list[int]()
+                while True:
+                    try:
+                        chunk, fds = await b.receive_fds_many(1 << 20)
+                    except anyio.EndOfStream:
+                        break
+                    data += chunk
+                    got += fds
+        assert data == b"".join(data for data, _ in MESSAGES)
+        assert same_files(got, flat), "every descriptor arrives once, in order"
+        close(got)
+    finally:
+        close(flat)
