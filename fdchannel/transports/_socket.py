@@ -170,22 +170,22 @@ class UnixSocketStream(SocketStream):
 
     async def send_fds(self, data: bytes, fds: list[int]) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()
-        if data and 0 < len(fds) <= fdpass.SCM_MAX_FD:
-            await self._send_message(data, fds)  # the usual case
-            return
-        for chunk, batch in fdpass.split_for_sending(data, fds):
-            await self._send_message(chunk, batch)
+        await self._send_split(data, fds)
 
     async def send_fds_many(self, messages: Iterable[tuple[bytes, Sequence[int]]]) -> None:
         """``send_fds`` for each message in turn, as one call: one checkpoint, and the
         event loop visited only when the socket buffer is full."""
         await anyio.lowlevel.checkpoint_if_cancelled()
         for data, fds in messages:
-            if len(fds) <= fdpass.SCM_MAX_FD and (data or not fds):
-                await self._send_message(data, fds)
-            else:
-                for chunk, batch in fdpass.split_for_sending(data, fds):
-                    await self._send_message(chunk, batch)
+            await self._send_split(data, fds)
+
+    async def _send_split(self, data: bytes, fds: Sequence[int]) -> None:
+        """One logical send, in messages of at most SCM_MAX_FD descriptors."""
+        if data and len(fds) <= fdpass.SCM_MAX_FD:
+            await self._send_message(data, fds)  # the usual case: one message
+            return
+        for chunk, batch in fdpass.split_for_sending(data, fds):
+            await self._send_message(chunk, batch)
 
     async def _send_message(self, data: bytes, fds: Sequence[int]) -> None:
         """One message: its descriptors ride on the first sendmsg, never again."""
