@@ -13,7 +13,7 @@ from .capabilities import Capability
 from .codecs import Decoder, native, qemu
 from .codecs._parse import ByteSource
 from .errors import CapabilityError, FdPassingError, HandoffError, ProtocolError
-from .fds import SCM_MAX_FD, fd_table_size
+from .fds import SCM_MAX_FD, fd_table_size, open_fd_count
 from .state import DEFAULT_LIMITS, FdState, Limits
 from .transports._base import Stream
 from .transports._socket import UnixSocketStream
@@ -132,19 +132,28 @@ def ensure_fd_room(count: int) -> None:
     """Raise the soft RLIMIT_NOFILE so ``count`` more descriptors fit, or fail early."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     ceiling = None if hard == resource.RLIM_INFINITY else hard
-    # The descriptor table's size bounds how many are open and costs one
-    # small read; counting /proc/self/fd costs about a microsecond per open
-    # descriptor, so it is left for when the bound is not enough.
-    need = fd_table_size() + count + _HEADROOM
+    need = _limit_needed(count, ceiling)
     if ceiling is not None and need > ceiling:
-        need = len(os.listdir("/proc/self/fd")) + count + _HEADROOM
-        if need > ceiling:
-            raise FdPassingError(
-                f"receiving {count} descriptors needs RLIMIT_NOFILE of at least {need}; "
-                f"the hard limit is {hard} (raise it, e.g. with ulimit -Hn or LimitNOFILE=)"
-            )
+        raise FdPassingError(
+            f"receiving {count} descriptors needs RLIMIT_NOFILE of at least {need}; "
+            f"the hard limit is {hard} (raise it, e.g. with ulimit -Hn or LimitNOFILE=)"
+        )
     if need > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+def _limit_needed(count: int, ceiling: int | None) -> int:
+    """The soft limit that leaves room for ``count`` more descriptors."""
+    open_now = open_fd_count()
+    if open_now is None:
+        # A kernel before 6.2: the descriptor table's size bounds how many
+        # are open in one small read; listing /proc/self/fd is exact but
+        # walks the whole table, so it waits until the bound does not fit.
+        bound = fd_table_size()
+        if ceiling is None or bound + count + _HEADROOM <= ceiling:
+            return bound + count + _HEADROOM
+        open_now = len(os.listdir("/proc/self/fd"))
+    return open_now + count + _HEADROOM
 
 
 async def receive_state(stream: Stream, *, limits: Limits = DEFAULT_LIMITS) -> FdState:
@@ -182,6 +191,8 @@ async def receive_state_and_codec(
             decoder.feed(data, fds)
             for frame in decoder.take_outgoing():
                 await stream.send(frame)
+            if decoder.done and stream.at_eof:
+                break  # the EOF came with the last read: no trip back for it
         state = decoder.finish()
         return state, "native" if decoder.codec == "native" else "qemu"
     except BaseException:

@@ -51,7 +51,10 @@ class Decoder:
         return self._result is not None
 
     def feed(self, data: bytes, fds: list[int]) -> None:
-        """Take the next bytes and the descriptors that came with them."""
+        """Take the next bytes and the descriptors that came with them.
+
+        The decoder owns ``fds`` from here on, the list object included.
+        """
         self._fds.push(fds)
         if self._result is not None:
             if data or fds:

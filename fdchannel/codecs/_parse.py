@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Generator, Iterable
+from collections.abc import Generator
 
 from ..errors import ProtocolError
 from ..fds import close_all
@@ -27,8 +27,14 @@ class FdQueue:
         self._fds: list[int] = []
         self._head = 0
 
-    def push(self, fds: Iterable[int]) -> None:
-        self._fds.extend(fds)
+    def push(self, fds: list[int]) -> None:
+        """Take ownership of ``fds``: the list itself, when nothing is queued."""
+        if self._head == len(self._fds):
+            # The usual case (a stream's whole run of messages in one list):
+            # keeping it spares copying tens of thousands of entries.
+            self._fds, self._head = fds, 0
+        else:
+            self._fds += fds
 
     def pop(self, what: str) -> int:
         return self.pop_many(1, what)[0]

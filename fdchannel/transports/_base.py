@@ -73,6 +73,12 @@ class Stream(anyio.abc.ByteStream):
         Bytes that arrive first are kept and returned by later receive calls.
         """
 
+    @property
+    def at_eof(self) -> bool:
+        """True once the peer's EOF was read and nothing is left: the next receive
+        raises EndOfStream without waiting."""
+        return False
+
     def fileno(self) -> int:
         """The descriptor under the stream, for inspection (do not read from it)."""
         raise CapabilityError(f"{self._describe()} has no single descriptor")
@@ -92,6 +98,10 @@ class DescriptorStream(Stream):
         self._closed = False
         self._pending = bytearray()
         self._eof_seen = False
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof_seen and not self._pending
 
     def fileno(self) -> int:
         self._check_open()
