@@ -110,13 +110,13 @@ async def _rejection(stream: Stream, replies: ByteSource) -> str | None:
 
 def _until_ack(
     steps: Iterator[native.Send | native.AwaitAck], ack: list[native.AwaitAck]
-) -> Iterator[tuple[bytes, list[int]]]:
+) -> Iterator[native.Send]:
     """The messages of ``steps`` up to the next AwaitAck, which lands in ``ack``."""
     for step in steps:
         if isinstance(step, native.AwaitAck):
             ack.append(step)
             return
-        yield step.data, step.fds
+        yield step
 
 
 async def _make_room(stream: Stream, count: int) -> None:

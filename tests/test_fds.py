@@ -251,6 +251,17 @@ def test_ebadf_names_the_problem() -> None:
         right.close()
 
 
+@pytest.mark.parametrize("fds", [[2**40], ["3"], [3, None]], ids=["too-big", "str", "none"])
+def test_what_is_not_a_descriptor_number_is_refused(fds: list[int]) -> None:
+    left, right = socket.socketpair()
+    try:
+        with pytest.raises(ValueError, match="fit a C int"):
+            sendmsg_fds(left, memoryview(b"x"), fds)
+    finally:
+        left.close()
+        right.close()
+
+
 INFLIGHT_CHILD = textwrap.dedent("""
     import os, resource, socket
     from fdchannel import FdPassingError

@@ -23,6 +23,7 @@ import sys
 import zlib
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import ProtocolError
 from ..fds import SCM_MAX_FD, close_all
@@ -65,9 +66,12 @@ STATUS_ACCEPTED = 0
 STATUS_REJECTED = 1
 
 
-@dataclass(frozen=True)
-class Send:
-    """Encoder step: send these bytes with these descriptors in one sendmsg."""
+class Send(NamedTuple):
+    """Encoder step: send these bytes with these descriptors in one sendmsg.
+
+    A named tuple, so it is itself the (bytes, descriptors) message that
+    ``Stream.send_fds_many`` takes.
+    """
 
     data: bytes
     fds: list[int]
@@ -135,13 +139,17 @@ def encode(state: FdState, window: int | None = None) -> Iterator[Send | AwaitAc
     names, _, descriptors = state.columns()
     # The header rides with the first descriptors: one sendmsg fewer.
     lead = _HEADER.pack(MAGIC, MAJOR, MINOR, 0, window, len(names))
+    full = _FDS_FRAME.pack(FDS, 2, SCM_MAX_FD)
     # Slices only: copying the whole column first would delay the first send.
     for start in range(0, len(descriptors), SCM_MAX_FD):
         if window and start and start % window == 0:
             yield AwaitAck(start)
         batch = list(descriptors[start : start + SCM_MAX_FD])
-        yield emit(lead + _frame(FDS, struct.pack(">H", len(batch))), batch)
-        lead = b""
+        data = full if len(batch) == SCM_MAX_FD else _FDS_FRAME.pack(FDS, 2, len(batch))
+        if lead:
+            data, lead = lead + data, b""
+        crc = zlib.crc32(data, crc)
+        yield Send(data, batch)
     yield emit(lead + _frame(TABLE, _table(state.runs(), len(names), len(state.metadata))))
     for start in range(0, len(state.metadata), META_CHUNK):
         yield emit(_frame(META, state.metadata[start : start + META_CHUNK]))

@@ -136,19 +136,19 @@ class UnixSocketStream(SocketStream):
                 want = max_bytes - size
                 if last_had_fds:
                     want = min(want, _SMALL_READ)
+                held = len(fds)
                 try:
-                    more, more_fds = fdpass.recvmsg_fds(self._sock, want, maxfds)
+                    more, _ = fdpass.recvmsg_fds(self._sock, want, maxfds, fds)
                 except BlockingIOError:
                     break
                 except OSError as exc:
                     raise self._translate(exc) from exc
-                if not more and not more_fds:
+                last_had_fds = len(fds) > held
+                if not more and not last_had_fds:
                     self._eof_seen = True
                     break
                 chunks.append(more)
-                fds += more_fds
                 size += len(more)
-                last_had_fds = bool(more_fds)
         except BaseException:
             fdpass.close_all(fds)
             raise
@@ -177,33 +177,42 @@ class UnixSocketStream(SocketStream):
         event loop visited only when the socket buffer is full."""
         await anyio.lowlevel.checkpoint_if_cancelled()
         for data, fds in messages:
-            await self._send_split(data, fds)
+            # The usual case inline: one message that the buffer takes whole.
+            if data and len(fds) <= fdpass.SCM_MAX_FD:
+                sent = self._try_send(data, fds)
+                if sent != len(data):
+                    await self._finish_message(data, fds, sent)
+            else:
+                await self._send_split(data, fds)
 
     async def _send_split(self, data: bytes, fds: Sequence[int]) -> None:
         """One logical send, in messages of at most SCM_MAX_FD descriptors."""
-        if data and len(fds) <= fdpass.SCM_MAX_FD:
-            await self._send_message(data, fds)  # the usual case: one message
-            return
         for chunk, batch in fdpass.split_for_sending(data, fds):
-            await self._send_message(chunk, batch)
+            await self._finish_message(chunk, batch, self._try_send(chunk, batch))
 
-    async def _send_message(self, data: bytes, fds: Sequence[int]) -> None:
-        """One message: its descriptors ride on the first sendmsg, never again."""
+    def _try_send(self, data: bytes, fds: Sequence[int]) -> int | None:
+        """One attempt at once (the buffer usually has room): the bytes it sent,
+        with every descriptor, or None if the buffer was full and nothing went."""
+        self._check_open()
+        try:
+            return fdpass.sendmsg_fds(self._sock, data, fds)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise self._translate(exc) from exc
+
+    async def _finish_message(self, data: bytes, fds: Sequence[int], sent: int | None) -> None:
+        """The rest of a message after ``_try_send``: its descriptors ride on the first
+        sendmsg that sends anything, never again."""
         view = memoryview(data).cast("B")
         attach = fds
+        if sent is not None:
+            view, attach = view[sent:], ()
         while view:
-            self._check_open()
-            try:  # straight away first: the buffer usually has room
-                n = fdpass.sendmsg_fds(self._sock, view, attach)
-            except BlockingIOError:
-                n = await self._retry(
-                    functools.partial(fdpass.sendmsg_fds, self._sock, view, attach),
-                    readable=False,
-                )
-            except OSError as exc:
-                raise self._translate(exc) from exc
-            view = view[n:]
-            attach = ()  # a short write already carried them
+            n = await self._retry(
+                functools.partial(fdpass.sendmsg_fds, self._sock, view, attach), readable=False
+            )
+            view, attach = view[n:], ()  # a short write already carried them
 
     async def receive_fds(
         self, max_bytes: int, maxfds: int = fdpass.SCM_MAX_FD
