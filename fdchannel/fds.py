@@ -38,6 +38,7 @@ __all__ = [
     "SCM_MAX_FD",
     "close_all",
     "control_buffer_size",
+    "drain_fds",
     "fd_table_size",
     "open_fd_count",
     "recvmsg_discarding",
@@ -223,25 +224,72 @@ def recvmsg_discarding(sock: socket.socket, max_bytes: int) -> tuple[bytes, int]
     return data, dropped
 
 
-def recvmsg_fds(
-    sock: socket.socket, max_bytes: int, maxfds: int, into: list[int] | None = None
-) -> tuple[bytes, list[int]]:
+def recvmsg_fds(sock: socket.socket, max_bytes: int, maxfds: int) -> tuple[bytes, list[int]]:
     """One non-blocking recvmsg; returns the bytes and the descriptors that came with them.
 
-    With ``into``, the descriptors are appended to it and it is returned
-    (a drain of many messages builds one list).  Descriptors arrive
-    close-on-exec.  Control messages other than SCM_RIGHTS are skipped (a
-    pidfd among them is closed).  A truncated control buffer raises
-    TruncatedFdsError after closing what this message brought.
+    Descriptors arrive close-on-exec.  Control messages other than
+    SCM_RIGHTS are skipped (a pidfd among them is closed).  A truncated
+    control buffer raises TruncatedFdsError after closing what arrived.
     """
-    fds: list[int] = [] if into is None else into
-    before = len(fds)
+    fds: list[int] = []
     data, ancillary, flags, _ = sock.recvmsg(
         max_bytes, control_buffer_size(maxfds), _MSG_CMSG_CLOEXEC
     )
+    if ancillary or flags & _MSG_CTRUNC:
+        _take(ancillary, flags, fds, maxfds)
+    return data, fds
+
+
+def drain_fds(
+    sock: socket.socket,
+    chunks: list[bytes],
+    fds: list[int],
+    max_bytes: int,
+    maxfds: int,
+    max_messages: int,
+) -> bool:
+    """recvmsg until nothing is queued: bytes onto ``chunks``, descriptors onto ``fds``.
+
+    Stops after ``max_messages`` reads or ``max_bytes`` bytes; returns True
+    at EOF.  A stream of many messages with descriptors spends its time
+    here, so the loop keeps everything in locals.  On an error the
+    descriptors of the failing message are closed; ``fds`` keeps the rest.
+    """
+    recvmsg = sock.recvmsg
+    control = control_buffer_size(maxfds)
+    size = 0
+    want = max_bytes
+    for _ in range(max_messages):
+        try:
+            data, ancillary, flags, _ = recvmsg(want, control, _MSG_CMSG_CLOEXEC)
+        except BlockingIOError:
+            return False
+        if ancillary or flags & _MSG_CTRUNC:
+            _take(ancillary, flags, fds, maxfds)
+            # The next is most likely another message with descriptors, a
+            # few bytes long: a small buffer spares allocating (and
+            # shrinking) max_bytes for each.  A longer one is read on.
+            want = min(max_bytes - size - len(data), _SMALL_READ)
+        elif not data:
+            return True
+        else:
+            want = max_bytes - size - len(data)
+        chunks.append(data)
+        size += len(data)
+        if size >= max_bytes:
+            break
+    return False
+
+
+#: Bytes a drain asks for after a message that carried descriptors.
+_SMALL_READ = 4096
+
+
+def _take(ancillary: list[tuple[int, int, bytes]], flags: int, fds: list[int], maxfds: int) -> None:
+    """Append a message's descriptors to ``fds``; on truncation close them and raise."""
+    before = len(fds)
     try:
-        if ancillary:
-            _descriptors(ancillary, fds)
+        _descriptors(ancillary, fds)
         if flags & _MSG_CTRUNC:
             raise TruncatedFdsError(
                 f"descriptors were lost in transit (MSG_CTRUNC): {len(fds) - before} arrived "
@@ -259,4 +307,3 @@ def recvmsg_fds(
         del fds[before:]
         close_all(arrived)
         raise
-    return data, fds

@@ -175,7 +175,7 @@ def _int32s(typecode: str, column: Sequence[int]) -> bytes:
     return packed.tobytes()
 
 
-def _read_int32s(typecode: str, data: bytes) -> array.array[int]:
+def _read_int32s(typecode: str, data: bytes | memoryview) -> array.array[int]:
     column = array.array(typecode)
     column.frombytes(data)
     if sys.byteorder == "little":
@@ -336,15 +336,24 @@ def _plain_fds_frames(data: bytes, frames: int) -> int | None:
     return sum(low)
 
 
+_TABLE_HEAD = struct.Struct(">IQI")  # entries, metadata length, runs
+
+
 def _parse_table(
     src: ByteSource, count: int, limits: Limits
 ) -> Generator[int, None, tuple[Runs, int]]:
     """The TABLE frame: the entries' runs (checked), and the metadata length."""
     kind, length = yield from _frame_header(src, limits, "TABLE")
     _expect(kind, TABLE, f"after {count} descriptors")
-    if length < 16:
+    if length < _TABLE_HEAD.size:
         raise ProtocolError(f"native stream: TABLE frame of {length} bytes is too short")
-    entries, metadata_len, runs = yield from src.unpack(">IQI")
+    # One read for the whole frame (max_frame bounds it): a state's table
+    # usually arrives with its last descriptors, and is parsed in one go.
+    return _read_table(memoryview((yield from src.read(length))), count, limits)
+
+
+def _read_table(payload: memoryview, count: int, limits: Limits) -> tuple[Runs, int]:
+    entries, metadata_len, runs = _TABLE_HEAD.unpack_from(payload)
     if entries != count:
         raise ProtocolError(f"native stream: header announces {count} entries, TABLE {entries}")
     if metadata_len > limits.max_metadata:
@@ -352,11 +361,14 @@ def _parse_table(
             f"native stream announces {metadata_len} bytes of metadata; the "
             f"limit is {limits.max_metadata}"
         )
-    if runs > count or 8 * runs > length - 16:
-        raise ProtocolError(f"native stream: TABLE frame of {length} bytes cannot hold {runs} runs")
-    firsts = _read_int32s("i", (yield from src.read(4 * runs)))
-    lengths = _read_int32s("I", (yield from src.read(4 * runs)))
-    names = _split_names((yield from src.read(length - 16 - 8 * runs)), runs, limits)
+    at = _TABLE_HEAD.size
+    if runs > count or 8 * runs > len(payload) - at:
+        raise ProtocolError(
+            f"native stream: TABLE frame of {len(payload)} bytes cannot hold {runs} runs"
+        )
+    firsts = _read_int32s("i", payload[at : at + 4 * runs])
+    lengths = _read_int32s("I", payload[at + 4 * runs : at + 8 * runs])
+    names = _split_names(bytes(payload[at + 8 * runs :]), runs, limits)
     table = Runs(names, firsts, lengths)
     try:
         check(table, count)

@@ -37,8 +37,6 @@ log = logging.getLogger("fdchannel")
 #: Socket buffer size we ask for: a few MiB let one wake-up move a megabyte,
 #: which is what brings an event-loop stream to raw socket speed.
 BUFFER_SIZE = 4 * 1024 * 1024
-#: Bytes asked for after a message that carried descriptors (see receive_fds_many).
-_SMALL_READ = 4096
 
 
 def tune_buffers(sock: socket.socket) -> None:
@@ -124,34 +122,17 @@ class UnixSocketStream(SocketStream):
         """
         data, fds = await self.receive_fds(max_bytes, maxfds)
         chunks = [data]
-        size = len(data)
-        last_had_fds = bool(fds)
-        try:
-            for _ in range(max_messages - 1):
-                if size >= max_bytes or self._pending:
-                    break
-                # After a message with descriptors the next is most likely one
-                # too, a few bytes long: a small buffer spares allocating (and
-                # shrinking) max_bytes for each.  A longer one is read on.
-                want = max_bytes - size
-                if last_had_fds:
-                    want = min(want, _SMALL_READ)
-                held = len(fds)
-                try:
-                    more, _ = fdpass.recvmsg_fds(self._sock, want, maxfds, fds)
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    raise self._translate(exc) from exc
-                last_had_fds = len(fds) > held
-                if not more and not last_had_fds:
-                    self._eof_seen = True
-                    break
-                chunks.append(more)
-                size += len(more)
-        except BaseException:
-            fdpass.close_all(fds)
-            raise
+        if len(data) < max_bytes and max_messages > 1 and not self._pending:
+            try:
+                self._eof_seen = fdpass.drain_fds(
+                    self._sock, chunks, fds, max_bytes - len(data), maxfds, max_messages - 1
+                )
+            except OSError as exc:
+                fdpass.close_all(fds)
+                raise self._translate(exc) from exc
+            except BaseException:
+                fdpass.close_all(fds)
+                raise
         return b"".join(chunks), fds
 
     async def peek(self, size: int) -> bytes:
