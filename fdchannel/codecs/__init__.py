@@ -56,6 +56,14 @@ class Decoder:
         The decoder owns ``fds`` from here on, the list object included.
         """
         self._fds.push(fds)
+        if self.codec is None and not self._src.offset and not self._src.available():
+            # The first read: often the whole state (a unix socket's drain).
+            state = native.parse_whole(data, fds, self.limits)
+            if state is not None:
+                self._fds.pop_many(len(fds), "native stream")  # now the state's
+                self._parser.close()
+                self.codec, self._result = "native", state
+                return
         if self._result is not None:
             if data or fds:
                 raise ProtocolError(

@@ -43,6 +43,7 @@ __all__ = [
     "encode",
     "parse",
     "parse_reply",
+    "parse_whole",
     "status_frame",
 ]
 
@@ -315,6 +316,61 @@ def parse(
         raise
     names, ids = expand(runs, count)
     return FdState.from_columns(names, ids, received, bytes(metadata), runs=runs)
+
+
+def parse_whole(data: bytes, fds: list[int], limits: Limits = DEFAULT_LIMITS) -> FdState | None:
+    """The state in ``data``, a whole stream from its magic to END, with every descriptor.
+
+    That is how a state usually arrives on a unix socket: one drain reads
+    it all.  Parsed in a few C passes, for the shape the encoder gives and
+    only when no acknowledgement is due; anything else returns None, for
+    ``parse`` to read step by step and to report exactly.  The table's
+    checks are shared and raise here as they would there.  The state takes
+    the list ``fds``; on None or an error the caller still owns it.
+    """
+    if len(data) < HEADER_SIZE:
+        return None
+    magic, major, _minor, _flags, window, count = _HEADER.unpack_from(data)
+    if (
+        magic != MAGIC
+        or major != MAJOR
+        or count != len(fds)
+        or count > limits.max_entries
+        or (window and count > window)
+    ):
+        return None
+    frames = -(-count // SCM_MAX_FD)
+    at = HEADER_SIZE + _FDS_FRAME.size * frames
+    if len(data) < at or (frames and _plain_fds_frames(data[HEADER_SIZE:at], frames) != count):
+        return None
+    view = memoryview(data)
+    table = _whole_frame(view, at, TABLE, limits)
+    if table is None or len(table) < _TABLE_HEAD.size:
+        return None
+    runs, metadata_len = _read_table(table, count, limits)
+    at += _FRAME.size + len(table)
+    metadata = bytearray()
+    while len(metadata) < metadata_len:
+        chunk = _whole_frame(view, at, META, limits)
+        if chunk is None or not 0 < len(chunk) <= metadata_len - len(metadata):
+            return None
+        metadata += chunk
+        at += _FRAME.size + len(chunk)
+    if data[at:] != _FRAME.pack(END, 4) + struct.pack(">I", zlib.crc32(view[:at])):
+        return None
+    names, ids = expand(runs, count)
+    return FdState.from_columns(names, ids, fds, bytes(metadata), runs=runs)
+
+
+def _whole_frame(view: memoryview, at: int, kind: int, limits: Limits) -> memoryview | None:
+    """The payload of the ``kind`` frame at ``at``, if it is that and all there."""
+    if len(view) < at + _FRAME.size:
+        return None
+    found, length = _FRAME.unpack_from(view, at)
+    end = at + _FRAME.size + length
+    if found != kind or length > limits.max_frame or len(view) < end:
+        return None
+    return view[at + _FRAME.size : end]
 
 
 _FDS_HEAD = _FRAME.pack(FDS, 2)

@@ -86,3 +86,31 @@ def test_truncation_at_every_offset(stream: bytes) -> None:
         finally:
             decoder.close()
     assert _fds_open() == before
+
+
+_entries = st.lists(
+    st.tuples(st.sampled_from(["a", "b", "ram0", "\u00e9"]), st.integers(-3, 600)),
+    unique=True,
+    max_size=600,
+)
+
+
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_entries, st.binary(max_size=64))
+def test_whole_and_stepwise_reads_agree(entries: list[tuple[str, int]], metadata: bytes) -> None:
+    """parse_whole reads the encoder's streams exactly as the parser does step by step."""
+    before = _fds_open()
+    fds = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in entries]
+    try:
+        named = [NamedFd(n, i, fd) for (n, i), fd in zip(entries, fds, strict=True)]
+        state = FdState(named, metadata)
+        data = b"".join(s.data for s in native.encode(state, 0) if isinstance(s, native.Send))
+        whole = native.parse_whole(data, list(fds))
+        decoder = Decoder()
+        decoder.feed(data[:1], list(fds))
+        decoder.feed(data[1:], [])
+        assert whole is not None and whole == decoder.finish() == state
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert _fds_open() == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from functools import partial
 
 import anyio
@@ -132,6 +133,98 @@ def test_hostile_input_fails_without_allocating(stream: bytes, attached: int, me
     with pytest.raises(ProtocolError, match=message):
         decoder.feed(stream, memfds(attached))  # closed by the decoder as it fails
     decoder.close()
+
+
+def stepwise(data: bytes, fds: list[int]) -> tuple[FdState, list[bytes]]:
+    """The incremental parser's reading (a first read too short to be whole), and the
+    acknowledgements it owes."""
+    decoder = Decoder()
+    try:
+        decoder.feed(data[:1], fds)
+        decoder.feed(data[1:], [])
+        return decoder.finish(), decoder.take_outgoing()
+    finally:
+        decoder.close()
+
+
+def named(fds: list[int], names: list[str], ids: list[int]) -> FdState:
+    return FdState([NamedFd(n, i, fd) for n, i, fd in zip(names, ids, fds, strict=True)])
+
+
+# (entries as (names, ids), metadata): states the encoder sends whole.
+WHOLE = [
+    ([], [], b""),
+    ([], [], b"meta"),
+    (["ram0"], [0], b""),
+    (["conn"] * 253, list(range(253)), b""),
+    (["conn"] * 254, list(range(-5, 249)), b"x" * 3),
+    ([f"n{i}" for i in range(300)], [0] * 300, b""),
+    (["a", "a", "b", "a", "\u00e9t\u00e9"], [1, 2, 0, 7, 0], b""),
+    (["big"], [0], os.urandom(native.META_CHUNK + 17)),  # two META frames
+]
+
+
+@pytest.mark.parametrize(("names", "ids", "metadata"), WHOLE, ids=range(len(WHOLE)))
+def test_a_whole_stream_reads_as_the_steps_do(
+    names: list[str], ids: list[int], metadata: bytes
+) -> None:
+    fds = memfds(len(names))
+    try:
+        sent = named(fds, names, ids)
+        data = encoded(FdState(sent.fds, metadata))
+        whole = native.parse_whole(data, list(fds))
+        assert whole is not None, "the encoder's own shape is read whole"
+        steps, acks = stepwise(data, list(fds))
+        assert whole == steps == FdState(sent.fds, metadata) and acks == []
+    finally:
+        close(fds)
+
+
+def _frames_of_one(count: int) -> bytes:
+    """A valid stream whose FDS frames carry one descriptor each (not the encoder's shape)."""
+    head = header(count) + fds_frame(1) * count + table(count, [(b"a", 0, count)])
+    return head + struct.pack(">BII", 0x04, 4, zlib.crc32(head))
+
+
+# (stream, descriptors, what the steps make of it: None for a state, else the error).
+NOT_WHOLE = [
+    (encoded(FdState([NamedFd("a", i, 0) for i in range(254)]), window=253), 254, None),
+    (_frames_of_one(3), 3, None),
+    (encoded(FdState([NamedFd("a", 0, 0)])), 2, "after the end"),
+    (encoded(FdState([], b"meta"))[:-1], 0, "before its end marker"),
+    (encoded(FdState([], b"meta")) + b"\0", 0, "after the end"),
+]
+
+
+@pytest.mark.parametrize(
+    ("stream", "count", "error"),
+    NOT_WHOLE,
+    ids=["ack-due", "one-per-frame", "extra-descriptor", "no-end", "byte-after-end"],
+)
+def test_what_is_not_whole_is_left_to_the_steps(
+    stream: bytes, count: int, error: str | None
+) -> None:
+    fds = memfds(count)
+    try:
+        assert native.parse_whole(stream, list(fds)) is None
+    except BaseException:
+        close(fds)
+        raise
+    decoder = Decoder()  # owns the descriptors from here on
+    try:
+        if error is None:
+            with read_all(decoder, stream, fds) as result:
+                assert len(result) == count
+        else:
+            with pytest.raises(ProtocolError, match=error):
+                read_all(decoder, stream, fds)
+    finally:
+        decoder.close()
+
+
+def read_all(decoder: Decoder, stream: bytes, fds: list[int]) -> FdState:
+    decoder.feed(stream, fds)
+    return decoder.finish()
 
 
 def test_checksum_mismatch() -> None:
