@@ -4,7 +4,9 @@ The sender (this process) creates its memfds once and passes them all in
 every transfer; the receiver (a child process) keeps what arrives until the
 last descriptor is there, then closes them.  A transfer is timed from the
 sender's first send to the moment the receiver holds the last descriptor;
-both read CLOCK_MONOTONIC, one clock for every process on Linux.
+both read CLOCK_MONOTONIC, one clock for every process on Linux.  On two
+or more CPUs the sender runs on one and every receiver on another
+(``--no-pin`` leaves them to the scheduler).
 
 * stdlib: blocking ``socket.send_fds``/``socket.recv_fds``, 253 descriptors
   and one byte per message: the baseline, with no framing at all.
@@ -53,7 +55,7 @@ HEADROOM = 256
 #: one also pays for page faults, caches and lazy imports.
 WARM_UP = 1
 #: Fewest measured transfers per case, whatever --repeat says.
-MIN_ROUNDS = 21
+MIN_ROUNDS = 41
 #: How long a child may take to import and start listening.
 START_TIMEOUT = 60.0
 
@@ -74,6 +76,8 @@ class Transfer:
     count: int
     #: Allowed for one whole transfer before it counts as hung.
     timeout: float
+    #: The CPU the receiver runs on (None: wherever the scheduler puts it).
+    cpu: int | None = None
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,32 @@ def add_arguments(parser: argparse._ArgumentGroup) -> None:
         metavar="N",
         help="descriptors (memfds) per transfer (default 10000)",
     )
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="leave the sender and receivers wherever the scheduler puts them "
+        "(default: one CPU each)",
+    )
 
 
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return int(text)
+
+
+def split_cpus() -> tuple[int, int] | None:
+    """A CPU for the sender and another for the receivers, if there are two.
+
+    With both processes free to move, the scheduler sometimes wakes the
+    receiver on the sender's CPU and keeps them there for many transfers,
+    each then taking as long as both sides together: on two CPUs that
+    decided whole runs, for whichever case it happened to.  Pinned, every
+    case and the baseline get the same two CPUs.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[0], cpus[1]) if len(cpus) >= 2 else None
 
 
 def cases() -> list[Case]:
@@ -165,6 +189,12 @@ def run(options: argparse.Namespace) -> Figure:
     figure.notes.append(f"native: the receiver acknowledges every {window} descriptors")
     sockdir = tempfile.mkdtemp(prefix="fdchbench-")
     memfds: list[int] = []
+    affinity = os.sched_getaffinity(0)
+    cpus = split_cpus() if options.pin else None
+    if cpus is not None:
+        os.sched_setaffinity(0, {cpus[0]})
+        figure.notes.append(f"the sender runs on CPU {cpus[0]}, every receiver on CPU {cpus[1]}")
+    figure.parameters["pinned"] = cpus is not None
     try:
         if too_many is None:
             memfds.extend(os.memfd_create(f"fdrate{i}", os.MFD_CLOEXEC) for i in range(count))
@@ -174,13 +204,15 @@ def run(options: argparse.Namespace) -> Figure:
         gc.collect()
         gc.freeze()
         if too_many is None:
-            figure.rows.extend(measure(cases(), memfds, repeat, sockdir))
+            receiver_cpu = None if cpus is None else cpus[1]
+            figure.rows.extend(measure(cases(), memfds, repeat, sockdir, receiver_cpu))
         else:
             figure.rows.extend(dataclasses.replace(_row(c), error=too_many) for c in cases())
     finally:
         for fd in memfds:
             os.close(fd)
         shutil.rmtree(sockdir, ignore_errors=True)
+        os.sched_setaffinity(0, affinity)
     return figure
 
 
@@ -190,7 +222,9 @@ def _row(case: Case) -> Row:
     return Row(labels, baseline=case.implementation == "stdlib")
 
 
-def measure(cases: list[Case], memfds: list[int], repeat: int, sockdir: str) -> list[Row]:
+def measure(
+    cases: list[Case], memfds: list[int], repeat: int, sockdir: str, cpu: int | None = None
+) -> list[Row]:
     """``repeat`` transfers of every memfd per case, as fds/s samples.
 
     The cases take turns, one transfer each per round: this machine's speed
@@ -208,7 +242,7 @@ def measure(cases: list[Case], memfds: list[int], repeat: int, sockdir: str) -> 
                 rows[case] = dataclasses.replace(rows[case], error=why)
                 continue
             path = os.path.join(sockdir, f"{case.implementation}-{case.loop or 'blocking'}.sock")
-            transfer = Transfer(path, len(memfds), timeout)
+            transfer = Transfer(path, len(memfds), timeout, cpu)
             try:
                 peer = stack.enter_context(start_peer(_receiver, case, transfer, WARM_UP + repeat))
                 peer.expect(Ready, START_TIMEOUT)
@@ -271,6 +305,8 @@ def _kernel_timeout(sock: socket.socket, seconds: float) -> None:
 
 def _receiver(conn: Connection, case: Case, transfer: Transfer, repeat: int) -> None:
     """Child process: listen, then take ``repeat`` transfers, reporting each."""
+    if transfer.cpu is not None:
+        os.sched_setaffinity(0, {transfer.cpu})
     too_many = raise_fd_limit(transfer.count)
     if too_many is not None:
         raise RuntimeError(too_many)
