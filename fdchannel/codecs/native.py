@@ -57,6 +57,8 @@ _FRAME = struct.Struct(">BI")  # type, payload length
 _FDS_FRAME = struct.Struct(">BIH")  # FDS, 2, descriptors attached
 
 TABLE, FDS, META, END = 0x01, 0x02, 0x03, 0x04
+#: An FDS frame for a whole message of descriptors, the encoder's usual one.
+_FULL_FDS_FRAME = _FDS_FRAME.pack(FDS, 2, SCM_MAX_FD)
 ACK, STATUS = 0x81, 0x82
 _NAMES = {TABLE: "TABLE", FDS: "FDS", META: "META", END: "END", ACK: "ACK", STATUS: "STATUS"}
 
@@ -140,13 +142,14 @@ def encode(state: FdState, window: int | None = None) -> Iterator[Send | AwaitAc
     names, _, descriptors = state.columns()
     # The header rides with the first descriptors: one sendmsg fewer.
     lead = _HEADER.pack(MAGIC, MAJOR, MINOR, 0, window, len(names))
-    full = _FDS_FRAME.pack(FDS, 2, SCM_MAX_FD)
     # Slices only: copying the whole column first would delay the first send.
     for start in range(0, len(descriptors), SCM_MAX_FD):
         if window and start and start % window == 0:
             yield AwaitAck(start)
         batch = list(descriptors[start : start + SCM_MAX_FD])
-        data = full if len(batch) == SCM_MAX_FD else _FDS_FRAME.pack(FDS, 2, len(batch))
+        data = (
+            _FULL_FDS_FRAME if len(batch) == SCM_MAX_FD else _FDS_FRAME.pack(FDS, 2, len(batch))
+        )
         if lead:
             data, lead = lead + data, b""
         crc = zlib.crc32(data, crc)
@@ -339,9 +342,11 @@ def parse_whole(data: bytes, fds: list[int], limits: Limits = DEFAULT_LIMITS) ->
         or (window and count > window)
     ):
         return None
-    frames = -(-count // SCM_MAX_FD)
-    at = HEADER_SIZE + _FDS_FRAME.size * frames
-    if len(data) < at or (frames and _plain_fds_frames(data[HEADER_SIZE:at], frames) != count):
+    # The encoder's frames: 253 descriptors each, the rest in the last.
+    full, rest = divmod(count, SCM_MAX_FD)
+    frames = _FULL_FDS_FRAME * full + (_FDS_FRAME.pack(FDS, 2, rest) if rest else b"")
+    at = HEADER_SIZE + len(frames)
+    if data[HEADER_SIZE:at] != frames:
         return None
     view = memoryview(data)
     table = _whole_frame(view, at, TABLE, limits)
