@@ -29,8 +29,8 @@ class Decoder:
         self._src = ByteSource()
         self._fds = FdQueue()
         self._result: FdState | None = None
-        self._parser = self._parse()
-        next(self._parser)  # runs up to the first request for bytes
+        #: Started by the first read that is not a whole native state.
+        self._parser: Generator[int, None, FdState] | None = None
 
     def _parse(self) -> Generator[int, None, FdState]:
         (magic,) = yield from self._src.unpack(">I")
@@ -55,15 +55,19 @@ class Decoder:
 
         The decoder owns ``fds`` from here on, the list object included.
         """
-        self._fds.push(fds)
-        if self.codec is None and not self._src.offset and not self._src.available():
+        if self._parser is None and self.codec is None:
             # The first read: often the whole state (a unix socket's drain).
-            state = native.parse_whole(data, fds, self.limits)
+            try:
+                state = native.parse_whole(data, fds, self.limits)
+            except BaseException:
+                self._fds.push(fds)  # for close() to close
+                raise
             if state is not None:
-                self._fds.pop_many(len(fds), "native stream")  # now the state's
-                self._parser.close()
                 self.codec, self._result = "native", state
                 return
+            self._parser = self._parse()
+            next(self._parser)  # runs up to the first request for bytes
+        self._fds.push(fds)
         if self._result is not None:
             if data or fds:
                 raise ProtocolError(
@@ -72,6 +76,7 @@ class Decoder:
                 )
             return
         self._src.append(data)
+        assert self._parser is not None
         try:
             self._parser.send(None)
         except StopIteration as stop:
@@ -100,7 +105,8 @@ class Decoder:
 
     def close(self) -> None:
         """Close every descriptor received and not handed out (error paths)."""
-        self._parser.close()
+        if self._parser is not None:
+            self._parser.close()
         self._fds.close()
         if self._result is not None:
             self._result.close()

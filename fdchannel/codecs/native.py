@@ -147,9 +147,7 @@ def encode(state: FdState, window: int | None = None) -> Iterator[Send | AwaitAc
         if window and start and start % window == 0:
             yield AwaitAck(start)
         batch = list(descriptors[start : start + SCM_MAX_FD])
-        data = (
-            _FULL_FDS_FRAME if len(batch) == SCM_MAX_FD else _FDS_FRAME.pack(FDS, 2, len(batch))
-        )
+        data = _FULL_FDS_FRAME if len(batch) == SCM_MAX_FD else _FDS_FRAME.pack(FDS, 2, len(batch))
         if lead:
             data, lead = lead + data, b""
         crc = zlib.crc32(data, crc)
