@@ -266,18 +266,18 @@ def drain_fds(
             return False
         if ancillary or flags & _MSG_CTRUNC:
             _take(ancillary, flags, fds, maxfds)
-            # The next is most likely another message with descriptors, a
-            # few bytes long: a small buffer spares allocating (and
-            # shrinking) max_bytes for each.  A longer one is read on.
-            want = min(max_bytes - size - len(data), _SMALL_READ)
-        elif not data:
-            return True
-        else:
-            want = max_bytes - size - len(data)
+        if not data:
+            return True  # descriptors always come with a byte: this is EOF
         chunks.append(data)
         size += len(data)
         if size >= max_bytes:
             break
+        want = max_bytes - size
+        if ancillary:
+            # The next is most likely another message with descriptors, a
+            # few bytes long: a small buffer spares allocating (and
+            # shrinking) max_bytes for each.  A longer one is read on.
+            want = min(want, _SMALL_READ)
     return False
 
 

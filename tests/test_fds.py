@@ -170,6 +170,28 @@ async def test_credentials_message_costs_nothing(
         close(sent)
 
 
+async def test_a_drain_sees_eof_behind_a_credentials_message(
+    pair: tuple[UnixSocketStream, UnixSocketStream],
+) -> None:
+    """With SO_PASSCRED even the EOF read carries SCM_CREDENTIALS (all zero): it is
+    still the end, not a message to read on from."""
+    a, b = pair
+    b.socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    sent = devnulls(3)
+    try:
+        for fd in sent:
+            await a.send_fds(b"x", [fd])
+        await a.send_eof()
+        with anyio.fail_after(TIMEOUT):
+            data, got = await b.receive_fds_many(65536, SCM_MAX_FD)
+        close(got)
+        assert data == b"xxx" and len(got) == 3 and b.at_eof
+        with anyio.fail_after(TIMEOUT), pytest.raises(anyio.EndOfStream):
+            await b.receive_fds_many(65536, SCM_MAX_FD)
+    finally:
+        close(sent)
+
+
 async def test_pidfd_message_is_closed(pair: tuple[UnixSocketStream, UnixSocketStream]) -> None:
     a, b = pair
     try:
