@@ -57,10 +57,10 @@ _FRAME = struct.Struct(">BI")  # type, payload length
 _FDS_FRAME = struct.Struct(">BIH")  # FDS, 2, descriptors attached
 
 TABLE, FDS, META, END = 0x01, 0x02, 0x03, 0x04
-#: An FDS frame for a whole message of descriptors, the encoder's usual one.
-_FULL_FDS_FRAME = _FDS_FRAME.pack(FDS, 2, SCM_MAX_FD)
 ACK, STATUS = 0x81, 0x82
 _NAMES = {TABLE: "TABLE", FDS: "FDS", META: "META", END: "END", ACK: "ACK", STATUS: "STATUS"}
+#: An FDS frame for a whole message of descriptors, the encoder's usual one.
+_FULL_FDS_FRAME = _FDS_FRAME.pack(FDS, 2, SCM_MAX_FD)
 
 #: Metadata travels in chunks of this size.
 META_CHUNK = 1 << 20
@@ -412,6 +412,7 @@ def _parse_table(
 
 
 def _read_table(payload: memoryview, count: int, limits: Limits) -> tuple[Runs, int]:
+    """A whole TABLE payload: its runs (checked against ``count``) and the metadata length."""
     entries, metadata_len, runs = _TABLE_HEAD.unpack_from(payload)
     if entries != count:
         raise ProtocolError(f"native stream: header announces {count} entries, TABLE {entries}")
