@@ -18,6 +18,7 @@ from .. import fds as fdpass
 from ..capabilities import Capability
 from ..errors import ConnectError, TransportError
 from ._base import DescriptorStream, Listener, Stream
+from ._credentials import CredentialPolicy, check_peer, peer_credentials
 
 if TYPE_CHECKING:
     from ..address import Address
@@ -92,8 +93,6 @@ class UnixSocketStream(SocketStream):
     @property
     def peer_credentials(self) -> tuple[int, int, int]:
         """The peer's (pid, uid, gid) as the kernel recorded them at connect (SO_PEERCRED)."""
-        from .unix import peer_credentials
-
         return peer_credentials(self._sock)
 
     def _read_once(self, max_bytes: int) -> bytes:
@@ -232,7 +231,12 @@ async def async_connect(sock: socket.socket, sockaddr: object, address: Address)
 
 
 class SocketListener(Listener):
-    """A listening stream socket; ``accept`` returns one stream per peer."""
+    """A listening stream socket; ``accept`` returns one stream per peer.
+
+    On an AF_UNIX socket ``policy`` decides which peers ``accept`` returns
+    (None admits everyone): a refused peer is closed unread and ``accept``
+    raises PeerCredentialsError.
+    """
 
     capabilities = Capability.MULTI_ACCEPT
 
@@ -241,6 +245,7 @@ class SocketListener(Listener):
         sock: socket.socket,
         address: Address,
         *,
+        policy: CredentialPolicy | None = None,
         on_accept: Callable[[socket.socket], None] | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
@@ -248,9 +253,10 @@ class SocketListener(Listener):
         sock.setblocking(False)
         self._sock = sock
         self._closed = False
-        self.stream_capabilities = (
-            UnixSocketStream if sock.family == socket.AF_UNIX else SocketStream
-        ).capabilities
+        unix = sock.family == socket.AF_UNIX
+        self.stream_capabilities = (UnixSocketStream if unix else SocketStream).capabilities
+        #: Who may connect (AF_UNIX only; other families have no credentials).
+        self.policy = policy if unix else None
         self._on_accept = on_accept
         self._on_close = on_close
 
@@ -284,6 +290,7 @@ class SocketListener(Listener):
         try:
             # accept4 gives a blocking, close-on-exec socket; the stream makes it non-blocking.
             tune_buffers(conn)
+            check_peer(conn, self.policy, self.address)
             if self._on_accept is not None:
                 self._on_accept(conn)
             return stream_for_socket(conn, self.address)

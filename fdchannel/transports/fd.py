@@ -35,6 +35,7 @@ import anyio.lowlevel
 from ..address import FdAddress
 from ..errors import AddressError, ConnectError, TransportError
 from ._base import Listener, Stream
+from ._credentials import CredentialPolicy, same_user_or_root
 from ._socket import SocketListener, stream_for_socket
 from .file import FileStream, OneStreamListener, PipeStream
 
@@ -165,7 +166,12 @@ def _duplicate(address: FdAddress, error: type[TransportError]) -> int:
 
 
 def _open_socket(
-    dup: int, address: FdAddress, error: type[TransportError], *, incoming: bool
+    dup: int,
+    address: FdAddress,
+    error: type[TransportError],
+    *,
+    incoming: bool,
+    policy: CredentialPolicy | None,
 ) -> Stream | Listener:
     label = f"fd:{address.name}"
     try:
@@ -184,7 +190,7 @@ def _open_socket(
                     "(listen), it cannot connect",
                     address,
                 )
-            return SocketListener(sock, address)
+            return SocketListener(sock, address, policy=policy)
         try:
             sock.getpeername()
         except OSError as exc:
@@ -199,7 +205,13 @@ def _open_socket(
         raise
 
 
-def _open(address: FdAddress, error: type[TransportError], *, incoming: bool) -> Stream | Listener:
+def _open(
+    address: FdAddress,
+    error: type[TransportError],
+    *,
+    incoming: bool,
+    policy: CredentialPolicy | None = None,
+) -> Stream | Listener:
     """Wrap a duplicate of the descriptor in the stream or listener its kind calls for."""
     label = f"fd:{address.name}"
     dup = _duplicate(address, error)
@@ -209,7 +221,7 @@ def _open(address: FdAddress, error: type[TransportError], *, incoming: bool) ->
         os.close(dup)
         raise
     if stat.S_ISSOCK(mode):
-        return _open_socket(dup, address, error, incoming=incoming)
+        return _open_socket(dup, address, error, incoming=incoming, policy=policy)
     try:
         if stat.S_ISFIFO(mode):
             return PipeStream(dup, address, name=label)
@@ -242,13 +254,17 @@ async def connect(address: FdAddress) -> Stream:
     return opened
 
 
-async def listen(address: FdAddress) -> Listener:
+async def listen(
+    address: FdAddress, *, policy: CredentialPolicy | None = same_user_or_root
+) -> Listener:
     """The incoming side: a listening socket accepts many peers.
 
-    Any other descriptor is yielded once, as a stream.
+    On a listening AF_UNIX socket ``policy`` applies as on ``unix:`` (peers
+    of our own uid or root by default; None admits everyone).  Any other
+    descriptor is yielded once, as a stream.
     """
     await anyio.lowlevel.checkpoint_if_cancelled()
-    opened = _open(address, TransportError, incoming=True)
+    opened = _open(address, TransportError, incoming=True, policy=policy)
     await anyio.lowlevel.cancel_shielded_checkpoint()
     if isinstance(opened, Listener):
         return opened

@@ -11,15 +11,14 @@ import errno
 import os
 import socket
 import stat
-import struct
-from collections.abc import Callable
-from typing import NamedTuple
 
 import anyio
 
 from ..address import SUN_PATH_MAX, UnixAddress
-from ..errors import AddressError, ConnectError, PeerCredentialsError, TransportError
+from ..errors import AddressError, ConnectError, TransportError
+from ._credentials import CredentialPolicy, Credentials, peer_credentials, same_user_or_root
 from ._socket import SocketListener, UnixSocketStream, async_connect, tune_buffers
+from ._unix_diag import Binding, binding
 
 __all__ = [
     "Credentials",
@@ -34,28 +33,6 @@ __all__ = [
 #: How long connect retries while a full backlog makes the kernel answer EAGAIN.
 _BACKLOG_RETRY_DELAYS = (0.001, 0.005, 0.02, 0.05)
 _BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
-
-
-class Credentials(NamedTuple):
-    """A peer process as the kernel saw it at connect time."""
-
-    pid: int
-    uid: int
-    gid: int
-
-
-CredentialPolicy = Callable[[Credentials], bool]
-
-
-def same_user_or_root(creds: Credentials) -> bool:
-    """The default policy: a peer running as our own uid, or as root."""
-    return creds.uid in (os.geteuid(), 0)
-
-
-def peer_credentials(sock: socket.socket) -> Credentials:
-    """SO_PEERCRED of a connected AF_UNIX socket."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return Credentials(*struct.unpack("3i", raw))
 
 
 def sockaddr(address: UnixAddress) -> bytes:
@@ -112,41 +89,45 @@ async def connect(address: UnixAddress) -> UnixSocketStream:
             raise
 
 
-def _someone_listens(path: bytes) -> bool:
-    probe = _new_socket()
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except OSError as exc:
-        if exc.errno == errno.EAGAIN:  # backlog full: very much alive
-            return True
-        raise
-    else:
-        return True
-    finally:
-        probe.close()
-
-
 def _clear_stale(address: UnixAddress, path: bytes) -> None:
-    """Remove a socket file nobody listens on; refuse to touch a live one."""
+    """Remove a socket file no socket is bound to; refuse to touch a live one.
+
+    The kernel is asked (see _unix_diag): connecting to find out would hand
+    a live one-shot listener a peer it takes for the real one.
+    """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
+    except OSError as exc:
+        raise TransportError(f"cannot listen on {address}: {exc.strerror}", address) from exc
     if not stat.S_ISSOCK(st.st_mode):
         raise TransportError(
             f"cannot listen on {address}: {address.path!r} exists and is not a socket",
             address,
         )
-    if _someone_listens(path):
+    found = binding(path, st)
+    if found is Binding.LISTENING:
         raise TransportError(
             f"cannot listen on {address}: another process is listening on it "
             "(a live socket is never replaced)",
             address,
         )
-    os.unlink(path)
+    if found is not Binding.NONE:
+        raise TransportError(
+            f"cannot listen on {address}: the socket file exists and {found.value}, so it "
+            "may be live (a live socket is never replaced; remove the file if it is stale)",
+            address,
+        )
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass  # someone else cleared it first
+    except OSError as exc:
+        raise TransportError(
+            f"cannot listen on {address}: the stale socket file cannot be removed: {exc.strerror}",
+            address,
+        ) from exc
 
 
 class UnixListener(SocketListener):
@@ -159,19 +140,8 @@ class UnixListener(SocketListener):
         policy: CredentialPolicy | None,
         inode: tuple[int, int] | None,
     ) -> None:
-        super().__init__(sock, address, on_accept=self._check_peer, on_close=self._unlink)
-        self.policy = policy
+        super().__init__(sock, address, policy=policy, on_close=self._unlink)
         self._inode = inode
-
-    def _check_peer(self, conn: socket.socket) -> None:
-        if self.policy is None:
-            return
-        creds = peer_credentials(conn)
-        if not self.policy(creds):
-            raise PeerCredentialsError(
-                f"refused peer pid {creds.pid} uid {creds.uid} gid {creds.gid} on "
-                f"{self.address}: the policy accepts uid {os.geteuid()} or root"
-            )
 
     def _unlink(self) -> None:
         # Only remove the file if it is still the one we created.

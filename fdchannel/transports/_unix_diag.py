@@ -1,0 +1,138 @@
+"""Is a socket bound to this file?  Asked of the kernel, never by connecting.
+
+A unix listener replaces a stale socket file, one no socket is bound to
+any more.  Connecting to find out would hand a live one-shot listener (an
+``Incoming``, ``recv``, ``probe --listen``, QEMU's own cpr listener) a
+peer it takes for the real one, and fail the real handoff.  So the kernel
+is asked instead: sock_diag (NETLINK_SOCK_DIAG, the interface behind
+``ss -x``) lists every unix socket with the device and inode of the file
+it is bound to; ``/proc/net/unix``, which lists the path each socket was
+bound with, is the fallback.  Both see the sockets of this network
+namespace only.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from enum import Enum
+
+__all__ = ["Binding", "binding"]
+
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_UDIAG_SHOW_VFS = 0x2
+_UNIX_DIAG_VFS = 1
+_TCP_LISTEN = 10
+_ALL = 0xFFFFFFFF  # every state bit; a cookie of ~0 matches any socket
+_SO_ACCEPTCON = 0x10000  # /proc/net/unix's Flags bit for a listening socket
+
+_NLMSG = struct.Struct("=IHHII")  # struct nlmsghdr
+_REQUEST = struct.Struct("=BBHIII2I")  # struct unix_diag_req
+_REPLY = struct.Struct("=BBBBI2I")  # struct unix_diag_msg
+_ATTR = struct.Struct("=HH")  # struct rtattr
+_VFS = struct.Struct("=II")  # struct unix_diag_vfs: inode, device
+
+
+class Binding(Enum):
+    """What the kernel says of a socket file."""
+
+    NONE = "no socket is bound to it"
+    BOUND = "a socket is bound to it"
+    LISTENING = "a socket is listening on it"
+    UNKNOWN = "the kernel could not be asked"
+
+
+def _kernel_dev(st_dev: int) -> int:
+    # sock_diag reports the superblock's dev_t in the kernel's own encoding
+    # (major << 20 | minor), not the one stat() returns.
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+def _diag(dev: int, ino: int) -> Binding:
+    """Dump every unix socket of this namespace with its file; UNKNOWN if we cannot."""
+    try:
+        nl = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG
+        )
+    except OSError:
+        return Binding.UNKNOWN
+    with nl:
+        nl.settimeout(2.0)
+        # Every state, any socket inode, with the file each is bound to.
+        request = _REQUEST.pack(socket.AF_UNIX, 0, 0, _ALL, 0, _UDIAG_SHOW_VFS, _ALL, _ALL)
+        header = _NLMSG.pack(
+            _NLMSG.size + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0
+        )
+        try:
+            nl.send(header + request)
+            return _read_dump(nl, _kernel_dev(dev), ino)
+        except OSError:
+            return Binding.UNKNOWN
+
+
+def _read_dump(nl: socket.socket, dev: int, ino: int) -> Binding:
+    found = Binding.NONE
+    while True:
+        data = nl.recv(1 << 17)
+        at = 0
+        while at + _NLMSG.size <= len(data):
+            length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, at)
+            if length < _NLMSG.size:
+                return Binding.UNKNOWN
+            if kind == _NLMSG_DONE:
+                return found
+            if kind == _NLMSG_ERROR:
+                (code,) = struct.unpack_from("=i", data, at + _NLMSG.size)
+                # ENOENT: no unix_diag in this kernel; anything else: we cannot tell.
+                return Binding.UNKNOWN if code else found
+            state = _bound_state(data, at + _NLMSG.size, at + length, dev, ino)
+            if state is Binding.LISTENING or (state is Binding.BOUND and found is Binding.NONE):
+                found = state
+            at += (length + 3) & ~3
+
+
+def _bound_state(data: bytes, start: int, end: int, dev: int, ino: int) -> Binding:
+    """The binding one unix_diag_msg reports for our file (NONE if another file)."""
+    _family, _type, state, _pad, _sock_ino, _c0, _c1 = _REPLY.unpack_from(data, start)
+    at = start + _REPLY.size
+    while at + _ATTR.size <= end:
+        length, kind = _ATTR.unpack_from(data, at)
+        if length < _ATTR.size:
+            break
+        if kind == _UNIX_DIAG_VFS and length >= _ATTR.size + _VFS.size:
+            vfs_ino, vfs_dev = _VFS.unpack_from(data, at + _ATTR.size)
+            if (vfs_ino, vfs_dev) == (ino & 0xFFFFFFFF, dev):
+                return Binding.LISTENING if state == _TCP_LISTEN else Binding.BOUND
+            return Binding.NONE
+        at += (length + 3) & ~3
+    return Binding.NONE
+
+
+def _proc_net_unix(path: bytes) -> Binding:
+    """The fallback: match the path each socket was bound with."""
+    wanted = {path, os.path.abspath(path)}
+    found = Binding.NONE
+    try:
+        with open("/proc/net/unix", "rb") as table:
+            next(table, None)  # the header line
+            for line in table:
+                fields = line.split(maxsplit=7)
+                if len(fields) == 8 and fields[7].rstrip(b"\n") in wanted:
+                    if int(fields[3], 16) & _SO_ACCEPTCON:
+                        return Binding.LISTENING
+                    found = Binding.BOUND
+    except (OSError, ValueError):
+        return Binding.UNKNOWN
+    return found
+
+
+def binding(path: bytes, st: os.stat_result) -> Binding:
+    """Whether a socket of this namespace is bound to the socket file ``path`` (``st``)."""
+    found = _diag(st.st_dev, st.st_ino)
+    if found is Binding.UNKNOWN:
+        found = _proc_net_unix(path)
+    return found

@@ -1,0 +1,145 @@
+"""Every AF_UNIX listener applies the credential policy, whatever made its socket.
+
+A peer of another uid is closed before a byte of it is read, and the next
+admitted peer is served: on ``unix:`` listeners, and on listening sockets
+handed over as ``fd:N`` or ``fd:NAME`` (systemd creates those 0666 unless
+told otherwise, so only the policy protects them).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+import fdchannel
+from fdchannel import FdState, NamedFd
+from fdchannel.errors import PeerCredentialsError
+from fdchannel.transports import fd as fd_transport
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a peer as another uid"),
+]
+
+TIMEOUT = 10
+NOBODY = 65534
+
+INTRUDER = """
+import os, socket, sys
+# SO_PEERCRED is taken at connect(): become the other user first.
+os.setgroups([])
+os.setresgid(65534, 65534, 65534)
+os.setresuid(65534, 65534, 65534)
+s = socket.socket(socket.AF_UNIX)
+s.connect(b"\\0" + sys.argv[1].encode())
+print("connected", flush=True)
+try:
+    s.sendall(b"FDCN secret")
+    data = s.recv(1)
+except (BrokenPipeError, ConnectionResetError):  # closed with our bytes unread
+    data = b""
+print("closed" if data == b"" else "open", flush=True)
+"""
+
+
+def _listening(stack: ExitStack, name: str) -> int:
+    """A listening socket on an abstract name, as socket activation hands one over."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    stack.callback(sock.close)
+    sock.bind(b"\0" + name.encode())
+    sock.listen()
+    return sock.fileno()
+
+
+def _abstract(stack: ExitStack, name: str) -> str:
+    return f"cpr,addr.transport=socket,addr.type=unix,addr.path={name},addr.abstract=on"
+
+
+def _fd_number(stack: ExitStack, name: str) -> str:
+    return f"cpr,addr.transport=socket,addr.type=fd,addr.str={_listening(stack, name)}"
+
+
+def _fd_name(stack: ExitStack, name: str) -> str:
+    fd_transport.register_fd("handed", _listening(stack, name))
+    stack.callback(fd_transport.unregister_fd, "handed")
+    return "cpr,addr.transport=socket,addr.type=fd,addr.str=handed"
+
+
+#: How the cpr channel's listening socket was made.
+SOURCES: dict[str, Callable[[ExitStack, str], str]] = {
+    "unix-abstract": _abstract,
+    "fd-number": _fd_number,
+    "fd-name": _fd_name,
+}
+
+
+@contextmanager
+def _channel(source: str, sockdir: Path) -> Iterator[tuple[str, str]]:
+    name = f"fdc-policy-{sockdir.name}"
+    with ExitStack() as stack:
+        yield SOURCES[source](stack, name), name
+
+
+async def _intruder(name: str) -> anyio.abc.Process:
+    return await anyio.open_process([sys.executable, "-c", INTRUDER, name], stdout=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+async def test_listener_refuses_other_uid_unread(source: str, sockdir: Path) -> None:
+    with _channel(source, sockdir) as (channel, name):
+        async with await fdchannel.listen(channel) as listener:
+            with anyio.fail_after(TIMEOUT):
+                async with await _intruder(name) as child:
+                    with pytest.raises(PeerCredentialsError, match=f"uid {NOBODY}"):
+                        await listener.accept()
+                    assert child.stdout is not None
+                    out = b""
+                    while out.count(b"\n") < 2:
+                        out += await child.stdout.receive()
+                    assert out.split() == [b"connected", b"closed"]
+                    assert await child.wait() == 0
+
+
+@pytest.mark.parametrize("source", SOURCES)
+async def test_policy_none_admits_everyone(source: str, sockdir: Path) -> None:
+    with _channel(source, sockdir) as (channel, name):
+        async with await fdchannel.listen(channel, policy=None) as listener:
+            with anyio.fail_after(TIMEOUT):
+                async with await _intruder(name) as child:
+                    stream = await listener.accept()
+                    assert await stream.receive(4) == b"FDCN"
+                    await stream.aclose()
+                    assert await child.wait() == 0
+
+
+@pytest.mark.parametrize("source", SOURCES)
+async def test_incoming_skips_the_intruder_and_serves_the_sender(
+    source: str, sockdir: Path
+) -> None:
+    with _channel(source, sockdir) as (channel, name):
+        chans = [f"unix:{sockdir / 'main'}", channel]
+        sender = [f"unix:{sockdir / 'main'}", _abstract(ExitStack(), name)]
+        memfd = os.memfd_create("ram0", os.MFD_CLOEXEC)
+        try:
+            with anyio.fail_after(TIMEOUT):
+                async with fdchannel.Incoming(chans) as inc, fdchannel.Outgoing(sender) as out:
+                    await inc.listen_cpr()
+                    async with await _intruder(name) as bad:
+                        assert bad.stdout is not None
+                        assert (await bad.stdout.receive()).startswith(b"connected")
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(out.start, FdState([NamedFd("ram0", 0, memfd)]))
+                            with await inc.receive_cpr(timeout=5) as state:
+                                assert state.get("ram0") >= 0
+                                await inc.listen_main()
+                        assert await bad.wait() == 0
+        finally:
+            os.close(memfd)
