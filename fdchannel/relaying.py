@@ -11,6 +11,7 @@ have ended, both connections are closed — which is how a receiver's close
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,14 +22,15 @@ import anyio.abc
 from .address import Address
 from .capabilities import Capability
 from .channel import Channel
-from .errors import CapabilityError
+from .errors import CapabilityError, FdChannelError, PeerCredentialsError, TransportError
 from .fds import SCM_MAX_FD, close_all
-from .handoff._common import connect_retrying
+from .handoff._common import accept_admitted, connect_retrying
 from .transports import Stream, Target, listen, resolve_target
 
 __all__ = ["Direction", "RelayStats", "relay"]
 
 _READ = 1 << 20
+log = logging.getLogger("fdchannel")
 
 
 @dataclass
@@ -94,6 +96,26 @@ async def _pump(
         await dst.send_eof()
 
 
+def _log_refused(exc: PeerCredentialsError) -> None:
+    log.warning("relay: %s", exc)
+
+
+def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What the copying tasks raised, as one error of ours: the first that is not
+    a cancellation (a group of cancellations only is itself the cancellation)."""
+    _, rest = group.split(anyio.get_cancelled_exc_class())
+    if rest is None:
+        return group
+    leaf: BaseException = rest
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    if isinstance(leaf, FdChannelError) or not isinstance(
+        leaf, OSError | anyio.BrokenResourceError | anyio.EndOfStream
+    ):
+        return leaf
+    return TransportError(f"relay: the connection broke: {leaf or type(leaf).__name__}")
+
+
 async def relay(
     source: Target | Channel,
     dest: Target | Channel,
@@ -117,7 +139,8 @@ async def relay(
     async with await listen(source, **listen_options) as listener:
         task_status.started(listener.address)
         with anyio.fail_after(accept_timeout if accept_timeout is not None else math.inf):
-            incoming = await listener.accept()
+            # A peer the credential policy refuses was closed unread: wait for the next.
+            incoming = await accept_admitted(listener, _log_refused)
     try:
         address, kind = resolve_target(dest)
         with anyio.fail_after(connect_timeout if connect_timeout is not None else math.inf):
@@ -131,6 +154,8 @@ async def relay(
                 tg.start_soon(
                     _pump, outgoing, incoming, stats.backward, stats, "receiver", on_progress
                 )
+        except BaseExceptionGroup as group:
+            raise _one_error(group) from group
         finally:
             with anyio.CancelScope(shield=True):
                 await outgoing.aclose()

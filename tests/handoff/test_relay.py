@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -12,11 +13,15 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 import fdchannel
 from fdchannel.address import UnixAddress
+from fdchannel.errors import CapabilityError
 from fdchannel.relaying import RelayStats, relay
 from fdchannel.transports._socket import UnixSocketStream
 
+from ..intruder import intruder, lines, needs_root
+
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 10
 
 
 async def read_lines(stream: BufferedByteReceiveStream) -> list[str]:
@@ -105,3 +110,65 @@ async def test_descriptor_never_arrives_after_its_byte(sockdir: Path) -> None:
     finally:
         for fd in memfds:
             os.close(fd)
+
+
+@needs_root
+async def test_relay_skips_a_refused_peer_and_serves_the_next(sockdir: Path) -> None:
+    name = f"fdc-relay-{sockdir.name}"
+    source = f"cpr,addr.transport=socket,addr.type=unix,addr.path={name},addr.abstract=on"
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            await fdchannel.listen(UnixAddress(str(sockdir / "to"))) as far,
+            anyio.create_task_group() as tg,
+        ):
+            stats: list[RelayStats] = []
+
+            async def run_relay(*, task_status: anyio.abc.TaskStatus[object]) -> None:
+                stats.append(await relay(source, f"unix:{sockdir / 'to'}", task_status=task_status))
+
+            await tg.start(run_relay)
+            async with await intruder(name) as bad:
+                assert await lines(bad, 2) == [b"connected", b"closed"]
+            sender = await fdchannel.connect(source)
+            receiver = await far.accept()
+            await sender.send(b"hello")
+            await sender.send_eof()
+            assert await receiver.receive() == b"hello"
+            await receiver.aclose()  # the ack travels back
+            with pytest.raises(anyio.EndOfStream):
+                await sender.receive()
+            await sender.aclose()
+    assert stats[0].forward.bytes == 5
+
+
+async def test_relay_raises_one_typed_error_not_a_group(sockdir: Path) -> None:
+    memfd = os.memfd_create("x", os.MFD_CLOEXEC)
+    try:
+        with anyio.fail_after(TIMEOUT):
+            async with await fdchannel.listen("tcp:127.0.0.1:0") as far:
+                to = str(far.address)
+                async with anyio.create_task_group() as tg:
+
+                    async def take() -> None:
+                        async with await far.accept() as stream:
+                            with contextlib.suppress(anyio.EndOfStream):
+                                await stream.receive()
+
+                    tg.start_soon(take)
+                    failures: list[BaseException] = []
+
+                    async def run_relay(*, task_status: anyio.abc.TaskStatus[object]) -> None:
+                        try:
+                            await relay(f"unix:{sockdir / 'from'}", to, task_status=task_status)
+                        except BaseException as exc:
+                            failures.append(exc)
+
+                    await tg.start(run_relay)
+                    sender = await fdchannel.connect(f"unix:{sockdir / 'from'}")
+                    assert isinstance(sender, UnixSocketStream)
+                    await sender.send_fds(b"x", [memfd])  # tcp cannot take it
+                    await sender.aclose()
+        assert len(failures) == 1
+        assert isinstance(failures[0], CapabilityError), repr(failures[0])
+    finally:
+        os.close(memfd)

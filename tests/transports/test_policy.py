@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -24,30 +22,11 @@ from fdchannel import FdState, NamedFd
 from fdchannel.errors import PeerCredentialsError
 from fdchannel.transports import fd as fd_transport
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a peer as another uid"),
-]
+from ..intruder import NOBODY, intruder, lines, needs_root
+
+pytestmark = [pytest.mark.anyio, needs_root]
 
 TIMEOUT = 10
-NOBODY = 65534
-
-INTRUDER = """
-import os, socket, sys
-# SO_PEERCRED is taken at connect(): become the other user first.
-os.setgroups([])
-os.setresgid(65534, 65534, 65534)
-os.setresuid(65534, 65534, 65534)
-s = socket.socket(socket.AF_UNIX)
-s.connect(b"\\0" + sys.argv[1].encode())
-print("connected", flush=True)
-try:
-    s.sendall(b"FDCN secret")
-    data = s.recv(1)
-except (BrokenPipeError, ConnectionResetError):  # closed with our bytes unread
-    data = b""
-print("closed" if data == b"" else "open", flush=True)
-"""
 
 
 def _listening(stack: ExitStack, name: str) -> int:
@@ -88,23 +67,15 @@ def _channel(source: str, sockdir: Path) -> Iterator[tuple[str, str]]:
         yield SOURCES[source](stack, name), name
 
 
-async def _intruder(name: str) -> anyio.abc.Process:
-    return await anyio.open_process([sys.executable, "-c", INTRUDER, name], stdout=subprocess.PIPE)
-
-
 @pytest.mark.parametrize("source", SOURCES)
 async def test_listener_refuses_other_uid_unread(source: str, sockdir: Path) -> None:
     with _channel(source, sockdir) as (channel, name):
         async with await fdchannel.listen(channel) as listener:
             with anyio.fail_after(TIMEOUT):
-                async with await _intruder(name) as child:
+                async with await intruder(name) as child:
                     with pytest.raises(PeerCredentialsError, match=f"uid {NOBODY}"):
                         await listener.accept()
-                    assert child.stdout is not None
-                    out = b""
-                    while out.count(b"\n") < 2:
-                        out += await child.stdout.receive()
-                    assert out.split() == [b"connected", b"closed"]
+                    assert await lines(child, 2) == [b"connected", b"closed"]
                     assert await child.wait() == 0
 
 
@@ -113,7 +84,7 @@ async def test_policy_none_admits_everyone(source: str, sockdir: Path) -> None:
     with _channel(source, sockdir) as (channel, name):
         async with await fdchannel.listen(channel, policy=None) as listener:
             with anyio.fail_after(TIMEOUT):
-                async with await _intruder(name) as child:
+                async with await intruder(name) as child:
                     stream = await listener.accept()
                     assert await stream.receive(4) == b"FDCN"
                     await stream.aclose()
@@ -132,9 +103,8 @@ async def test_incoming_skips_the_intruder_and_serves_the_sender(
             with anyio.fail_after(TIMEOUT):
                 async with fdchannel.Incoming(chans) as inc, fdchannel.Outgoing(sender) as out:
                     await inc.listen_cpr()
-                    async with await _intruder(name) as bad:
-                        assert bad.stdout is not None
-                        assert (await bad.stdout.receive()).startswith(b"connected")
+                    async with await intruder(name) as bad:
+                        assert await lines(bad, 1) == [b"connected"]
                         async with anyio.create_task_group() as tg:
                             tg.start_soon(out.start, FdState([NamedFd("ram0", 0, memfd)]))
                             with await inc.receive_cpr(timeout=5) as state:
