@@ -55,6 +55,22 @@ SUN_PATH_MAX = 108
 _U16 = (1 << 16) - 1
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
+#: Significant digits past which a number exceeds every C integer QEMU reads
+#: (2**64 has 20 decimal digits, 16 hex, 22 octal).
+_MAX_DIGITS = 24
+
+
+def bounded_int(digits: str | bytes, base: int = 10, ceiling: int = 1 << 64) -> int:
+    """``int(digits, base)`` (ASCII digits only), or ``ceiling`` if the value is larger.
+
+    Python refuses to convert more than 4300 digits (a ValueError); a value
+    that long is past every C integer QEMU reads, which is all callers need
+    to know, so it is never converted.
+    """
+    significant = digits.lstrip(b"0") if isinstance(digits, bytes) else digits.lstrip("0")
+    if len(significant) > _MAX_DIGITS:
+        return ceiling
+    return min(int(digits, base), ceiling)
 
 
 def _check_str(value: object, what: str) -> None:
@@ -290,7 +306,8 @@ def _scan_int(buf: bytes, start: int) -> tuple[int, int] | None:
     if k == j:
         return None
     # glibc converts with strtol (saturating at the long range), then stores an int.
-    value = max(-(1 << 63), min((1 << 63) - 1, int(buf[i:k])))
+    magnitude = bounded_int(buf[j:k], 10, 1 << 63)
+    value = max(-(1 << 63), min((1 << 63) - 1, -magnitude if buf[i:j] == b"-" else magnitude))
     return (value + (1 << 31)) % (1 << 32) - (1 << 31), k
 
 
@@ -313,7 +330,7 @@ def _strtoull(buf: bytes, base: int) -> tuple[int, int] | None:
         j += 1
     if j == i:
         return 0, 0
-    value = int(buf[i:j], base)
+    value = bounded_int(buf[i:j], base)
     if value > _U64:
         return None
     return (-value if negative else value) & _U64, j
@@ -662,11 +679,11 @@ def _keyval_uint(text: str) -> int | None:
         return None
     sign, hexa, octal, decimal = match.groups()
     if hexa is not None:
-        value = int(hexa, 16)
+        value = bounded_int(hexa, 16)
     elif octal is not None:
-        value = int(octal, 8)
+        value = bounded_int(octal, 8)
     else:
-        value = int(decimal)
+        value = bounded_int(decimal)
     if value > _U64:
         return None
     return (-value if sign == "-" else value) & _U64

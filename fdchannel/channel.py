@@ -36,6 +36,7 @@ from .address import (
     UnixAddress,
     address_to_qapi,
     address_uri,
+    bounded_int,
     keyval_members,
     parse_address,
     read_address,
@@ -276,7 +277,8 @@ class _Json:
 def _json_number(token: str) -> int | float:
     """parse_literal(): int64 if it fits, else uint64, else a double."""
     if re.fullmatch(r"-?[0-9]+", token):
-        value = int(token)
+        magnitude = bounded_int(token.lstrip("-"))
+        value = -magnitude if token.startswith("-") else magnitude
         if -(1 << 63) <= value < 1 << 64:
             return value
     return float(token)
@@ -419,7 +421,7 @@ def _keyval_listify(node: dict[str, Any], prefix: str, fail: _Fail) -> dict[str,
     slots: list[Any] = [None] * len(node)
     highest = -1
     for key in _qdict_order(node):
-        index = min(int(key), _INT_MAX)
+        index = bounded_int(key, 10, _INT_MAX)
         highest = max(highest, index)
         if index < len(slots):
             slots[index] = node[key]

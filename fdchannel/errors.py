@@ -7,6 +7,7 @@ __all__ = [
     "CapabilityError",
     "ChannelError",
     "ConnectError",
+    "ConnectionLostError",
     "FdChannelError",
     "FdPassingError",
     "HandoffError",
@@ -48,6 +49,10 @@ class TransportError(FdChannelError):
 
 class ConnectError(TransportError):
     """The outgoing side could not reach its peer."""
+
+
+class ConnectionLostError(TransportError):
+    """The peer hung up or reset the connection in the middle of an exchange."""
 
 
 class FdPassingError(FdChannelError):

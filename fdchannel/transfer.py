@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from typing import Literal, TypeVar
 
 import anyio
@@ -12,7 +13,13 @@ import anyio
 from .capabilities import Capability
 from .codecs import Decoder, native, qemu
 from .codecs._parse import ByteSource
-from .errors import CapabilityError, FdPassingError, HandoffError, ProtocolError
+from .errors import (
+    CapabilityError,
+    ConnectionLostError,
+    FdPassingError,
+    HandoffError,
+    ProtocolError,
+)
 from .fds import SCM_MAX_FD, fd_table_size, open_fd_count
 from .state import DEFAULT_LIMITS, FdState, Limits
 from .transports._base import Stream
@@ -48,6 +55,18 @@ async def read_reply(stream: Stream, src: ByteSource) -> int | native.Status:
     return await _run_parser(stream, src, native.parse_reply(src))
 
 
+@contextmanager
+def _peer_loss_typed(stream: Stream, doing: str) -> Iterator[None]:
+    """anyio's end-of-stream and broken-stream errors as ConnectionLostError."""
+    try:
+        yield
+    except (anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+        detail = f": {exc}" if str(exc) else ""
+        raise ConnectionLostError(
+            f"{stream._describe()}: the peer hung up while {doing}{detail}", stream.address
+        ) from exc
+
+
 async def send_state(
     stream: Stream,
     state: FdState,
@@ -58,8 +77,16 @@ async def send_state(
 ) -> None:
     """Send ``state`` on ``stream`` and, unless ``eof`` is False, half-close it.
 
-    The sender keeps its descriptors: the kernel passes copies.
+    The sender keeps its descriptors: the kernel passes copies.  A peer that
+    hangs up first is a ConnectionLostError.
     """
+    with _peer_loss_typed(stream, "we sent the state"):
+        await _send_state(stream, state, codec, window, eof)
+
+
+async def _send_state(
+    stream: Stream, state: FdState, codec: Codec, window: int | None, eof: bool
+) -> None:
     if len(state) and Capability.FD_PASSING not in stream.capabilities:
         raise CapabilityError(f"{stream._describe()} cannot pass the state's descriptors")
     if codec == "qemu":
@@ -170,6 +197,11 @@ async def receive_state_and_codec(
     stream: Stream, *, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[FdState, Codec]:
     """``receive_state``, also telling which codec the sender used."""
+    with _peer_loss_typed(stream, "we received the state"):
+        return await _receive_state(stream, limits)
+
+
+async def _receive_state(stream: Stream, limits: Limits) -> tuple[FdState, Codec]:
     fd_passing = Capability.FD_PASSING in stream.capabilities
     decoder = Decoder(limits)
     if isinstance(stream, UnixSocketStream):

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import NoReturn, Protocol
 
 from ..errors import AddressError, FdChannelError
-from ._output import PROBLEM, USAGE, CliError, Output, UsageError, single
+from ._output import PROBLEM, USAGE, CliError, Output, UsageError, printable, single
 
 __all__ = ["build_parser", "main"]
 
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = _parse(args)
         return _command(options).run(options, out)
     except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted\n")
+        out.write(sys.stderr, f"{PROG}: interrupted\n")
         return 130
     except BrokenPipeError:
         # Whoever read our output stopped (``| head``): not worth a message, and
@@ -249,9 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             import traceback  # only here: every import costs start-up time
 
             traceback.print_exception(exc)
-        message = " ".join(message.split())  # one line, whatever the error held
+        # One line, whatever the error held, and nothing a terminal acts on.
+        message = printable(" ".join(message.split()))
         prog = leaf.prog if isinstance(leaf, CliError) and leaf.prog else PROG
-        sys.stderr.write(f"{prog}: error: {message}\n")
+        out.write(sys.stderr, f"{prog}: error: {message}\n")
         if out.json:
             error = {"type": type(leaf).__name__, "message": message, "exit_status": status}
             out.result({"ok": False, "error": error}, "")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import anyio
 
 from ..channel import Channel
+from ..errors import ConnectionLostError
 from ..handoff._common import connect_retrying, wait_for_ack
 from ..state import FdState
 from ..transfer import Codec, send_state
@@ -61,7 +62,7 @@ async def send_and_wait(
         if len(marks) == 1:
             raise CliError(f"nobody accepted on {channel.addr} within {timeout} s{why}") from None
         raise CliError(f"timed out after {timeout} s {step}") from None
-    except (anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+    except (anyio.BrokenResourceError, anyio.EndOfStream, ConnectionLostError) as exc:
         raise CliError(f"the receiver hung up while {step}: {exc or 'connection reset'}") from exc
     return Sent(
         codec,

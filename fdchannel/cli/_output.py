@@ -7,6 +7,8 @@ one line each, flushed at once.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from typing import Any, TextIO
 
@@ -20,6 +22,7 @@ __all__ = [
     "format_ms",
     "format_size",
     "plural",
+    "printable",
     "single",
 ]
 
@@ -46,12 +49,47 @@ class UsageError(CliError):
     exit_status = USAGE
 
 
+#: What a terminal would act on or a reader mistake for layout: C0 and C1
+#: controls (ESC starts terminal sequences), DEL, lone surrogates (bytes that
+#: were not UTF-8), line and paragraph separators, and bidirectional overrides.
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+_UNSAFE_BUT_NEWLINE = re.compile(_UNSAFE.pattern.replace("\x00-\x1f", "\x00-\x09\x0b-\x1f"))
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def printable(text: str) -> str:
+    """``text`` with everything a terminal would act on escaped, newlines included.
+
+    For text a peer controls (descriptor names, its command line, paths) in
+    human output; ``--json`` keeps the exact value.
+    """
+    return _UNSAFE.sub(_escape, text)
+
+
 class Output:
-    """Where a command's result and notices go."""
+    """Where a command's result and notices go.
+
+    Writing never fails a command: by the time there is a result, the
+    descriptors have moved, and the exit status must say so.  Text that the
+    stream's encoding cannot carry is escaped, and a stream that cannot be
+    written (closed pipe, full disk) is given up on.
+    """
 
     def __init__(self, json_mode: bool, prog: str = "fdchannel") -> None:
         self.json = json_mode
         self.prog = prog
+        #: Set once a write failed: what was lost is not worth the exit status.
+        self.lost_output = False
 
     def result(self, document: dict[str, Any], text: str, file: TextIO | None = None) -> None:
         """The command's result: ``document`` with --json, else ``text`` (on stdout)."""
@@ -59,15 +97,45 @@ class Output:
         if self.json:
             import json  # only here: ``fdchannel --help`` should not pay for it
 
-            file.write(json.dumps(document, indent=2, default=str) + "\n")
+            # ASCII with \u escapes: exact, whatever the names hold.
+            self.write(file, json.dumps(document, indent=2, default=str) + "\n")
         else:
-            file.write(text.rstrip("\n") + "\n")
-        file.flush()
+            # Lines are ours; anything else a terminal would act on is escaped.
+            self.write(file, _UNSAFE_BUT_NEWLINE.sub(_escape, text.rstrip("\n")) + "\n")
 
     def notice(self, line: str) -> None:
         """One line on stderr for whoever watches the command run."""
-        sys.stderr.write(f"{self.prog}: {line}\n")
-        sys.stderr.flush()
+        self.write(sys.stderr, f"{self.prog}: {printable(line)}\n")
+
+    def write(self, file: TextIO, text: str) -> None:
+        """Write and flush ``text`` as is; never raises (see the class)."""
+        encoding = getattr(file, "encoding", None) or "utf-8"
+        try:
+            # Escape what the encoding cannot carry rather than fail on it.
+            file.write(text.encode(encoding, "backslashreplace").decode(encoding, "replace"))
+            file.flush()
+        except (OSError, ValueError):
+            self.lost_output = True
+            _silence(file)
+
+
+def _silence(file: TextIO) -> None:
+    """Point a stream that cannot be written at /dev/null, so that the
+    interpreter's own flush at exit does not fail again."""
+    try:
+        fd = file.fileno()
+    except (OSError, ValueError):
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(null, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
 
 
 def single(exc: BaseException) -> BaseException:

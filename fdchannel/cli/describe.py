@@ -15,7 +15,7 @@ import socket
 import stat
 from typing import Any
 
-from ._output import format_size
+from ._output import format_size, printable
 
 __all__ = ["describe", "sockaddr_text", "summary"]
 
@@ -232,6 +232,11 @@ def _file_flags(found: dict[str, Any]) -> str:
 
 
 def summary(found: dict[str, Any]) -> str:
+    """One line for a person; whatever a peer named is escaped."""
+    return printable(_summary(found))
+
+
+def _summary(found: dict[str, Any]) -> str:
     """One line of text for what ``describe`` found."""
     kind = found["kind"]
     if kind == "memfd":

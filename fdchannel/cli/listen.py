@@ -16,7 +16,7 @@ import anyio
 from ..channel import Channel, parse_channel
 from . import describe
 from ._incoming import Received, ack, hold, receive_one
-from ._output import OK, Output, UsageError, format_ms, format_size, plural
+from ._output import OK, Output, UsageError, format_ms, format_size, plural, printable
 from ._run import Interrupted, run_async
 
 __all__ = ["run"]
@@ -38,7 +38,7 @@ def _peer_text(peer: dict[str, Any]) -> str:
         return f"address {peer['address']}" if peer.get("address") else "unknown"
     who = f"pid {peer['pid']}, uid {peer['uid']}, gid {peer['gid']}"
     if peer["argv"] is not None:
-        return f"{who}: {shlex.join(peer['argv'])}"
+        return f"{who}: {printable(shlex.join(peer['argv']))}"
     return f"{who}; command line {peer['argv_error']}"
 
 
@@ -71,11 +71,12 @@ def _text(received: Received, descriptors: list[dict[str, Any]], ack: str) -> st
         f"received in {format_ms(received.receive)}",
     ]
     if descriptors:
-        width = max(len(f"{d['name']}") for d in descriptors)
+        names = [printable(d["name"]) for d in descriptors]
+        width = max(len(name) for name in names)
         lines.append(f"  {'name'.ljust(width)}  id  fd  what")
-        for d in descriptors:
+        for name, d in zip(names, descriptors, strict=True):
             what = describe.summary(d["description"])
-            lines.append(f"  {d['name'].ljust(width)}  {d['id']:>2}  {d['fd']:>2}  {what}")
+            lines.append(f"  {name.ljust(width)}  {d['id']:>2}  {d['fd']:>2}  {what}")
     lines.append(f"ack          {ack}")
     return "\n".join(lines)
 

@@ -19,7 +19,7 @@ import anyio.abc
 from ..address import Address
 from ..channel import Channel, parse_channel
 from ..relaying import RelayStats, relay
-from ._output import OK, CliError, Output, format_size, plural
+from ._output import OK, CliError, Output, format_size, plural, printable
 from ._run import run_async
 
 __all__ = ["run"]
@@ -71,15 +71,13 @@ class _Progress:
         if ends:
             line += f" ({_closing(stats)})"
         if self.tty:
-            sys.stderr.write(f"\r\033[K{self.out.prog}: {line}")
-            sys.stderr.flush()
+            self.out.write(sys.stderr, f"\r\033[K{self.out.prog}: {printable(line)}")
         else:
             self.out.notice(line)
 
     def finish(self) -> None:
         if self.enabled and self.tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+            self.out.write(sys.stderr, "\n")
 
 
 async def _relay(

@@ -16,7 +16,7 @@ from ..channel import Channel, ChannelType, parse_channel
 from ..state import FdState, NamedFd
 from . import describe
 from ._outgoing import Sent, send_and_wait
-from ._output import OK, Output, UsageError, format_ms, plural
+from ._output import OK, Output, UsageError, format_ms, plural, printable
 from ._run import run_async
 from .sources import Source, close_sources, open_sources
 
@@ -33,13 +33,15 @@ def _text(channel: Channel, rows: list[dict[str, Any]], sent: Sent) -> str:
         f"acknowledged: {how}"
     ]
     if rows:
-        name_width = max(len(row["name"]) for row in rows)
-        origin_width = max(len(row["source"]) for row in rows)
+        names = [printable(row["name"]) for row in rows]
+        origins = [printable(row["source"]) for row in rows]
+        name_width = max(len(name) for name in names)
+        origin_width = max(len(origin) for origin in origins)
         lines.append(f"  {'name'.ljust(name_width)}  id  fd  {'source'.ljust(origin_width)}  what")
-        for row in rows:
+        for name, origin, row in zip(names, origins, rows, strict=True):
             lines.append(
-                f"  {row['name'].ljust(name_width)}  {row['id']:>2}  {row['fd']:>2}  "
-                f"{row['source'].ljust(origin_width)}  {describe.summary(row['description'])}"
+                f"  {name.ljust(name_width)}  {row['id']:>2}  {row['fd']:>2}  "
+                f"{origin.ljust(origin_width)}  {describe.summary(row['description'])}"
             )
     lines.append(
         f"timing  connect {format_ms(sent.connect)}, send {format_ms(sent.send)}, "

@@ -32,7 +32,7 @@ import stat
 
 import anyio.lowlevel
 
-from ..address import FdAddress
+from ..address import FdAddress, bounded_int
 from ..errors import AddressError, ConnectError, TransportError
 from ._base import Listener, Stream
 from ._credentials import CredentialPolicy, same_user_or_root
@@ -55,6 +55,7 @@ log = logging.getLogger("fdchannel")
 SD_LISTEN_FDS_START = 3
 _DIGITS = "0123456789"
 _NUMBER = re.compile(r"[0-9]+")
+_INT_MAX = (1 << 31) - 1
 
 _registry: dict[str, int] = {}
 
@@ -139,7 +140,12 @@ def _descriptor(address: FdAddress, error: type[TransportError]) -> int:
                 "and must be all digits",
                 str(address),
             )
-        return int(name)
+        number = bounded_int(name, 10, _INT_MAX + 1)
+        if number > _INT_MAX:
+            # QEMU's qemu_parse_fd refuses it too: no descriptor is that large.
+            shown = name if len(name) <= 24 else f"{name[:20]}... ({len(name)} digits)"
+            raise error(f"fd:{shown} is larger than any descriptor number ({_INT_MAX})", address)
+        return number
     if name in _registry:
         return _registry[name]
     inherited = _inherited()

@@ -7,7 +7,7 @@ import socket
 
 import anyio
 
-from ..address import InetAddress, TcpAddress, family_for
+from ..address import InetAddress, TcpAddress, bounded_int, family_for
 from ..errors import AddressError, ConnectError, TransportError
 from ._socket import SocketListener, SocketStream, async_connect, tune_buffers
 
@@ -17,7 +17,9 @@ _BACKLOG = 4096
 
 
 def _port_number(address: InetAddress, text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
+    # ASCII digits only: str.isdigit() admits other scripts' digits, which
+    # getaddrinfo (and so QEMU) does not take as a port.
+    if not (text.isascii() and text.isdigit()) or bounded_int(text) > 65535:
         raise AddressError(
             f"{address}: port {text!r} is not a number from 0 to 65535", str(address)
         )
@@ -59,6 +61,11 @@ async def _resolve(
     except socket.gaierror as exc:
         error = ConnectError if not passive else TransportError
         raise error(f"cannot resolve {address}: {exc.strerror}", address) from exc
+    except UnicodeError as exc:
+        # The host name is encoded with IDNA first, which refuses some text.
+        raise AddressError(
+            f"{address}: host {address.host!r} is not a valid name: {exc}", str(address)
+        ) from exc
     return [(info[0], info[4]) for info in infos]
 
 
