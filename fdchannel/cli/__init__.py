@@ -146,10 +146,11 @@ def _add_recv(commands: argparse._SubParsersAction[_Parser], common: _Parser) ->
         parents=[common],
         usage=f"{PROG} recv [-h] [--json] [--debug] [--timeout SECONDS] URI -- CMD [ARGS ...]",
         help="receive descriptors, then exec CMD with them (socket activation)",
-        description="Listen on URI, accept one peer, receive its state, acknowledge by "
-        "closing, then exec CMD with the descriptors as fd 3, 4, ... and LISTEN_FDS, "
-        "LISTEN_FDNAMES and LISTEN_PID set, as systemd's socket activation does.  The "
-        "report goes to stderr: stdout is CMD's.",
+        description="Listen on URI, accept one peer, receive its state, then exec CMD "
+        "with the descriptors as fd 3, 4, ... and LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID "
+        "set, as systemd's socket activation does.  The sender is acknowledged once CMD has "
+        "started; a CMD that cannot be executed is refused (native codec) or never "
+        "acknowledged (qemu codec).  The report goes to stderr: stdout is CMD's.",
     )
     recv.add_argument("uri", metavar="URI", help="where to listen (unix: or fd:)")
     # Caught only to say where the command belongs: after "--".

@@ -1,12 +1,13 @@
 """``fdchannel recv URI -- CMD ARGS...``: receive descriptors, then become CMD.
 
-Listen on URI, accept one peer, receive its state (either codec), ack by
-closing, then exec CMD with the descriptors set up for socket activation as
-systemd does it: descriptors 3, 4, ... in the order sent, ``LISTEN_FDS``
-(how many), ``LISTEN_FDNAMES`` (their names joined by ``:``) and
-``LISTEN_PID`` (this pid, which exec keeps).  Any socket-activated server
-can so be handed sockets.  recv's own report goes to stderr: stdout is
-CMD's.
+Listen on URI, accept one peer, receive its state (either codec), then
+exec CMD with the descriptors set up for socket activation as systemd does
+it: descriptors 3, 4, ... in the order sent, ``LISTEN_FDS`` (how many),
+``LISTEN_FDNAMES`` (their names joined by ``:``) and ``LISTEN_PID`` (this
+pid, which exec keeps).  Any socket-activated server can so be handed
+sockets.  The acknowledgement comes once CMD has started, never before
+(see _become.py): a CMD that cannot be executed leaves the sender owning
+its descriptors.  recv's own report goes to stderr: stdout is CMD's.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import anyio
 
 from ..channel import Channel, ChannelType, parse_channel
 from ..fds import close_all
-from ._incoming import ack, receive_one
-from ._output import OK, CliError, Output, UsageError, plural
+from ._become import HOLD_LIMIT, Watcher, describe_exec_error, exec_acknowledging, interpreter
+from ._incoming import receive_one
+from ._output import CliError, Output, UsageError, plural, printable
 from ._run import run_async
 
 __all__ = ["SD_LISTEN_FDS_START", "run"]
@@ -35,10 +37,13 @@ SD_LISTEN_FDS_START = 3
 
 @dataclass
 class _Handed:
-    """What arrived: descriptors (ours until exec) and the report on them."""
+    """What arrived: descriptors (ours until exec), the unacknowledged
+    connection to the sender, and the report on them."""
 
     fds: list[int]
     names: list[str]
+    ack_fd: int
+    codec: str
     report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -50,6 +55,14 @@ def _program(command: list[str]) -> str:
     found = name if "/" in name else shutil.which(name)
     if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
         raise CliError(f"cannot run {name!r}: no such executable (PATH is searched)")
+    named = interpreter(found)
+    if named is not None and not (
+        named.startswith("/") and os.access(named, os.X_OK) and not os.path.isdir(named)
+    ):
+        raise CliError(
+            f"cannot run {found!r}: its #! line names the interpreter {named!r}, "
+            "which is not an executable file"
+        )
     return found
 
 
@@ -64,12 +77,15 @@ async def _receive(channel: Channel, options: argparse.Namespace, out: Output) -
                 f"descriptor name {bad[0]!r} contains ':', which LISTEN_FDNAMES uses "
                 "as its separator"
             )
-        outcome = await ack(received.stream, received.codec)
+        # Our own copy of the connection: closing the stream does not close
+        # it (no shutdown), so the sender waits on until CMD has started.
+        ack_fd = os.dup(received.stream.fileno())
     except BaseException:
         state.close()
         with anyio.CancelScope(shield=True):
             await received.stream.aclose()
         raise
+    await received.stream.aclose()
     report = {
         "ok": True,
         "listened_on": received.listened_on,
@@ -77,9 +93,9 @@ async def _receive(channel: Channel, options: argparse.Namespace, out: Output) -
         "codec": received.codec,
         "descriptors": [{"name": e.name, "id": e.id} for e in state.fds],
         "metadata_size": len(state.metadata),
-        "ack": outcome,
+        "ack": "when the command has started (the connection closes at exec)",
     }
-    return _Handed([entry.fd for entry in state.fds], names, report)
+    return _Handed([entry.fd for entry in state.fds], names, ack_fd, received.codec, report)
 
 
 def _move_to_activation_slots(fds: list[int]) -> None:
@@ -95,11 +111,18 @@ def _move_to_activation_slots(fds: list[int]) -> None:
 
 
 def run(options: argparse.Namespace, out: Output) -> int:
-    """Receive, then exec CMD; returns only if something failed before the exec."""
+    """Receive, then exec CMD; returns only if something failed, unacknowledged."""
     program = _program(options.command)
     address = parse_channel(options.uri).addr
     handed = run_async(_receive, Channel(ChannelType.CPR, address), options, out)
     count = len(handed.fds)
+    try:
+        watcher = Watcher(
+            handed.ack_fd, handed.codec, SD_LISTEN_FDS_START + count, options.timeout or HOLD_LIMIT
+        )
+    except BaseException:
+        close_all([*handed.fds, handed.ack_fd])
+        raise
     environment = dict(os.environ)
     environment.update(
         LISTEN_FDS=str(count),
@@ -116,13 +139,25 @@ def run(options: argparse.Namespace, out: Output) -> int:
     last = SD_LISTEN_FDS_START + count - 1
     slots = f"fd {SD_LISTEN_FDS_START}-{last}" if count > 1 else f"fd {last}" if count else "none"
     text = (
-        f"{out.prog}: received {plural(count, 'descriptor')} ({handed.report['codec']} codec), "
-        f"{handed.report['ack']}\n"
-        f"{out.prog}: exec {program} with LISTEN_FDS={count} "
-        f"LISTEN_FDNAMES={environment['LISTEN_FDNAMES']} ({slots})"
+        f"{out.prog}: received {plural(count, 'descriptor')} ({handed.codec} codec); "
+        "acknowledging once the command has started\n"
+        f"{out.prog}: exec {printable(program)} with LISTEN_FDS={count} "
+        f"LISTEN_FDNAMES={printable(environment['LISTEN_FDNAMES'])} ({slots})"
     )
     out.result(handed.report, text, file=sys.stderr)
-    _move_to_activation_slots(handed.fds)
+    try:
+        _move_to_activation_slots(handed.fds)
+        watcher.start()
+    except BaseException:
+        watcher.close()
+        close_all(handed.fds)
+        raise
     sys.stdout.flush()
-    os.execve(program, options.command, environment)
-    return OK  # pragma: no cover (execve does not return)
+    error = exec_acknowledging(program, options.command, environment, watcher)
+    # Still here: CMD did not start.  The watcher refuses on our behalf.
+    refused = (
+        "the sender was told (rejected)"
+        if handed.codec == "native"
+        else "not acknowledged: the connection is held until the sender gives up"
+    )
+    raise CliError(f"cannot run {program!r}: {describe_exec_error(program, error)}; {refused}")

@@ -61,7 +61,8 @@ def test_recv_hands_a_tcp_socket_to_a_server(sockdir: Path, server: list[str]) -
     assert answer == "hello from http (fd 4 of 2)\n"
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines()[1:3] == [
-        "fdchannel: received 2 descriptors (native codec), closed the connection",
+        "fdchannel: received 2 descriptors (native codec); acknowledging once the command "
+        "has started",
         f"fdchannel: exec {sys.executable} with LISTEN_FDS=2 LISTEN_FDNAMES=log:http (fd 3-4)",
     ]
     lines = sent.stdout.splitlines()
