@@ -6,10 +6,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from types import TracebackType
-from typing import NamedTuple, Self
+from typing import TYPE_CHECKING, NamedTuple, Self
 
 from .fds import close_all
 from .runs import Runs, check, runs_of
+
+if TYPE_CHECKING:
+    from .codecs.qemu import Subsection
 
 __all__ = ["FdState", "Limits", "NamedFd"]
 
@@ -38,9 +41,22 @@ class Limits:
     max_metadata: int = 1 << 30
     #: Largest single native frame in bytes.
     max_frame: int = 64 << 20
+    #: Most VMState subsections after a qemu state's descriptor list (QEMU 11.1 sends one).
+    max_subsections: int = 64
+    #: Largest subsection body in bytes (QEMU 11.1's is one byte; each vfio device adds its name).
+    max_subsection: int = 1 << 20
+    #: A qemu subsection this version cannot parse is a ProtocolError, not kept raw.
+    qemu_strict: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_name", "max_entries", "max_metadata", "max_frame"):
+        for name in (
+            "max_name",
+            "max_entries",
+            "max_metadata",
+            "max_frame",
+            "max_subsections",
+            "max_subsection",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"Limits.{name} must not be negative")
 
@@ -62,6 +78,10 @@ class FdState:
     descriptors): that is how the codecs build and read them, in C, and
     ``fds`` makes the NamedFd list only when someone asks for it.
     """
+
+    #: The VMState subsections a QEMU 10.1+ sent after its descriptors (qemu
+    #: codec only; ``fdchannel.codecs.qemu.Subsection``), written back as they came.
+    qemu_subsections: tuple[Subsection, ...] = ()
 
     def __init__(self, fds: Iterable[NamedFd | tuple[str, int, int]] = (), metadata: bytes = b""):
         entries = [entry if type(entry) is NamedFd else NamedFd(*entry) for entry in fds]
@@ -133,12 +153,19 @@ class FdState:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FdState):
             return NotImplemented
-        return self.fds == other.fds and self.metadata == other.metadata
+        return (
+            self.fds == other.fds
+            and self.metadata == other.metadata
+            and self.qemu_subsections == other.qemu_subsections
+        )
 
     __hash__ = None  # type: ignore[assignment]  # mutable, like the list it holds
 
     def __repr__(self) -> str:
-        return f"FdState({self.fds!r}, metadata={self.metadata!r})"
+        subsections = (
+            f", qemu_subsections={self.qemu_subsections!r}" if self.qemu_subsections else ""
+        )
+        return f"FdState({self.fds!r}, metadata={self.metadata!r}{subsections})"
 
     def __enter__(self) -> Self:
         return self

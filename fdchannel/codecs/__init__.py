@@ -3,10 +3,15 @@
 ``Decoder`` detects the codec from the stream's magic and parses whatever
 bytes and descriptors it is fed; it owns every descriptor it was given
 until it returns them inside the finished FdState.
+
+A native state ends at its end marker.  A qemu state has none: after the
+descriptor list QEMU 10.1 and later send VMState subsections, so it ends
+where the stream ends, and ``finish`` tells the qemu parser so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator
 
 from ..errors import ProtocolError
@@ -22,7 +27,10 @@ CODECS = ("native", "qemu")
 class Decoder:
     """Feed it what a stream delivers; it tells when the state is complete."""
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, *, strict: bool | None = None) -> None:
+        """``strict``: overrides ``limits.qemu_strict`` (unknown qemu subsections are errors)."""
+        if strict is not None:
+            limits = dataclasses.replace(limits, qemu_strict=strict)
         self.limits = limits
         self.codec: str | None = None
         self.progress = native.Progress()
@@ -30,9 +38,11 @@ class Decoder:
         self._fds = FdQueue()
         self._result: FdState | None = None
         #: Started by the first read that is not a whole native state.
-        self._parser: Generator[int, None, FdState] | None = None
+        self._parser: Generator[int, bool | None, FdState] | None = None
+        #: What the parser last asked for (qemu.MAY_END: the stream may end here).
+        self._need = -1
 
-    def _parse(self) -> Generator[int, None, FdState]:
+    def _parse(self) -> Generator[int, bool | None, FdState]:
         (magic,) = yield from self._src.unpack(">I")
         if magic == qemu.MAGIC:
             self.codec = "qemu"
@@ -47,8 +57,12 @@ class Decoder:
 
     @property
     def done(self) -> bool:
-        """True once the end marker has been parsed."""
-        return self._result is not None
+        """True once the bytes so far are a whole state: a native end marker was
+        parsed, or a qemu state is complete if the stream ends here."""
+        return self._result is not None or self._may_end()
+
+    def _may_end(self) -> bool:
+        return self.codec == "qemu" and self._need == qemu.MAY_END
 
     def feed(self, data: bytes, fds: list[int]) -> None:
         """Take the next bytes and the descriptors that came with them.
@@ -76,11 +90,16 @@ class Decoder:
                 )
             return
         self._src.append(data)
+        self._resume(None)
+
+    def _resume(self, ended: bool | None) -> None:
+        """Run the parser on; ``ended``: the stream has ended (qemu only)."""
         assert self._parser is not None
         try:
-            self._parser.send(None)
+            self._need = self._parser.send(ended)
         except StopIteration as stop:
             self._result = stop.value
+            self._need = -1
             if self._src.available() or len(self._fds):
                 raise ProtocolError(
                     f"{self._src.available()} byte(s) and {len(self._fds)} descriptor(s) "
@@ -94,6 +113,8 @@ class Decoder:
 
     def finish(self) -> FdState:
         """The state, once the stream ended; ProtocolError if it ended early."""
+        if self._result is None and self._may_end():
+            self._resume(True)  # a qemu state ends with its stream
         if self._result is None:
             codec = self.codec or "state"
             raise ProtocolError(

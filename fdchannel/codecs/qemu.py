@@ -1,31 +1,174 @@
-"""QEMU 10's cpr channel, byte for byte (migration/cpr.c's vmstate).
+"""QEMU's cpr channel, byte for byte, from QEMU 10.0 to 11.1 (migration/cpr.c).
 
-Layout: big-endian u32 magic ``QCPR``, u32 version 1, then per descriptor
-a byte 0x01, u32 name length counting the terminating NUL, the name and
-its NUL, i32 id, and one byte 0x20 that carries the descriptor; a byte
-0x00 ends the list.  The sender then half-closes.  Each 0x20 is sent in
-the same sendmsg as its descriptor, and QEMU flushes the bytes before it
-first, so a reader sees one descriptor per message.
+The stream is the ``CprState`` VMState after a header: big-endian u32 magic
+``QCPR``, u32 version 1.  Then the descriptor list: per descriptor a byte
+0x01, u32 name length counting the terminating NUL, the name and its NUL,
+i32 id, and one byte 0x20 that carries the descriptor; a byte 0x00 ends
+the list.  Each 0x20 is sent in the same sendmsg as its descriptor, and
+QEMU flushes the bytes before it first, so a reader sees one descriptor
+per message.  QEMU promises no order of the entries (10.0 sends the newest
+first, 11.1 another order), so none is assumed.
+
+Since 10.1 the list may be followed by VMState *subsections*
+(migration/vmstate.c): a byte 0x05, a u8 name length, the name without a
+NUL (always ``CprState/...``), a u32 version_id, then the body.  QEMU
+10.1 to 11.1 send ``CprState/vfio devices`` version 1 on every
+cpr-transfer.  Its body has two shapes: none at all in a QEMU built
+without IOMMUFD, and in one built with it (Debian's) a list like the
+descriptor list: per device 0x01, u32 name length with the NUL, the name
+and its NUL, i32 devid, u32 ioas_id, u32 hwpt_id; 0x00 ends it.  The
+sender then half-closes the socket.
+
+A subsection body carries no length, so only a parser that knows its
+fields can tell where it ends.  The rules this decoder keeps (it knows
+where the stream ends: the sender half-closes it):
+
+* After the descriptor list and after each subsection comes a byte 0x05
+  or the end of the stream; any other byte is a ProtocolError.  (QEMU's
+  own loader stops at such a byte and ignores the rest; we do not.)
+* ``CprState/vfio devices`` version 1 is parsed exactly.  The byte after
+  its header decides the shape: the end of the stream or 0x05 (the next
+  subsection) means the empty body; 0x01 or 0x00 a device list.
+* Any other (name, version) is unknown: its body runs to the end of the
+  stream.  So an unknown subsection is always the last one; should a
+  known one follow it, that one's bytes are in the unknown body, kept raw
+  and re-encoded byte for byte but not parsed.  Unknown subsections are
+  logged by name and version and kept (``Subsection.known`` is False),
+  unless ``Limits.qemu_strict`` asks for a ProtocolError instead.
+* Bounded by ``Limits``: ``max_subsections`` subsections, each body at
+  most ``max_subsection`` bytes, names at most ``max_name`` bytes, devices
+  at most ``max_entries``; a name twice is a ProtocolError.  Only the
+  entries carry descriptors: a descriptor left over is a ProtocolError.
+
+Every subsection lands in ``FdState.qemu_subsections``; ``encode`` writes
+a state's own subsections back unchanged, or those of a ``target`` QEMU.
+
+The parser tells the decoder where the stream may end: it yields
+``MAY_END`` (0: no byte needed) there, and gets True back once the stream
+has ended.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import struct
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ..errors import ProtocolError
 from ..state import DEFAULT_LIMITS, FdState, Limits, NamedFd
 from ._parse import ByteSource, FdQueue
 
-__all__ = ["MAGIC", "VERSION", "encode", "parse"]
+__all__ = [
+    "MAGIC",
+    "MAY_END",
+    "PREFIX",
+    "VERSION",
+    "VFIO_DEVICES",
+    "Subsection",
+    "VfioDevice",
+    "encode",
+    "parse",
+    "subsections_for",
+]
 
 MAGIC = 0x51435052  # "QCPR"
 VERSION = 1
 _MORE = 0x01
 _END = 0x00
 _FD_MARKER = 0x20  # qemu_file_put_fd sends one space byte with the descriptor
+#: QEMU_VM_SUBSECTION (migration/savevm.h).
+_SUBSECTION = 0x05
+#: The parent's name and a slash: vmstate_subsection_load takes only such names.
+PREFIX = "CprState/"
+#: The subsection QEMU 10.1 to 11.1 send (hw/vfio/cpr-iommufd.c, iommufd-stubs.c).
+VFIO_DEVICES = "CprState/vfio devices"
+#: What the parser yields where the stream may end (it needs no more bytes).
+MAY_END = 0
+#: A subsection name's length is one byte on the wire.
+_MAX_NAME = 255
 
 Message = tuple[bytes, list[int]]
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VfioDevice:
+    """One entry of ``CprState/vfio devices`` (hw/vfio/cpr-iommufd.c)."""
+
+    name: str
+    devid: int  # int32
+    ioas_id: int  # uint32
+    hwpt_id: int  # uint32
+
+    def __post_init__(self) -> None:
+        if "\0" in self.name:
+            raise ValueError(f"vfio device name {self.name!r} contains a NUL")
+        if not -(1 << 31) <= self.devid < 1 << 31:
+            raise ValueError(f"vfio devid {self.devid} is not an int32")
+        for what, value in (("ioas_id", self.ioas_id), ("hwpt_id", self.hwpt_id)):
+            if not 0 <= value < 1 << 32:
+                raise ValueError(f"vfio {what} {value} is not a u32")
+
+    def to_bytes(self) -> bytes:
+        name = self.name.encode("utf-8", "surrogateescape") + b"\0"
+        fixed = struct.pack(">iII", self.devid, self.ioas_id, self.hwpt_id)
+        return struct.pack(">BI", _MORE, len(name)) + name + fixed
+
+
+@dataclass(frozen=True)
+class Subsection:
+    """One VMState subsection after the descriptor list, its body kept raw.
+
+    ``devices`` is the body parsed, for ``CprState/vfio devices`` version 1;
+    None for a subsection this codec does not know (``known`` False).
+    """
+
+    name: str
+    version_id: int
+    body: bytes = b""
+    devices: tuple[VfioDevice, ...] | None = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        raw = self.name.encode("utf-8", "surrogateescape")
+        if not self.name.startswith(PREFIX) or not len(PREFIX) < len(raw) <= _MAX_NAME:
+            raise ValueError(
+                f"subsection name {self.name!r} is not {PREFIX}NAME, 255 bytes at most"
+            )
+        if not 0 <= self.version_id < 1 << 32:
+            raise ValueError(f"subsection version {self.version_id} is not a u32")
+        object.__setattr__(self, "devices", _parse_known_body(self))
+
+    @property
+    def known(self) -> bool:
+        """Whether this codec knows the subsection's fields."""
+        return self.devices is not None
+
+    @classmethod
+    def vfio_devices(
+        cls, devices: Sequence[VfioDevice] = (), *, iommufd: bool = True
+    ) -> Subsection:
+        """``CprState/vfio devices`` as QEMU writes it; ``iommufd`` False: the empty stub."""
+        if not iommufd:
+            if devices:
+                raise ValueError("a QEMU without IOMMUFD sends no vfio devices")
+            return cls(VFIO_DEVICES, 1)
+        body = b"".join(device.to_bytes() for device in devices) + bytes([_END])
+        return cls(VFIO_DEVICES, 1, body)
+
+    def to_bytes(self) -> bytes:
+        """The subsection on the wire: marker, name, version, body."""
+        name = self.name.encode("utf-8", "surrogateescape")
+        header = struct.pack(">BB", _SUBSECTION, len(name)) + name
+        return header + struct.pack(">I", self.version_id) + self.body
+
+
+# --------------------------------------------------------------------------
+# Encoding
 
 
 def _entry_bytes(entry: NamedFd) -> bytes:
@@ -33,59 +176,279 @@ def _entry_bytes(entry: NamedFd) -> bytes:
     return struct.pack(">BI", _MORE, len(name)) + name + struct.pack(">i", entry.id)
 
 
-def encode(state: FdState) -> list[Message]:
-    """The messages to send, each (bytes, descriptors), as QEMU sends them."""
+def _target_version(target: str) -> tuple[int, int]:
+    """``"11"``, ``"10.1"``, ``"11.1.3"`` -> (major, minor); ValueError for others."""
+    match = re.fullmatch(r"(\d+)(?:\.(\d+))?(?:\.\d+)?", target)
+    if match is None:
+        raise ValueError(f"qemu target {target!r} is not a QEMU version like '10.0' or '11.1'")
+    version = (int(match[1]), int(match[2] or 0))
+    if version < (10, 0):
+        raise ValueError(f"QEMU {target} has no cpr-transfer (it came with 10.0)")
+    return version
+
+
+def _carries_nothing(sub: Subsection) -> bool:
+    return sub.name == VFIO_DEVICES and sub.devices == ()
+
+
+def subsections_for(state: FdState, target: str | None = None) -> tuple[Subsection, ...]:
+    """The subsections ``encode`` writes for ``state`` to a ``target`` QEMU.
+
+    None: the state's own.  ``"10.0"``: none (QEMU 10.0 fails on any); a
+    subsection that carries something is a ProtocolError rather than
+    dropped.  ``"10.1"`` and later: the state's own, with an empty
+    ``CprState/vfio devices`` first if it has none, as QEMU 11.1 sends.
+    """
+    own = state.qemu_subsections
+    if target is None:
+        return own
+    if _target_version(target) < (10, 1):
+        lost = [
+            f"{sub.name} (version {sub.version_id})" for sub in own if not _carries_nothing(sub)
+        ]
+        if lost:
+            raise ProtocolError(f"QEMU {target} takes no subsections; the state has {lost}")
+        return ()
+    if any(sub.name == VFIO_DEVICES for sub in own):
+        return own
+    return (Subsection.vfio_devices(), *own)
+
+
+def encode(state: FdState, target: str | None = None) -> list[Message]:
+    """The messages to send, each (bytes, descriptors), as QEMU sends them.
+
+    ``target``: see ``subsections_for``; the default writes the state's own
+    subsections, so a state built here (none) gives QEMU 10.0's bytes.
+    """
     if state.metadata:
         raise ProtocolError("the qemu codec cannot carry metadata; use the native codec")
+    tail = b"".join(sub.to_bytes() for sub in subsections_for(state, target))
     messages: list[Message] = []
     pending = struct.pack(">II", MAGIC, VERSION)
     for entry in state.fds:  # the state checked that every id fits QEMU's int32
         messages.append((pending + _entry_bytes(entry) + bytes([_FD_MARKER]), [entry.fd]))
         pending = b""
-    messages.append((pending + bytes([_END]), []))
+    # QEMU 11.1 sends the list's end and its subsections in one message.
+    messages.append((pending + bytes([_END]) + tail, []))
     return messages
+
+
+# --------------------------------------------------------------------------
+# Parsing
 
 
 def parse(
     src: ByteSource, fds: FdQueue, limits: Limits = DEFAULT_LIMITS
-) -> Generator[int, None, FdState]:
+) -> Generator[int, bool | None, FdState]:
     """Parser (see _parse): the state after the magic; descriptors come from ``fds``."""
     (version,) = yield from src.unpack(">I")
     if version != VERSION:
         raise ProtocolError(f"qemu cpr stream has version {version}; only {VERSION} is known")
     entries: list[NamedFd] = []
-    seen: set[tuple[str, int]] = set()
     try:
-        while True:
-            (tag,) = yield from src.unpack(">B")
-            if tag == _END:
-                return FdState(entries)
-            if tag != _MORE:
-                raise ProtocolError(
-                    f"qemu cpr stream: byte {tag:#04x} at offset {src.offset - 1} is neither "
-                    "0x01 (another descriptor) nor 0x00 (end of list)"
-                )
-            if len(entries) >= limits.max_entries:
-                raise ProtocolError(f"qemu cpr stream has more than {limits.max_entries} entries")
-            (length,) = yield from src.unpack(">I")
-            if not 1 <= length <= limits.max_name + 1:
-                raise ProtocolError(
-                    f"qemu cpr stream: name length {length} at offset {src.offset - 4} is not "
-                    f"from 1 to {limits.max_name + 1} (the NUL included)"
-                )
-            raw = yield from src.read(length)
-            if raw[-1] != 0 or 0 in raw[:-1]:
-                raise ProtocolError(f"qemu cpr stream: name {raw!r} is not one NUL-ended string")
-            name = raw[:-1].decode("utf-8", "surrogateescape")
-            (ident, marker) = yield from src.unpack(">iB")
-            if marker != _FD_MARKER:
-                raise ProtocolError(
-                    f"qemu cpr stream: descriptor marker for {name!r} is {marker:#04x}, not 0x20"
-                )
-            if (name, ident) in seen:
-                raise ProtocolError(f"qemu cpr stream names {name!r} id {ident} twice")
-            seen.add((name, ident))
-            entries.append(NamedFd(name, ident, fds.pop(f"qemu cpr entry {name!r}")))
+        yield from _entries(src, fds, limits, entries)
+        subsections = yield from _subsections(src, limits)
     except BaseException:
         FdState(entries).close()
         raise
+    state = FdState(entries)
+    state.qemu_subsections = subsections
+    return state
+
+
+def _entries(
+    src: ByteSource, fds: FdQueue, limits: Limits, entries: list[NamedFd]
+) -> Generator[int, None, None]:
+    """The descriptor list, into ``entries`` (the caller closes them on error)."""
+    seen: set[tuple[str, int]] = set()
+    while True:
+        (tag,) = yield from src.unpack(">B")
+        if tag == _END:
+            return
+        if tag != _MORE:
+            raise ProtocolError(
+                f"qemu cpr stream: byte {tag:#04x} at offset {src.offset - 1} is neither "
+                "0x01 (another descriptor) nor 0x00 (end of list)"
+            )
+        if len(entries) >= limits.max_entries:
+            raise ProtocolError(f"qemu cpr stream has more than {limits.max_entries} entries")
+        name = yield from _c_string(src, limits, "name")
+        (ident, marker) = yield from src.unpack(">iB")
+        if marker != _FD_MARKER:
+            raise ProtocolError(
+                f"qemu cpr stream: descriptor marker for {name!r} is {marker:#04x}, not 0x20"
+            )
+        if (name, ident) in seen:
+            raise ProtocolError(f"qemu cpr stream names {name!r} id {ident} twice")
+        seen.add((name, ident))
+        entries.append(NamedFd(name, ident, fds.pop(f"qemu cpr entry {name!r}")))
+
+
+def _c_string(src: ByteSource, limits: Limits, what: str) -> Generator[int, None, str]:
+    """A u32 length counting the NUL, then the string and its NUL."""
+    (length,) = yield from src.unpack(">I")
+    if not 1 <= length <= limits.max_name + 1:
+        raise ProtocolError(
+            f"qemu cpr stream: {what} length {length} at offset {src.offset - 4} is not "
+            f"from 1 to {limits.max_name + 1} (the NUL included)"
+        )
+    raw = yield from src.read(length)
+    if raw[-1] != 0 or 0 in raw[:-1]:
+        raise ProtocolError(f"qemu cpr stream: {what} {raw!r} is not one NUL-ended string")
+    return raw[:-1].decode("utf-8", "surrogateescape")
+
+
+def _byte_or_end(src: ByteSource) -> Generator[int, bool | None, int | None]:
+    """The next byte, or None if the stream ends first (a place it may end)."""
+    while not src.available():
+        if (yield MAY_END):
+            return None
+    (value,) = yield from src.unpack(">B")
+    return value
+
+
+def _subsections(
+    src: ByteSource, limits: Limits
+) -> Generator[int, bool | None, tuple[Subsection, ...]]:
+    """Zero or more subsections up to the end of the stream."""
+    found: list[Subsection] = []
+    tag = yield from _byte_or_end(src)
+    while tag is not None:
+        if tag != _SUBSECTION:
+            raise ProtocolError(
+                f"qemu cpr stream: byte {tag:#04x} at offset {src.offset - 1} after the "
+                "descriptor list is not 0x05 (a subsection), and the stream did not end there"
+            )
+        if len(found) >= limits.max_subsections:
+            raise ProtocolError(
+                f"qemu cpr stream has more than {limits.max_subsections} subsections"
+            )
+        name, version = yield from _header(src, limits)
+        if any(sub.name == name for sub in found):
+            raise ProtocolError(f"qemu cpr stream has subsection {name!r} twice")
+        body, tag = yield from _body(src, name, version, limits)
+        found.append(Subsection(name, version, body))
+    return tuple(found)
+
+
+def _header(src: ByteSource, limits: Limits) -> Generator[int, None, tuple[str, int]]:
+    """A subsection's name and version, after its 0x05."""
+    (length,) = yield from src.unpack(">B")
+    if not len(PREFIX) < length <= limits.max_name:
+        raise ProtocolError(
+            f"qemu cpr stream: subsection name length {length} at offset {src.offset - 1} "
+            f"is not from {len(PREFIX) + 1} to {min(limits.max_name, _MAX_NAME)}"
+        )
+    raw = yield from src.read(length)
+    name = raw.decode("utf-8", "surrogateescape")
+    if not name.startswith(PREFIX) or "\0" in name:
+        raise ProtocolError(
+            f"qemu cpr stream: subsection {name!r} is not one of CprState's ({PREFIX}NAME)"
+        )
+    (version,) = yield from src.unpack(">I")
+    return name, version
+
+
+#: A known body: its bytes, its devices and the byte after it (None: the stream ended).
+Body = tuple[bytes, tuple["VfioDevice", ...], int | None]
+BodyParser = Callable[[ByteSource, Limits], Generator[int, bool | None, Body]]
+
+
+def _body(
+    src: ByteSource, name: str, version: int, limits: Limits
+) -> Generator[int, bool | None, tuple[bytes, int | None]]:
+    """A subsection's body and the byte after it (None: the stream ended)."""
+    parser = _KNOWN.get((name, version))
+    if parser is not None:
+        body, _devices, after = yield from parser(src, limits)
+        return body, after
+    if limits.qemu_strict:
+        raise ProtocolError(
+            f"qemu cpr stream: unknown subsection {name!r} version {version} "
+            f"(strict decoding; known: {VFIO_DEVICES!r} version 1)"
+        )
+    log.warning("qemu cpr stream: unknown subsection %r version %d kept raw", name, version)
+    body = yield from _rest(src, limits.max_subsection, name)
+    return body, None
+
+
+def _rest(src: ByteSource, limit: int, name: str) -> Generator[int, bool | None, bytes]:
+    """Everything up to the end of the stream: an unknown subsection's body."""
+    while src.available() <= limit:
+        if (yield MAY_END):
+            return (yield from src.read(src.available()))
+    raise ProtocolError(
+        f"qemu cpr stream: unknown subsection {name!r} is longer than {limit} bytes"
+    )
+
+
+def _vfio_devices(src: ByteSource, limits: Limits) -> Generator[int, bool | None, Body]:
+    """``CprState/vfio devices`` v1: no body, or a device list; then the next byte."""
+    first = yield from _byte_or_end(src)
+    if first is None or first == _SUBSECTION:
+        return b"", (), first  # built without IOMMUFD: the subsection has no fields
+    parts = [bytes([first])]
+    devices: list[VfioDevice] = []
+    size, tag = 1, first
+    while tag == _MORE:
+        if len(devices) >= limits.max_entries:
+            raise ProtocolError(f"qemu cpr stream has more than {limits.max_entries} vfio devices")
+        device = yield from _vfio_device(src, limits)
+        raw = device.to_bytes()[1:]  # without its 0x01, already counted
+        size += len(raw) + 1
+        if size > limits.max_subsection:
+            raise ProtocolError(
+                f"qemu cpr stream: {VFIO_DEVICES!r} is longer than {limits.max_subsection} bytes"
+            )
+        (tag,) = yield from src.unpack(">B")
+        parts += [raw, bytes([tag])]
+        devices.append(device)
+    if tag != _END:
+        raise ProtocolError(
+            f"qemu cpr stream: byte {tag:#04x} at offset {src.offset - 1} in {VFIO_DEVICES!r} "
+            "is neither 0x01 (another device) nor 0x00 (end of list)"
+        )
+    after = yield from _byte_or_end(src)
+    return b"".join(parts), tuple(devices), after
+
+
+def _vfio_device(src: ByteSource, limits: Limits) -> Generator[int, None, VfioDevice]:
+    """One device after its 0x01: name, devid, ioas_id, hwpt_id."""
+    name = yield from _c_string(src, limits, "vfio device name")
+    devid, ioas_id, hwpt_id = yield from src.unpack(">iII")
+    return VfioDevice(name, devid, ioas_id, hwpt_id)
+
+
+_KNOWN: dict[tuple[str, int], BodyParser] = {(VFIO_DEVICES, 1): _vfio_devices}
+
+
+def _parse_known_body(sub: Subsection) -> tuple[VfioDevice, ...] | None:
+    """The devices in a known subsection's body; None if the subsection is unknown."""
+    if (sub.name, sub.version_id) not in _KNOWN:
+        return None
+    src = ByteSource()
+    src.append(sub.body)
+    body, devices, after = _run_to_end(_KNOWN[sub.name, sub.version_id](src, _UNBOUNDED), sub.name)
+    if after is not None:
+        raise ValueError(f"{sub.name!r} has bytes after its body: {sub.body[len(body) :]!r}")
+    return devices
+
+
+def _run_to_end(parser: Generator[int, bool | None, T], what: str) -> T:
+    """Run a parser over bytes already all there, the stream ended after them."""
+    try:
+        need = next(parser)
+        while need == MAY_END:
+            need = parser.send(True)
+        raise ValueError(f"{what} body ends in the middle of a field")
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+    except ProtocolError as exc:
+        raise ValueError(str(exc)) from None
+    finally:
+        parser.close()
+
+
+#: Bounds for bodies already in memory: nothing more is allocated for them.
+_UNBOUNDED = Limits(max_name=1 << 32, max_entries=1 << 32, max_subsection=1 << 62)
