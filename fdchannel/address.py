@@ -60,6 +60,18 @@ _U64 = (1 << 64) - 1
 _MAX_DIGITS = 24
 
 
+def shown(value: object, limit: int = 200) -> str:
+    """``repr(value)`` for an error message, cut at ``limit`` characters.
+
+    Never raises: repr() of an integer over 4300 digits does (ValueError).
+    """
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"<{type(value).__name__} holding a number too long to print>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def bounded_int(digits: str | bytes, base: int = 10, ceiling: int = 1 << 64) -> int:
     """``int(digits, base)`` (ASCII digits only), or ``ceiling`` if the value is larger.
 
@@ -709,7 +721,7 @@ class QapiReader:
         self.unvisited: dict[Any, None] = dict.fromkeys(data)
 
     def fail(self, detail: str) -> NoReturn:
-        raise AddressError(f"invalid {self.what} {self.source!r}: {detail}", self.source)
+        raise AddressError(f"invalid {self.what} {shown(self.source)}: {detail}", self.source)
 
     def name(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -750,7 +762,7 @@ class QapiReader:
         value = self.string(key)
         if value not in choices:
             self.fail(
-                f"parameter '{self.name(key)}' does not accept value {value!r}: expected "
+                f"parameter '{self.name(key)}' does not accept value {shown(value)}: expected "
                 + " or ".join(repr(choice) for choice in choices)
             )
         return value
@@ -766,7 +778,7 @@ class QapiReader:
             return True
         if value in _FALSE_WORDS:
             return False
-        self.fail(f"parameter '{self.name(key)}' expects 'on' or 'off', got {value!r}")
+        self.fail(f"parameter '{self.name(key)}' expects 'on' or 'off', got {shown(value)}")
 
     def uint(self, key: str, bits: int, *, optional: bool = False) -> int | None:
         value = self.get(key, optional=optional)
@@ -786,7 +798,7 @@ class QapiReader:
             # Beyond 64 bits QEMU's JSON parser holds a double, never an integer.
             number = value if 0 <= value <= _U64 else None
         if number is None or number > limit:
-            self.fail(f"{expects}, got {value!r}")
+            self.fail(f"{expects}, got {shown(value)}")
         return number
 
     def strings(self, key: str) -> tuple[str, ...]:

@@ -40,6 +40,7 @@ from .address import (
     keyval_members,
     parse_address,
     read_address,
+    shown,
 )
 from .errors import AddressError, ChannelError
 
@@ -107,7 +108,7 @@ def parse_channel(spec: str | Mapping[str, Any] | Channel | Address) -> Channel:
         return _read_channel(spec, keyval=False, source=spec, what="QAPI channel")
     if not isinstance(spec, str):
         raise AddressError(
-            f"{spec!r} is not a channel: expected URI, JSON or keyval text, or a mapping", spec
+            f"{shown(spec)} is not a channel: expected URI, JSON or keyval text, or a mapping", spec
         )
     if spec.startswith("{"):
         return _read_channel(_Json(spec).document(), keyval=False, source=spec, what="JSON channel")
@@ -454,7 +455,7 @@ def validate_channels(
     found: dict[ChannelType, Channel] = {}
     for channel in channels:
         if not isinstance(channel, Channel):
-            raise ChannelError(f"{channel!r} is not a Channel (parse it with parse_channel)")
+            raise ChannelError(f"{shown(channel)} is not a Channel (parse it with parse_channel)")
         if channel.type in found:
             raise ChannelError(
                 f"channel list has more than one {channel.type.value} entry: "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import anyio
@@ -22,7 +22,13 @@ import anyio.abc
 from .address import Address
 from .capabilities import Capability
 from .channel import Channel
-from .errors import CapabilityError, FdChannelError, PeerCredentialsError, TransportError
+from .errors import (
+    CapabilityError,
+    FdChannelError,
+    HandoffTimeout,
+    PeerCredentialsError,
+    TransportError,
+)
 from .fds import SCM_MAX_FD, close_all
 from .handoff._common import accept_admitted, connect_retrying
 from .transports import Stream, Target, listen, resolve_target
@@ -96,6 +102,16 @@ async def _pump(
         await dst.send_eof()
 
 
+@contextlib.contextmanager
+def _deadline(seconds: float | None, what: str) -> Iterator[None]:
+    """A deadline whose expiry is a HandoffTimeout (also a TimeoutError)."""
+    try:
+        with anyio.fail_after(seconds if seconds is not None else math.inf):
+            yield
+    except TimeoutError as exc:
+        raise HandoffTimeout(f"relay: {what} within {seconds} s") from exc
+
+
 def _log_refused(exc: PeerCredentialsError) -> None:
     log.warning("relay: %s", exc)
 
@@ -129,7 +145,7 @@ async def relay(
     """Accept one peer on ``source``, connect ``dest``, and copy until both sides ended.
 
     ``accept_timeout`` bounds the wait for the peer, ``connect_timeout`` the
-    attempts to reach ``dest`` (TimeoutError); the copying itself runs until
+    attempts to reach ``dest`` (HandoffTimeout, also a TimeoutError); the copying itself runs until
     both sides end, under the caller's own cancel scope.
 
     With ``task_group.start(relay, ...)`` the start returns once the relay
@@ -138,12 +154,12 @@ async def relay(
     stats = RelayStats()
     async with await listen(source, **listen_options) as listener:
         task_status.started(listener.address)
-        with anyio.fail_after(accept_timeout if accept_timeout is not None else math.inf):
+        with _deadline(accept_timeout, f"nobody connected to {listener.address}"):
             # A peer the credential policy refuses was closed unread: wait for the next.
             incoming = await accept_admitted(listener, _log_refused)
     try:
         address, kind = resolve_target(dest)
-        with anyio.fail_after(connect_timeout if connect_timeout is not None else math.inf):
+        with _deadline(connect_timeout, f"could not connect to {address}"):
             # The receiver may still be starting: retry until the deadline.
             outgoing = await connect_retrying(Channel(kind, address))
         try:
