@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         HandoffTimeout,
         PeerCredentialsError,
         ProtocolError,
+        StateError,
         TransportError,
         TruncatedFdsError,
     )
@@ -70,6 +71,7 @@ _LAZY = {
     "HandoffTimeout": ".errors",
     "PeerCredentialsError": ".errors",
     "ProtocolError": ".errors",
+    "StateError": ".errors",
     "TransportError": ".errors",
     "TruncatedFdsError": ".errors",
     "Ack": ".handoff",
@@ -135,6 +137,7 @@ __all__ = [
     "HandoffTimeout",
     "PeerCredentialsError",
     "ProtocolError",
+    "StateError",
     "RdmaAddress",
     "TcpAddress",
     "TransportError",

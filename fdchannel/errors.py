@@ -14,6 +14,7 @@ __all__ = [
     "HandoffTimeout",
     "PeerCredentialsError",
     "ProtocolError",
+    "StateError",
     "TransportError",
     "TruncatedFdsError",
 ]
@@ -61,6 +62,11 @@ class FdPassingError(FdChannelError):
 
 class TruncatedFdsError(FdPassingError):
     """The kernel cut the descriptor array (MSG_CTRUNC); what arrived was closed."""
+
+
+class StateError(FdChannelError, ValueError):
+    """A state or descriptor list that cannot travel: a name with a NUL, an id
+    outside int32, a (name, id) twice, a descriptor number that is no C int."""
 
 
 class ProtocolError(FdChannelError):

@@ -32,7 +32,7 @@ import socket
 import struct
 from collections.abc import Iterator, Sequence
 
-from .errors import FdPassingError, TruncatedFdsError
+from .errors import FdPassingError, StateError, TruncatedFdsError
 
 __all__ = [
     "SCM_MAX_FD",
@@ -148,7 +148,7 @@ def split_for_sending(data: bytes, fds: Sequence[int]) -> Iterator[tuple[bytes, 
         return
     batches = [fds[i : i + SCM_MAX_FD] for i in range(0, len(fds), SCM_MAX_FD)]
     if len(data) < len(batches):
-        raise ValueError(
+        raise StateError(
             f"sending {len(fds)} descriptors takes {len(batches)} messages of at most "
             f"{SCM_MAX_FD}, each carrying at least one byte; got {len(data)} byte(s)"
         )
@@ -181,7 +181,7 @@ def _int_array(fds: Sequence[int]) -> bytes:
         # them in 4.2: the sender's biggest Python cost per message.
         return _int_struct(len(fds)).pack(*fds)
     except struct.error:
-        raise ValueError(f"descriptors must be ints that fit a C int: {list(fds)!r}") from None
+        raise StateError(f"descriptors must be ints that fit a C int: {list(fds)!r}") from None
 
 
 @functools.cache

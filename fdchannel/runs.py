@@ -16,6 +16,8 @@ from itertools import chain, compress, count, islice, pairwise, repeat
 from operator import add, ne, or_, sub
 from typing import NamedTuple
 
+from .errors import StateError
+
 __all__ = ["Runs", "check", "expand", "runs_of"]
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -66,21 +68,29 @@ def check(runs: Runs, total: int) -> None:
     """
     names, firsts, lengths = runs
     if not len(names) == len(firsts) == len(lengths):
-        raise ValueError("run columns differ in length")
+        raise StateError("run columns differ in length")
     if names and (min(firsts) < INT32_MIN or max(firsts) > INT32_MAX):
-        raise ValueError("an id does not fit in a signed 32-bit integer")
-    if "\0" in "".join(names):
-        raise ValueError("a descriptor name contains a NUL character")
+        raise StateError("an id does not fit in a signed 32-bit integer")
+    joined = "".join(names)
+    if "\0" in joined:
+        raise StateError("a descriptor name contains a NUL character")
+    if not joined.isascii():  # isascii is free on ASCII text: the usual case costs nothing
+        try:
+            joined.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError as exc:
+            raise StateError(
+                f"a descriptor name holds {joined[exc.start : exc.end]!r}, which no bytes encode"
+            ) from None
     if len(names) == total:
         if total and not min(lengths) == max(lengths) == 1:
-            raise ValueError(f"{total} runs hold {sum(lengths)} entries, not {total}")
+            raise StateError(f"{total} runs hold {sum(lengths)} entries, not {total}")
     else:
         if (total and not names) or (names and min(lengths) < 1):
-            raise ValueError("a run holds no entry")
+            raise StateError("a run holds no entry")
         if sum(lengths) != total:
-            raise ValueError(f"runs hold {sum(lengths)} entries, not {total}")
+            raise StateError(f"runs hold {sum(lengths)} entries, not {total}")
         if names and max(map(add, firsts, lengths)) - 1 > INT32_MAX:
-            raise ValueError("an id does not fit in a signed 32-bit integer")
+            raise StateError("an id does not fit in a signed 32-bit integer")
     if len(set(names)) == len(names):
         return  # distinct names: distinct (name, id) pairs
     spans: dict[str, list[tuple[int, int]]] = {}
@@ -90,7 +100,7 @@ def check(runs: Runs, total: int) -> None:
         ranges.sort()
         for (_, end), (start, _) in pairwise(ranges):
             if start < end:
-                raise ValueError(f"duplicate descriptor name {name!r} id {start}")
+                raise StateError(f"duplicate descriptor name {name!r} id {start}")
 
 
 def expand(runs: Runs, total: int) -> tuple[Sequence[str], Sequence[int]]:

@@ -8,6 +8,7 @@ from itertools import repeat
 from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple, Self
 
+from .errors import StateError
 from .fds import close_all
 from .runs import Runs, check, runs_of
 
@@ -106,7 +107,7 @@ class FdState:
         ``runs``: the columns' runs, already checked (a decoder read them).
         """
         if not len(names) == len(ids) == len(fds):
-            raise ValueError("names, ids and descriptors differ in length")
+            raise StateError("names, ids and descriptors differ in length")
         state = cls.__new__(cls)
         state._runs = _checked_runs(names, ids) if runs is None else runs
         state._entries = None

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 import fdchannel
 from fdchannel import Channel, FdChannelError, FdState, NamedFd
 from fdchannel.cli import main
-from fdchannel.codecs import Decoder, native
+from fdchannel.codecs import Decoder, native, qemu
 from fdchannel.transfer import Codec
 
 from .conftest import BACKENDS
@@ -305,6 +305,27 @@ def test_decoder(chunks: list[bytes], fd_counts: list[int]) -> None:
     finally:
         decoder.close()
     _call(lambda: list(native.encode(FdState(), window=1)))
+
+
+@_settings(300)
+@given(
+    st.lists(
+        st.tuples(TEXT, st.integers(-(1 << 40), 1 << 40), st.integers(-5, 1 << 40)), max_size=4
+    ),
+    st.binary(max_size=8),
+    st.sampled_from([None, "10.0", "10.1", "11", "11.1", "9.2", "\udcff"]),
+    st.sampled_from([None, 0, 1, 253, 254, -253, 1 << 32]),
+)
+def test_states_and_encoders(
+    entries: list[tuple[str, int, int]], metadata: bytes, target: str | None, window: int | None
+) -> None:
+    try:
+        state = FdState(entries, metadata)
+    except Exception as exc:
+        _only_ours(exc)
+        return
+    _call(lambda: qemu.encode(state, target))
+    _call(lambda: list(native.encode(state, window)))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

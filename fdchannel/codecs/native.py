@@ -25,7 +25,7 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, StateError
 from ..fds import SCM_MAX_FD, close_all
 from ..runs import Runs, check, expand
 from ..state import DEFAULT_LIMITS, FdState, Limits
@@ -130,8 +130,10 @@ def encode(state: FdState, window: int | None = None) -> Iterator[Send | AwaitAc
     pairs, int32 ids, names without NUL) when it was built.
     """
     window = default_window() if window is None else window
+    if not 0 <= window <= 0xFFFFFFFF:
+        raise StateError(f"window {window} must be from 0 (none) to 2**32 - 1 descriptors")
     if window and window % SCM_MAX_FD and window < len(state):
-        raise ValueError(f"window {window} must be a multiple of {SCM_MAX_FD}")
+        raise StateError(f"window {window} must be a multiple of {SCM_MAX_FD}")
     crc = 0
 
     def emit(data: bytes, fds: list[int] | None = None) -> Send:

@@ -57,7 +57,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, StateError
 from ..state import DEFAULT_LIMITS, FdState, Limits, NamedFd
 from ._parse import ByteSource, FdQueue
 
@@ -107,12 +107,12 @@ class VfioDevice:
 
     def __post_init__(self) -> None:
         if "\0" in self.name:
-            raise ValueError(f"vfio device name {self.name!r} contains a NUL")
+            raise StateError(f"vfio device name {self.name!r} contains a NUL")
         if not -(1 << 31) <= self.devid < 1 << 31:
-            raise ValueError(f"vfio devid {self.devid} is not an int32")
+            raise StateError(f"vfio devid {self.devid} is not an int32")
         for what, value in (("ioas_id", self.ioas_id), ("hwpt_id", self.hwpt_id)):
             if not 0 <= value < 1 << 32:
-                raise ValueError(f"vfio {what} {value} is not a u32")
+                raise StateError(f"vfio {what} {value} is not a u32")
 
     def to_bytes(self) -> bytes:
         name = self.name.encode("utf-8", "surrogateescape") + b"\0"
@@ -136,11 +136,11 @@ class Subsection:
     def __post_init__(self) -> None:
         raw = self.name.encode("utf-8", "surrogateescape")
         if not self.name.startswith(PREFIX) or not len(PREFIX) < len(raw) <= _MAX_NAME:
-            raise ValueError(
+            raise StateError(
                 f"subsection name {self.name!r} is not {PREFIX}NAME, 255 bytes at most"
             )
         if not 0 <= self.version_id < 1 << 32:
-            raise ValueError(f"subsection version {self.version_id} is not a u32")
+            raise StateError(f"subsection version {self.version_id} is not a u32")
         object.__setattr__(self, "devices", _parse_known_body(self))
 
     @property
@@ -155,7 +155,7 @@ class Subsection:
         """``CprState/vfio devices`` as QEMU writes it; ``iommufd`` False: the empty stub."""
         if not iommufd:
             if devices:
-                raise ValueError("a QEMU without IOMMUFD sends no vfio devices")
+                raise StateError("a QEMU without IOMMUFD sends no vfio devices")
             return cls(VFIO_DEVICES, 1)
         body = b"".join(device.to_bytes() for device in devices) + bytes([_END])
         return cls(VFIO_DEVICES, 1, body)
@@ -180,10 +180,10 @@ def _target_version(target: str) -> tuple[int, int]:
     """``"11"``, ``"10.1"``, ``"11.1.3"`` -> (major, minor); ValueError for others."""
     match = re.fullmatch(r"(\d+)(?:\.(\d+))?(?:\.\d+)?", target)
     if match is None:
-        raise ValueError(f"qemu target {target!r} is not a QEMU version like '10.0' or '11.1'")
+        raise StateError(f"qemu target {target!r} is not a QEMU version like '10.0' or '11.1'")
     version = (int(match[1]), int(match[2] or 0))
     if version < (10, 0):
-        raise ValueError(f"QEMU {target} has no cpr-transfer (it came with 10.0)")
+        raise StateError(f"QEMU {target} has no cpr-transfer (it came with 10.0)")
     return version
 
 
@@ -430,7 +430,7 @@ def _parse_known_body(sub: Subsection) -> tuple[VfioDevice, ...] | None:
     src.append(sub.body)
     body, devices, after = _run_to_end(_KNOWN[sub.name, sub.version_id](src, _UNBOUNDED), sub.name)
     if after is not None:
-        raise ValueError(f"{sub.name!r} has bytes after its body: {sub.body[len(body) :]!r}")
+        raise StateError(f"{sub.name!r} has bytes after its body: {sub.body[len(body) :]!r}")
     return devices
 
 
@@ -440,12 +440,12 @@ def _run_to_end(parser: Generator[int, bool | None, T], what: str) -> T:
         need = next(parser)
         while need == MAY_END:
             need = parser.send(True)
-        raise ValueError(f"{what} body ends in the middle of a field")
+        raise StateError(f"{what} body ends in the middle of a field")
     except StopIteration as stop:
         result: T = stop.value
         return result
     except ProtocolError as exc:
-        raise ValueError(str(exc)) from None
+        raise StateError(str(exc)) from None
     finally:
         parser.close()
 
