@@ -50,7 +50,7 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 # The property tests with 100 times their examples: over a million inputs.
-FUZZ_TESTS := tests/test_address.py tests/test_channel.py tests/test_runs.py tests/codecs/test_fuzz.py tests/cli/test_fuzz_args.py
+FUZZ_TESTS := tests/test_address.py tests/test_channel.py tests/test_runs.py tests/codecs/test_fuzz.py tests/cli/test_fuzz_args.py tests/test_public_errors.py
 fuzz: $(STAMP)
 	FDCHANNEL_FUZZ_SCALE=100 $(PY) -m pytest -q $(FUZZ_TESTS)
 
