@@ -21,6 +21,7 @@ import fdchannel
 from fdchannel import FdState, NamedFd
 from fdchannel.errors import PeerCredentialsError
 from fdchannel.transports import fd as fd_transport
+from fdchannel.transports.unix import CredentialPolicy
 
 from ..intruder import NOBODY, intruder, lines, needs_root
 
@@ -79,10 +80,18 @@ async def test_listener_refuses_other_uid_unread(source: str, sockdir: Path) -> 
                     assert await child.wait() == 0
 
 
+#: Policies that admit the intruder: none at all, or one naming its uid.
+ADMITTING: dict[str, CredentialPolicy | None] = {
+    "none": None,
+    "uid-nobody": lambda creds: creds.uid == NOBODY,
+}
+
+
+@pytest.mark.parametrize("policy", ADMITTING)
 @pytest.mark.parametrize("source", SOURCES)
-async def test_policy_none_admits_everyone(source: str, sockdir: Path) -> None:
+async def test_a_policy_can_admit_other_uids(source: str, policy: str, sockdir: Path) -> None:
     with _channel(source, sockdir) as (channel, name):
-        async with await fdchannel.listen(channel, policy=None) as listener:
+        async with await fdchannel.listen(channel, policy=ADMITTING[policy]) as listener:
             with anyio.fail_after(TIMEOUT):
                 async with await intruder(name) as child:
                     stream = await listener.accept()
