@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["command_line", "socket_owners", "unix_listeners"]
-
-#: __SO_ACCEPTCON in /proc/net/unix's Flags column: the socket listens.
-_ACCEPTCON = 0x10000
-_SOCK_STREAM = 1
+__all__ = ["command_line", "socket_owners"]
 
 
 def command_line(pid: int) -> tuple[list[str] | None, str | None]:
@@ -29,28 +25,6 @@ def command_line(pid: int) -> tuple[list[str] | None, str | None]:
     if not raw:
         return None, "empty (a kernel thread or a zombie)"
     return [os.fsdecode(arg) for arg in raw.rstrip(b"\0").split(b"\0")], None
-
-
-def unix_listeners(name: str) -> list[int] | None:
-    """Inodes of listening unix stream sockets bound to ``name`` (``@x`` for abstract).
-
-    None when /proc/net/unix cannot be read.
-    """
-    try:
-        with open("/proc/net/unix", "rb") as file:
-            lines = file.read().splitlines()[1:]
-    except OSError:
-        return None
-    wanted = os.fsencode(name)
-    found = []
-    for line in lines:
-        # Num RefCount Protocol Flags Type St Inode Path (the path may hold spaces)
-        fields = line.split(maxsplit=7)
-        if len(fields) < 8 or fields[7] != wanted:
-            continue
-        if int(fields[3], 16) & _ACCEPTCON and int(fields[4], 16) == _SOCK_STREAM:
-            found.append(int(fields[6]))
-    return found
 
 
 def socket_owners(inodes: list[int]) -> list[int]:

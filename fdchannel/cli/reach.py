@@ -1,8 +1,8 @@
 """Can an address be used right now?  One check per transport, without side effects.
 
-unix: the socket file exists, and someone listens on it (read from
-/proc/net/unix, so a one-shot listener is not disturbed; a connect that can
-only be refused is the fallback).  tcp and vsock: a connect, closed at
+unix: the socket file exists, and someone listens on it (asked of the
+kernel, by the file's inode or the abstract name, never by connecting, so
+a one-shot listener is not disturbed).  tcp and vsock: a connect, closed at
 once.  file: readable (size, offset) and writable or creatable.  exec: the
 command resolves.  fd: the descriptor is open, and what it is.
 """
@@ -29,6 +29,7 @@ from ..address import (
     VsockAddress,
     family_for,
 )
+from ..sockdiag import bound_to_file, bound_to_name
 from . import _proc
 from ._output import format_size
 from .describe import describe, sockaddr_text, summary
@@ -176,27 +177,25 @@ def _unix(addr: UnixAddress, timeout: float) -> Reach:
         facts["owner_uid"] = st.st_uid
         if not os.access(raw, os.W_OK):
             return Reach(False, f"no write permission on {addr.path}: connect needs it", facts)
-    inodes = _proc.unix_listeners(name)
-    if not inodes and not addr.abstract and inodes is not None:
-        # /proc/net/unix shows the path as the listener passed it to bind().
-        absolute = os.path.abspath(addr.path)
-        if absolute != addr.path:
-            inodes = _proc.unix_listeners(absolute)
-    if inodes:
-        return _listeners(inodes, facts)
-    if addr.abstract and inodes is not None:
+    # Asked of the kernel, never by connecting: a one-shot listener (an
+    # Incoming, recv, probe --listen, QEMU's cpr listener) would take a
+    # probe's connection for its real peer.
+    found = bound_to_name(os.fsencode(name)) if addr.abstract else bound_to_file(raw, st)
+    if found is None:
+        return Reach(
+            False,
+            f"cannot tell whether anyone listens on {name}: the kernel's "
+            "socket tables are not readable here (a connect to find out could "
+            "disturb a one-shot listener)",
+            facts,
+        )
+    if found.listening:
+        return _listeners(list(found.listening), facts)
+    if found.other:
+        return Reach(False, f"a socket is bound to {name} but does not listen for streams", facts)
+    if addr.abstract:
         return Reach(False, f"nobody listens on the abstract name {name}", facts)
-    # Not in /proc/net/unix: ask the kernel.  A socket file nobody listens on
-    # refuses, which disturbs no one.
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(b"\0" + raw if addr.abstract else raw)
-        except ConnectionRefusedError:
-            return Reach(False, f"nobody listens on {addr.path} (a stale socket file)", facts)
-        except OSError as exc:
-            return Reach(False, f"cannot connect to {name}: {exc.strerror or exc}", facts)
-    return Reach(True, "someone listens (connected to check)", facts)
+    return Reach(False, f"nobody listens on {addr.path} (a stale socket file)", facts)
 
 
 def _listeners(inodes: list[int], facts: dict[str, Any]) -> Reach:

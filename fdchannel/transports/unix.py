@@ -16,13 +16,18 @@ import anyio
 
 from ..address import SUN_PATH_MAX, UnixAddress
 from ..errors import AddressError, ConnectError, TransportError
+from ..sockdiag import Binding, Bound, binding, bound_to_file, bound_to_name
 from ._credentials import CredentialPolicy, Credentials, peer_credentials, same_user_or_root
 from ._socket import SocketListener, UnixSocketStream, async_connect, tune_buffers
-from ._unix_diag import Binding, binding
 
 __all__ = [
+    "Binding",
+    "Bound",
     "Credentials",
     "CredentialPolicy",
+    "binding",
+    "bound_to_file",
+    "bound_to_name",
     "connect",
     "listen",
     "peer_credentials",
@@ -92,7 +97,7 @@ async def connect(address: UnixAddress) -> UnixSocketStream:
 def _clear_stale(address: UnixAddress, path: bytes) -> None:
     """Remove a socket file no socket is bound to; refuse to touch a live one.
 
-    The kernel is asked (see _unix_diag): connecting to find out would hand
+    The kernel is asked (see fdchannel.sockdiag): connecting to find out would hand
     a live one-shot listener a peer it takes for the real one.
     """
     try:

@@ -24,7 +24,7 @@ import fdchannel
 from fdchannel import FdState, NamedFd
 from fdchannel.address import UnixAddress
 from fdchannel.errors import ConnectError, TransportError
-from fdchannel.transports._unix_diag import Binding, _proc_net_unix, binding
+from fdchannel.transports.unix import Binding, binding, bound_to_name
 
 from ..cli.helpers import Child, cli, run
 
@@ -79,9 +79,7 @@ def _bound(kind: int, listening: bool) -> Callable[[Path], socket.socket]:
 #: What is at the path, whether it counts as live, and what connect says.
 BOUND = [
     pytest.param(_bound(socket.SOCK_STREAM, True), Binding.LISTENING, None, id="stream"),
-    pytest.param(
-        _bound(socket.SOCK_SEQPACKET, True), Binding.LISTENING, "Protocol", id="seqpacket"
-    ),
+    pytest.param(_bound(socket.SOCK_SEQPACKET, True), Binding.BOUND, "Protocol", id="seqpacket"),
     pytest.param(_bound(socket.SOCK_DGRAM, False), Binding.BOUND, "Protocol", id="datagram"),
     pytest.param(_bound(socket.SOCK_STREAM, False), Binding.BOUND, "refused", id="bound-only"),
 ]
@@ -106,7 +104,8 @@ async def test_any_bound_socket_is_live(
     path = sockdir / "s"
     with _at(make, path):
         assert binding(os.fsencode(path), os.lstat(path)) is expected
-        assert _proc_net_unix(os.fsencode(path)) is expected
+        from_names = bound_to_name(os.fsencode(path))
+        assert from_names is not None and from_names.binding is expected
         with pytest.raises(TransportError, match="never replaced"):
             await fdchannel.listen(UnixAddress(str(path)))
         assert path.exists()
@@ -157,3 +156,30 @@ def test_another_users_stale_socket_is_a_typed_error(sockdir: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("TransportError"), done.stdout
     assert "cannot be removed" in done.stdout
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_probe_finds_a_listener_without_connecting(sockdir: Path, abstract: bool) -> None:
+    """A listener bound by a relative path (so /proc/net/unix shows another
+    name) is found by its file's inode; its accept queue stays empty."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    here = os.getcwd()
+    try:
+        if abstract:
+            name = f"fdc-probe-{sockdir.name}"
+            listener.bind(b"\0" + name.encode())
+            uri = f"cpr,addr.transport=socket,addr.type=unix,addr.path={name},addr.abstract=on"
+        else:
+            os.chdir(sockdir)
+            listener.bind("s")  # relative: the kernel records "s"
+            os.chdir(here)
+            uri = f"unix:{sockdir / 's'}"
+        listener.listen()
+        listener.setblocking(False)
+        done = run(cli("probe", "--json", uri))
+        assert done.returncode == 0, done.stdout
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected to find out
+    finally:
+        os.chdir(here)
+        listener.close()

@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["Binding", "binding"]
+__all__ = ["Binding", "Bound", "binding", "bound_to_file", "bound_to_name"]
 
 _NETLINK_SOCK_DIAG = 4
 _SOCK_DIAG_BY_FAMILY = 20
@@ -46,20 +47,36 @@ class Binding(Enum):
     UNKNOWN = "the kernel could not be asked"
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The sockets bound to one file or name, by socket inode (``socket:[N]``)."""
+
+    #: Listening stream sockets: what a connect() would reach.
+    listening: tuple[int, ...] = ()
+    #: Any other bound socket: datagram, seqpacket, a stream one before listen().
+    other: tuple[int, ...] = ()
+
+    @property
+    def binding(self) -> Binding:
+        if self.listening:
+            return Binding.LISTENING
+        return Binding.BOUND if self.other else Binding.NONE
+
+
 def _kernel_dev(st_dev: int) -> int:
     # sock_diag reports the superblock's dev_t in the kernel's own encoding
     # (major << 20 | minor), not the one stat() returns.
     return (os.major(st_dev) << 20) | os.minor(st_dev)
 
 
-def _diag(dev: int, ino: int) -> Binding:
-    """Dump every unix socket of this namespace with its file; UNKNOWN if we cannot."""
+def _diag(dev: int, ino: int) -> Bound | None:
+    """Dump every unix socket of this namespace with its file; None if we cannot."""
     try:
         nl = socket.socket(
             socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG
         )
     except OSError:
-        return Binding.UNKNOWN
+        return None
     with nl:
         nl.settimeout(2.0)
         # Every state, any socket inode, with the file each is bound to.
@@ -69,70 +86,81 @@ def _diag(dev: int, ino: int) -> Binding:
         )
         try:
             nl.send(header + request)
-            return _read_dump(nl, _kernel_dev(dev), ino)
+            return _read_dump(nl, _kernel_dev(dev), ino & 0xFFFFFFFF)
         except OSError:
-            return Binding.UNKNOWN
+            return None
 
 
-def _read_dump(nl: socket.socket, dev: int, ino: int) -> Binding:
-    found = Binding.NONE
+def _read_dump(nl: socket.socket, dev: int, ino: int) -> Bound | None:
+    listening: list[int] = []
+    other: list[int] = []
     while True:
         data = nl.recv(1 << 17)
         at = 0
         while at + _NLMSG.size <= len(data):
             length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, at)
             if length < _NLMSG.size:
-                return Binding.UNKNOWN
+                return None
             if kind == _NLMSG_DONE:
-                return found
+                return Bound(tuple(listening), tuple(other))
             if kind == _NLMSG_ERROR:
                 (code,) = struct.unpack_from("=i", data, at + _NLMSG.size)
                 # ENOENT: no unix_diag in this kernel; anything else: we cannot tell.
-                return Binding.UNKNOWN if code else found
-            state = _bound_state(data, at + _NLMSG.size, at + length, dev, ino)
-            if state is Binding.LISTENING or (state is Binding.BOUND and found is Binding.NONE):
-                found = state
+                return None if code else Bound(tuple(listening), tuple(other))
+            found = _bound_socket(data, at + _NLMSG.size, at + length, dev, ino)
+            if found is not None:
+                (listening if found[1] else other).append(found[0])
             at += (length + 3) & ~3
 
 
-def _bound_state(data: bytes, start: int, end: int, dev: int, ino: int) -> Binding:
-    """The binding one unix_diag_msg reports for our file (NONE if another file)."""
-    _family, _type, state, _pad, _sock_ino, _c0, _c1 = _REPLY.unpack_from(data, start)
+def _bound_socket(data: bytes, start: int, end: int, dev: int, ino: int) -> tuple[int, bool] | None:
+    """(socket inode, listening) if this unix_diag_msg is bound to our file."""
+    _family, kind_of, state, _pad, sock_ino, _c0, _c1 = _REPLY.unpack_from(data, start)
     at = start + _REPLY.size
     while at + _ATTR.size <= end:
         length, kind = _ATTR.unpack_from(data, at)
         if length < _ATTR.size:
             break
         if kind == _UNIX_DIAG_VFS and length >= _ATTR.size + _VFS.size:
-            vfs_ino, vfs_dev = _VFS.unpack_from(data, at + _ATTR.size)
-            if (vfs_ino, vfs_dev) == (ino & 0xFFFFFFFF, dev):
-                return Binding.LISTENING if state == _TCP_LISTEN else Binding.BOUND
-            return Binding.NONE
+            if _VFS.unpack_from(data, at + _ATTR.size) == (ino, dev):
+                return sock_ino, state == _TCP_LISTEN and kind_of == socket.SOCK_STREAM
+            return None
         at += (length + 3) & ~3
-    return Binding.NONE
+    return None
 
 
-def _proc_net_unix(path: bytes) -> Binding:
-    """The fallback: match the path each socket was bound with."""
-    wanted = {path, os.path.abspath(path)}
-    found = Binding.NONE
+def bound_to_name(*names: bytes) -> Bound | None:
+    """The sockets bound under any of ``names`` as /proc/net/unix lists them: the
+    path as given to bind(), or ``@name`` for an abstract one.  None if unreadable."""
+    listening: list[int] = []
+    other: list[int] = []
     try:
         with open("/proc/net/unix", "rb") as table:
-            next(table, None)  # the header line
+            next(table, None)  # Num RefCount Protocol Flags Type St Inode Path
             for line in table:
                 fields = line.split(maxsplit=7)
-                if len(fields) == 8 and fields[7].rstrip(b"\n") in wanted:
-                    if int(fields[3], 16) & _SO_ACCEPTCON:
-                        return Binding.LISTENING
-                    found = Binding.BOUND
+                if len(fields) == 8 and fields[7].rstrip(b"\n") in names:
+                    flags, kind_of, inode = int(fields[3], 16), int(fields[4], 16), int(fields[6])
+                    stream_listener = flags & _SO_ACCEPTCON and kind_of == socket.SOCK_STREAM
+                    (listening if stream_listener else other).append(inode)
     except (OSError, ValueError):
-        return Binding.UNKNOWN
+        return None
+    return Bound(tuple(listening), tuple(other))
+
+
+def bound_to_file(path: bytes, st: os.stat_result) -> Bound | None:
+    """The sockets of this namespace bound to the socket file ``path`` (``st``).
+
+    By the file's inode (sock_diag), else by the path it was bound with; None
+    if neither can be read.
+    """
+    found = _diag(st.st_dev, st.st_ino)
+    if found is None:
+        found = bound_to_name(path, os.fsencode(os.path.abspath(path)))
     return found
 
 
 def binding(path: bytes, st: os.stat_result) -> Binding:
-    """Whether a socket of this namespace is bound to the socket file ``path`` (``st``)."""
-    found = _diag(st.st_dev, st.st_ino)
-    if found is Binding.UNKNOWN:
-        found = _proc_net_unix(path)
-    return found
+    """Whether a socket of this namespace is bound to the socket file ``path``."""
+    found = bound_to_file(path, st)
+    return Binding.UNKNOWN if found is None else found.binding
