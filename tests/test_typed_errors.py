@@ -7,6 +7,7 @@ found), never as "unexpected".
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -130,3 +131,13 @@ async def test_receive_state_when_the_peer_resets_mid_state() -> None:
                 await fdchannel.receive_state(stream)
     finally:
         await stream.aclose()
+
+
+@pytest.mark.parametrize("name", ["4294967296", "1" * 5000, "\u0661"])
+def test_probe_reach_of_hostile_descriptor_numbers(
+    capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    assert main(["probe", "--json", f"fd:{name}"]) == 1
+    captured = capsys.readouterr()
+    assert "unexpected" not in captured.err
+    assert json.loads(captured.out)["channels"][0]["reachable"]["ok"] is False

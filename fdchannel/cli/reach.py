@@ -27,12 +27,16 @@ from ..address import (
     TcpAddress,
     UnixAddress,
     VsockAddress,
+    bounded_int,
     family_for,
 )
 from ..sockdiag import bound_to_file, bound_to_name
 from . import _proc
 from ._output import format_size
 from .describe import describe, sockaddr_text, summary
+
+_ASCII_DIGITS = "0123456789"
+_INT_MAX = (1 << 31) - 1
 
 __all__ = ["Reach", "capabilities", "check"]
 
@@ -346,10 +350,12 @@ def _exec(addr: ExecAddress) -> Reach:
 
 def _fd(addr: FdAddress) -> Reach:
     name = addr.name
-    if name[:1].isdigit():
-        if not name.isdigit():
+    if name[:1] in _ASCII_DIGITS:  # as QEMU: only an ASCII digit makes a number
+        if name.strip(_ASCII_DIGITS):
             return Reach(False, f"fd:{name}: a name starting with a digit must be all digits")
-        fd = int(name)
+        fd = bounded_int(name, 10, _INT_MAX + 1)
+        if fd > _INT_MAX:
+            return Reach(False, f"fd:{name[:24]}: larger than any descriptor number")
     else:
         # Imported here: the fd transport needs the event-loop layer.
         from ..transports.fd import inherited_fds
