@@ -33,9 +33,11 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.to_thread
+from anyio.abc import SocketAttribute
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import fdchannel
+from fdchannel.transports import FdAttribute
 
 REQUEST = b"+"  # one byte: a request never splits across the handoff
 RESPONSE = struct.Struct(">QI")  # the connection's counter, the serving pid
@@ -139,7 +141,7 @@ async def old_server(options: argparse.Namespace) -> None:
         os.pwrite(memfd, pattern_chunk(index), index * CHUNK)
     listener = await fdchannel.listen(fdchannel.TcpAddress("127.0.0.1", "0"))
     server = Server(listener)
-    emit("ready", port=int(listener.address.port), pid=os.getpid())  # type: ignore[union-attr]
+    emit("ready", port=listener.extra(SocketAttribute.local_port), pid=os.getpid())
     async with anyio.create_task_group() as tg:
         await server.serve(tg)
         await read_command()  # "upgrade"
@@ -147,7 +149,7 @@ async def old_server(options: argparse.Namespace) -> None:
         server.stop()
     # Everything the new process needs: descriptors on cpr, the rest on main.
     entries = [fdchannel.NamedFd("ram0", 0, memfd)]
-    entries.append(fdchannel.NamedFd("listener", 0, listener.fileno()))  # type: ignore[attr-defined]
+    entries.append(fdchannel.NamedFd("listener", 0, listener.extra(FdAttribute.fileno)))
     entries += [
         fdchannel.NamedFd("conn", i, c.stream.fileno()) for i, c in server.connections.items()
     ]

@@ -23,9 +23,9 @@ from ..address import (
 from ..capabilities import Capability
 from ..channel import Channel, ChannelType, parse_channel
 from ..errors import CapabilityError, TransportError
-from ._base import Listener, Stream
+from ._base import FdAttribute, Listener, Stream
 
-__all__ = ["Listener", "Stream", "Target", "connect", "listen", "resolve_target"]
+__all__ = ["FdAttribute", "Listener", "Stream", "Target", "connect", "listen", "resolve_target"]
 
 Target = Address | Channel | str
 

@@ -9,23 +9,28 @@ descriptors in control messages, EOF versus hang-up.
 from __future__ import annotations
 
 import abc
+import contextlib
 import errno
 import functools
+import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
 from ..capabilities import Capability
-from ..errors import CapabilityError, TransportError
+from ..errors import CapabilityError, PeerCredentialsError, TransportError
+from ._credentials import CredentialPolicy, Credentials, same_user_or_root
 
 if TYPE_CHECKING:
     from ..address import Address
 
-__all__ = ["DescriptorStream", "Listener", "Stream"]
+__all__ = ["DescriptorStream", "FdAttribute", "Listener", "Stream"]
+
+log = logging.getLogger("fdchannel")
 
 DEFAULT_RECEIVE = 65536
 #: What wait_peer_closed keeps of data that arrives before the hang-up.
@@ -37,6 +42,23 @@ T = TypeVar("T")
 BROKEN_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
 
 
+class FdAttribute(anyio.TypedAttributeSet):
+    """fdchannel's typed attributes: ``stream.extra(FdAttribute.fileno)``.
+
+    Streams and listeners also give anyio's ``SocketAttribute`` where a
+    socket is under them (``raw_socket``, ``family``, addresses, ports).
+    """
+
+    #: The descriptor under the stream or listener (to inspect, not to read).
+    fileno: int = anyio.typed_attribute()
+    #: The address opened (a listener: the one actually listened on).
+    address: Address = anyio.typed_attribute()
+    #: What the stream can do; a listener: what it can do (MULTI_ACCEPT).
+    capabilities: Capability = anyio.typed_attribute()
+    #: A unix peer's (pid, uid, gid) as the kernel recorded them at connect.
+    peer_credentials: Credentials = anyio.typed_attribute()
+
+
 class Stream(anyio.abc.ByteStream):
     """A bidirectional byte stream opened by a transport."""
 
@@ -45,6 +67,31 @@ class Stream(anyio.abc.ByteStream):
 
     def __init__(self, address: Address | None) -> None:
         self.address = address
+
+    @classmethod
+    def from_fd(cls, fd: int) -> Stream:
+        """A stream that takes over ``fd`` (closing the stream closes it).
+
+        For a descriptor received from a peer: what the stream can do follows
+        its kind, as for ``fd:`` (a connected unix socket passes descriptors,
+        a pipe end reads or writes, a file reads or writes at its offset).
+        A listening socket is refused: see ``Listener.from_fd``.  On
+        failure ``fd`` stays the caller's.
+        """
+        from .fd import wrap  # the fd transport knows every kind; it imports us
+
+        opened = wrap(fd, incoming=False)
+        assert isinstance(opened, Stream)
+        return opened
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        attributes: dict[Any, Callable[[], Any]] = {
+            FdAttribute.capabilities: lambda: self.capabilities
+        }
+        if self.address is not None:
+            attributes[FdAttribute.address] = lambda: self.address
+        return attributes
 
     async def send_fds(self, data: bytes, fds: list[int]) -> None:
         """Send ``data`` with descriptors attached (FD_PASSING streams only)."""
@@ -106,6 +153,10 @@ class DescriptorStream(Stream):
     def fileno(self) -> int:
         self._check_open()
         return self._fd
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {**super().extra_attributes, FdAttribute.fileno: self.fileno}
 
     def _check_open(self) -> None:
         if self._closed:
@@ -207,8 +258,9 @@ class DescriptorStream(Stream):
         await anyio.lowlevel.checkpoint()
 
 
-class Listener(anyio.abc.AsyncResource):
-    """The incoming side of a transport: ``async with`` it and ``await accept()``."""
+class Listener(anyio.abc.Listener[Stream]):
+    """The incoming side of a transport: ``async with`` it and ``await accept()``,
+    or ``serve(handler)``."""
 
     capabilities: Capability = Capability.NONE
     #: What the streams ``accept`` returns can do.
@@ -218,6 +270,20 @@ class Listener(anyio.abc.AsyncResource):
         #: The address actually listened on (e.g. the port the kernel chose).
         self.address = address
 
+    @classmethod
+    def from_fd(cls, fd: int, *, policy: CredentialPolicy | None = same_user_or_root) -> Listener:
+        """A listener that takes over ``fd`` (closing the listener closes it).
+
+        A listening socket accepts many peers (an AF_UNIX one under the
+        credential ``policy``, as for ``fd:``); any other descriptor is
+        yielded once, as a stream.  On failure ``fd`` stays the caller's.
+        """
+        from .fd import wrap
+
+        opened = wrap(fd, incoming=True, policy=policy)
+        assert isinstance(opened, Listener)
+        return opened
+
     @abc.abstractmethod
     async def accept(self) -> Stream:
         """Wait for the next peer and return its stream."""
@@ -225,3 +291,43 @@ class Listener(anyio.abc.AsyncResource):
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Stop listening; idempotent."""
+
+    async def serve(
+        self,
+        handler: Callable[[Stream], Awaitable[Any]],
+        task_group: anyio.abc.TaskGroup | None = None,
+    ) -> None:
+        """Accept peers and run ``handler(stream)`` for each in ``task_group``.
+
+        Without a task group one is made, and serve returns once every handler
+        has. Each stream is closed when its handler returns. A peer the
+        credential policy refuses is logged and skipped. A listener without
+        MULTI_ACCEPT serves its one stream and returns; any other serves until
+        cancelled or closed.
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            if task_group is None:
+                task_group = await stack.enter_async_context(anyio.create_task_group())
+            while True:
+                try:
+                    stream = await self.accept()
+                except PeerCredentialsError as exc:
+                    log.warning("%s", exc)
+                    continue
+                except anyio.ClosedResourceError:
+                    return
+                task_group.start_soon(_handle, handler, stream)
+                if Capability.MULTI_ACCEPT not in self.capabilities:
+                    return
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {
+            FdAttribute.address: lambda: self.address,
+            FdAttribute.capabilities: lambda: self.capabilities,
+        }
+
+
+async def _handle(handler: Callable[[Stream], Awaitable[Any]], stream: Stream) -> None:
+    async with stream:
+        await handler(stream)

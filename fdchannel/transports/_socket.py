@@ -8,16 +8,17 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
+from anyio.abc import SocketAttribute
 
 from .. import fds as fdpass
 from ..capabilities import Capability
 from ..errors import ConnectError, TransportError
-from ._base import DescriptorStream, Listener, Stream
+from ._base import DescriptorStream, FdAttribute, Listener, Stream
 from ._credentials import CredentialPolicy, check_peer, peer_credentials
 
 if TYPE_CHECKING:
@@ -61,6 +62,10 @@ class SocketStream(DescriptorStream):
         """The socket itself, for options and addresses (do not read from it)."""
         return self._sock
 
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {**super().extra_attributes, **_socket_attributes(self._sock, peer=True)}
+
     def _read_once(self, max_bytes: int) -> bytes:
         return self._sock.recv(max_bytes)
 
@@ -94,6 +99,13 @@ class UnixSocketStream(SocketStream):
     def peer_credentials(self) -> tuple[int, int, int]:
         """The peer's (pid, uid, gid) as the kernel recorded them at connect (SO_PEERCRED)."""
         return peer_credentials(self._sock)
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {
+            **super().extra_attributes,
+            FdAttribute.peer_credentials: lambda: peer_credentials(self._sock),
+        }
 
     def _read_once(self, max_bytes: int) -> bytes:
         # Plain reads use recvmsg too, so descriptors nobody asked for are
@@ -204,6 +216,22 @@ class UnixSocketStream(SocketStream):
         )
 
 
+def _socket_attributes(sock: socket.socket, *, peer: bool) -> dict[Any, Callable[[], Any]]:
+    """anyio's SocketAttribute entries for ``sock`` (ports for inet sockets only)."""
+    attributes: dict[Any, Callable[[], Any]] = {
+        SocketAttribute.raw_socket: lambda: sock,
+        SocketAttribute.family: lambda: sock.family,
+        SocketAttribute.local_address: sock.getsockname,
+    }
+    if peer:
+        attributes[SocketAttribute.remote_address] = sock.getpeername
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        attributes[SocketAttribute.local_port] = lambda: sock.getsockname()[1]
+        if peer:
+            attributes[SocketAttribute.remote_port] = lambda: sock.getpeername()[1]
+    return attributes
+
+
 def stream_for_socket(sock: socket.socket, address: Address | None) -> SocketStream:
     """Wrap a connected stream socket in the right stream class for its family."""
     if sock.family == socket.AF_UNIX:
@@ -267,6 +295,14 @@ class SocketListener(Listener):
 
     def fileno(self) -> int:
         return self._sock.fileno()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {
+            **super().extra_attributes,
+            FdAttribute.fileno: self.fileno,
+            **_socket_attributes(self._sock, peer=False),
+        }
 
     async def accept(self) -> Stream:
         while True:

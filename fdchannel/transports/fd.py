@@ -47,6 +47,7 @@ __all__ = [
     "register_fd",
     "registered_fds",
     "unregister_fd",
+    "wrap",
 ]
 
 log = logging.getLogger("fdchannel")
@@ -172,7 +173,7 @@ def _duplicate(address: FdAddress, error: type[TransportError]) -> int:
 
 
 def _open_socket(
-    dup: int,
+    fd: int,
     address: FdAddress,
     error: type[TransportError],
     *,
@@ -180,12 +181,8 @@ def _open_socket(
     policy: CredentialPolicy | None,
 ) -> Stream | Listener:
     label = f"fd:{address.name}"
-    try:
-        # With fileno= the family, type and protocol are read from the descriptor.
-        sock = socket.socket(fileno=dup)
-    except BaseException:
-        os.close(dup)
-        raise
+    # With fileno= the family, type and protocol are read from the descriptor.
+    sock = socket.socket(fileno=fd)
     try:
         if sock.type != socket.SOCK_STREAM:
             raise error(f"{label} is a {sock.type.name} socket; a stream socket is needed", address)
@@ -207,8 +204,41 @@ def _open_socket(
             ) from None
         return stream_for_socket(sock, address)
     except BaseException:
-        sock.close()
+        sock.detach()  # the descriptor stays the caller's
         raise
+
+
+def _wrap(
+    fd: int,
+    address: FdAddress,
+    error: type[TransportError],
+    *,
+    incoming: bool,
+    policy: CredentialPolicy | None = None,
+) -> Stream | Listener:
+    """The stream or listener ``fd``'s kind calls for; on success it owns ``fd``,
+    on failure ``fd`` is left open."""
+    label = f"fd:{address.name}"
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        raise error(f"{label}: descriptor {fd} is not usable: {exc.strerror}", address) from exc
+    if stat.S_ISSOCK(mode):
+        return _open_socket(fd, address, error, incoming=incoming, policy=policy)
+    if stat.S_ISFIFO(mode):
+        return PipeStream(fd, address, name=label)
+    if stat.S_ISREG(mode) or stat.S_ISCHR(mode):
+        access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+        return FileStream(
+            fd,
+            address,
+            name=label,
+            readable=access in (os.O_RDONLY, os.O_RDWR),
+            writable=access in (os.O_WRONLY, os.O_RDWR),
+            seekable=stat.S_ISREG(mode),
+        )
+    kind = "a directory" if stat.S_ISDIR(mode) else f"of type {stat.filemode(mode)[0]!r}"
+    raise error(f"{label} is {kind}; expected a socket, a pipe or a file", address)
 
 
 def _open(
@@ -219,33 +249,28 @@ def _open(
     policy: CredentialPolicy | None = None,
 ) -> Stream | Listener:
     """Wrap a duplicate of the descriptor in the stream or listener its kind calls for."""
-    label = f"fd:{address.name}"
     dup = _duplicate(address, error)
     try:
-        mode = os.fstat(dup).st_mode
+        return _wrap(dup, address, error, incoming=incoming, policy=policy)
     except BaseException:
         os.close(dup)
         raise
-    if stat.S_ISSOCK(mode):
-        return _open_socket(dup, address, error, incoming=incoming, policy=policy)
-    try:
-        if stat.S_ISFIFO(mode):
-            return PipeStream(dup, address, name=label)
-        if stat.S_ISREG(mode) or stat.S_ISCHR(mode):
-            access = fcntl.fcntl(dup, fcntl.F_GETFL) & os.O_ACCMODE
-            return FileStream(
-                dup,
-                address,
-                name=label,
-                readable=access in (os.O_RDONLY, os.O_RDWR),
-                writable=access in (os.O_WRONLY, os.O_RDWR),
-                seekable=stat.S_ISREG(mode),
-            )
-        kind = "a directory" if stat.S_ISDIR(mode) else f"of type {stat.filemode(mode)[0]!r}"
-        raise error(f"{label} is {kind}; expected a socket, a pipe or a file", address)
-    except BaseException:
-        os.close(dup)
-        raise
+
+
+def wrap(
+    fd: int, *, incoming: bool, policy: CredentialPolicy | None = same_user_or_root
+) -> Stream | Listener:
+    """Take over ``fd`` itself (no duplicate): ``Stream.from_fd``, ``Listener.from_fd``.
+
+    Incoming, anything but a listening socket is yielded once, as a stream.
+    On failure ``fd`` stays open and the caller's.
+    """
+    where = FdAddress(str(fd))
+    error = TransportError if incoming else ConnectError
+    opened = _wrap(fd, where, error, incoming=incoming, policy=policy)
+    if incoming and isinstance(opened, Stream):
+        return OneStreamListener(opened, where)
+    return opened
 
 
 async def connect(address: FdAddress) -> Stream:

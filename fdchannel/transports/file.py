@@ -23,8 +23,8 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -33,7 +33,7 @@ import anyio.to_thread
 from ..address import FileAddress
 from ..capabilities import Capability
 from ..errors import AddressError, CapabilityError, ConnectError, TransportError
-from ._base import DEFAULT_RECEIVE, DescriptorStream, Listener, Stream
+from ._base import DEFAULT_RECEIVE, DescriptorStream, FdAttribute, Listener, Stream
 
 if TYPE_CHECKING:
     from ..address import Address
@@ -98,6 +98,10 @@ class FileStream(Stream):
     def fileno(self) -> int:
         self._check_open()
         return self._fd
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {**super().extra_attributes, FdAttribute.fileno: self.fileno}
 
     def _describe(self) -> str:
         return self._name
