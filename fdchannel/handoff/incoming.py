@@ -15,7 +15,7 @@ from ..codecs import native
 from ..errors import HandoffError
 from ..state import DEFAULT_LIMITS, FdState, Limits
 from ..transfer import Codec, receive_state_and_codec
-from ..transports import Listener, Stream, listen
+from ..transports import Listener, Stream, check_options, listen
 from ._common import accept_admitted, discard, parse_channels, step
 from .machine import INCOMING, Event, Machine, State
 
@@ -43,11 +43,20 @@ class Incoming(anyio.abc.AsyncResource):
         channels: Iterable[Channel | str],
         *,
         limits: Limits = DEFAULT_LIMITS,
+        cpr_options: dict[str, Any] | None = None,
+        main_options: dict[str, Any] | None = None,
         listen_options: dict[str, Any] | None = None,
     ) -> None:
+        """``cpr_options`` and ``main_options`` go to each channel's ``listen``
+        (e.g. ``mode``, ``policy`` for a unix socket); ``listen_options`` to
+        both.  An option a channel's transport does not take is an
+        AddressError here, not in the middle of the handoff."""
         self.main, self.cpr = parse_channels(channels)
         self.limits = limits
-        self._options = listen_options or {}
+        self._cpr_options = {**(listen_options or {}), **(cpr_options or {})}
+        self._main_options = {**(listen_options or {}), **(main_options or {})}
+        check_options("listen", self.cpr, self._cpr_options)
+        check_options("listen", self.main, self._main_options)
         self._machine = Machine(INCOMING, "incoming")
         self._cpr_listener: Listener | None = None
         self._cpr_stream: Stream | None = None
@@ -65,7 +74,7 @@ class Incoming(anyio.abc.AsyncResource):
         """Start listening on the cpr channel (``receive_cpr`` does it if needed)."""
         self._machine.fire(Event.LISTEN)
         async with step(self._machine, "listening on the cpr channel", None):
-            self._cpr_listener = await listen(self.cpr, **self._options)
+            self._cpr_listener = await listen(self.cpr, **self._cpr_options)
         return self._cpr_listener
 
     async def receive_cpr(self, timeout: float | None = 10) -> FdState:
@@ -92,7 +101,7 @@ class Incoming(anyio.abc.AsyncResource):
         """Listen on the main channel, then close cpr: the acknowledgement."""
         self._machine.fire(Event.LISTEN_MAIN)
         async with step(self._machine, "listening on the main channel", None):
-            self._main_listener = await listen(self.main, **self._options)
+            self._main_listener = await listen(self.main, **self._main_options)
             await self._send_status(accepted=True)
             await self._close_cpr()
         return self._main_listener

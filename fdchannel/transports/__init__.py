@@ -8,6 +8,8 @@ pass descriptors, so it is refused on any transport that cannot.
 from __future__ import annotations
 
 import importlib
+import inspect
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from ..address import (
@@ -22,10 +24,19 @@ from ..address import (
 )
 from ..capabilities import Capability
 from ..channel import Channel, ChannelType, parse_channel
-from ..errors import CapabilityError, TransportError
+from ..errors import AddressError, CapabilityError, TransportError
 from ._base import FdAttribute, Listener, Stream
 
-__all__ = ["FdAttribute", "Listener", "Stream", "Target", "connect", "listen", "resolve_target"]
+__all__ = [
+    "FdAttribute",
+    "Listener",
+    "Stream",
+    "Target",
+    "check_options",
+    "connect",
+    "listen",
+    "resolve_target",
+]
 
 Target = Address | Channel | str
 
@@ -54,8 +65,29 @@ def _module(address: Address) -> Any:
     return importlib.import_module(f".{_MODULES[type(address)]}", __name__)
 
 
+def check_options(verb: str, target: Target, options: Mapping[str, object]) -> None:
+    """AddressError unless ``target``'s transport takes every one of ``options``
+    for ``verb`` ("connect" or "listen"): a wrong option fails before anything opens."""
+    if not options:
+        return
+    address, _ = resolve_target(target)
+    taken = [
+        name
+        for name, parameter in inspect.signature(getattr(_module(address), verb)).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(options) - set(taken))
+    if unknown:
+        raise AddressError(
+            f"{address}: the {type(address).__name__} transport's {verb} takes no option "
+            f"{', '.join(map(repr, unknown))} (it takes: {', '.join(taken) or 'none'})",
+            str(address),
+        )
+
+
 async def _open(verb: str, target: Target, options: dict[str, Any]) -> Stream | Listener:
     """Open ``target`` with the transport's ``verb``; a cpr channel must pass descriptors."""
+    check_options(verb, target, options)
     address, kind = resolve_target(target)
     cpr = kind is ChannelType.CPR
     if cpr and not isinstance(address, UnixAddress | FdAddress):
