@@ -8,8 +8,8 @@ The grammar is QEMU 10.0's, decision for decision: ``migrate_uri_parse``
 (migration/migration.c), ``socket_parse``, ``inet_parse`` and ``vsock_parse``
 (util/qemu-sockets.c), ``file_parse_offset`` (migration/file.c) and
 ``qemu_strtosz`` (util/cutils.c).  QEMU reads the URI as a C string with
-``sscanf`` and ``strstr``; the helpers below redo those calls on the UTF-8
-bytes of the text, because the field widths QEMU uses count bytes.  QEMU 10.1
+``sscanf`` and ``strstr``; ``fdchannel.qemu.cstring`` redoes those calls on
+the UTF-8 bytes of the text, because the field widths QEMU uses count bytes.  QEMU 10.1
 replaced ``inet_parse`` with a QemuOpts parser that decides differently (it
 rejects unknown options, for one); 10.0 is the reference here.
 
@@ -24,13 +24,22 @@ takes the QAPI mapping.
 
 from __future__ import annotations
 
-import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn, TypeAlias, TypeVar
 
 from .errors import AddressError
+from .qemu.cstring import (
+    U64,
+    c_string,
+    c_text,
+    scan_int,
+    scanset,
+    strtosz,
+)
+from .qemu.keyval import keyval_members
+from .qemu.qapi import QapiReader
 
 __all__ = [
     "Address",
@@ -54,35 +63,6 @@ SUN_PATH_MAX = 108
 
 _U16 = (1 << 16) - 1
 _U32 = (1 << 32) - 1
-_U64 = (1 << 64) - 1
-#: Significant digits past which a number exceeds every C integer QEMU reads
-#: (2**64 has 20 decimal digits, 16 hex, 22 octal).
-_MAX_DIGITS = 24
-
-
-def shown(value: object, limit: int = 200) -> str:
-    """``repr(value)`` for an error message, cut at ``limit`` characters.
-
-    Never raises: repr() of an integer over 4300 digits does (ValueError).
-    """
-    try:
-        text = repr(value)
-    except ValueError:
-        return f"<{type(value).__name__} holding a number too long to print>"
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def bounded_int(digits: str | bytes, base: int = 10, ceiling: int = 1 << 64) -> int:
-    """``int(digits, base)`` (ASCII digits only), or ``ceiling`` if the value is larger.
-
-    Python refuses to convert more than 4300 digits (a ValueError); a value
-    that long is past every C integer QEMU reads, which is all callers need
-    to know, so it is never converted.
-    """
-    significant = digits.lstrip(b"0") if isinstance(digits, bytes) else digits.lstrip("0")
-    if len(significant) > _MAX_DIGITS:
-        return ceiling
-    return min(int(digits, base), ceiling)
 
 
 def _check_str(value: object, what: str) -> None:
@@ -226,7 +206,7 @@ class FileAddress:
 
     def __post_init__(self) -> None:
         _check_str(self.path, "file path")
-        _check_uint(self.offset, "file offset", _U64)
+        _check_uint(self.offset, "file offset", U64)
 
     def __str__(self) -> str:
         return _address_text(self)
@@ -268,165 +248,6 @@ ADDRESS_TYPES = (
 _I = TypeVar("_I", TcpAddress, RdmaAddress)
 
 # --------------------------------------------------------------------------
-# C string functions, as QEMU's parsers use them.
-
-_C_SPACE = b" \t\n\v\f\r"  # isspace() in the C locale
-_DIGITS = b"0123456789"
-_HEX = b"0123456789abcdefABCDEF"
-
-
-def _c_string(text: str, source: object) -> bytes:
-    """The bytes QEMU would see; a NUL or an unencodable character is an error."""
-    if "\0" in text:
-        raise AddressError(
-            f"{source!r} contains a NUL character, which a C string cannot hold", source
-        )
-    try:
-        # surrogateescape carries bytes that are not UTF-8 (os.fsdecode's convention).
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raise AddressError(
-            f"{source!r} contains a lone surrogate: not encodable text", source
-        ) from None
-
-
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", "surrogateescape")
-
-
-def _scanset(buf: bytes, start: int, width: int, stop: bytes) -> int | None:
-    """sscanf's ``%<width>[^<stop>]``: where the match ends, None if it is empty.
-
-    The conversion needs at least one byte and stops silently at its width: the
-    rest of a longer field is left for the next directive (a QEMU quirk we keep).
-    """
-    end, limit = start, min(len(buf), start + width)
-    while end < limit and buf[end] not in stop:
-        end += 1
-    return end if end > start else None
-
-
-def _scan_int(buf: bytes, start: int) -> tuple[int, int] | None:
-    """sscanf's ``%d``: the value glibc stores in the int, and where it stopped."""
-    i = start
-    while i < len(buf) and buf[i] in _C_SPACE:
-        i += 1
-    j = i + 1 if i < len(buf) and buf[i] in b"+-" else i
-    k = j
-    while k < len(buf) and buf[k] in _DIGITS:
-        k += 1
-    if k == j:
-        return None
-    # glibc converts with strtol (saturating at the long range), then stores an int.
-    magnitude = bounded_int(buf[j:k], 10, 1 << 63)
-    value = max(-(1 << 63), min((1 << 63) - 1, -magnitude if buf[i:j] == b"-" else magnitude))
-    return (value + (1 << 31)) % (1 << 32) - (1 << 31), k
-
-
-def _strtoull(buf: bytes, base: int) -> tuple[int, int] | None:
-    """glibc strtoull in base 10 or 16: (value, end); end 0 when nothing converts.
-
-    None means ERANGE.  Like strtoull, a leading minus negates modulo 2**64.
-    """
-    i = 0
-    while i < len(buf) and buf[i] in _C_SPACE:
-        i += 1
-    negative = i < len(buf) and buf[i] == ord("-")
-    if i < len(buf) and buf[i] in b"+-":
-        i += 1
-    digits = _HEX if base == 16 else _DIGITS
-    if base == 16 and buf[i : i + 2] in (b"0x", b"0X") and i + 2 < len(buf) and buf[i + 2] in _HEX:
-        i += 2  # without a hex digit after it, "0x" converts as "0" and stops at the x
-    j = i
-    while j < len(buf) and buf[j] in digits:
-        j += 1
-    if j == i:
-        return 0, 0
-    value = bounded_int(buf[i:j], base)
-    if value > _U64:
-        return None
-    return (-value if negative else value) & _U64, j
-
-
-def _suffix_mul(char: int) -> int:
-    """suffix_mul() with unit 1024: B K M G T P E, case-insensitive; 0 if none."""
-    index = b"BKMGTPE".find(bytes([char]).upper())
-    return 1024**index if index >= 0 else 0
-
-
-def _strtosz(buf: bytes) -> int | None:
-    """qemu_strtosz(buf, NULL, ...): the size in bytes, or None where QEMU fails.
-
-    Decimal with an optional B/K/M/G/T/P/E suffix (binary multiples) and an
-    optional fraction when a suffix above B scales it; hex only without suffix
-    or fraction; no octal, no exponent, nothing negative (not even -0), nothing
-    of 2**64 or more, nothing after the number.  Leading white space is fine.
-    """
-    n = len(buf)
-
-    def at(k: int) -> int:
-        return buf[k] if k < n else 0  # the C string's terminating NUL
-
-    # parse_uint(): strtoull in base 10, then negatives refused.
-    scanned = _strtoull(buf, 10)
-    if scanned is None:
-        return None
-    val, end = scanned
-    converted = end > 0
-    if converted and buf.lstrip(_C_SPACE)[:1] == b"-":
-        return None
-    valf = 0  # the fraction as 0.64 fixed point
-    if converted and val == 0 and at(end) in b"xX":
-        hexed = _strtoull(buf, 16)
-        if hexed is None:
-            return None
-        val, end = hexed
-        if at(end) == ord(".") or _suffix_mul(at(end)) > 0:
-            return None  # hex takes neither a fraction nor a suffix
-    elif at(end) == ord(".") or (not converted and b"." in buf):
-        if converted and at(end + 1) not in _DIGITS:
-            end += 1  # "1." and "1.k" need no fraction digits
-        else:
-            # strtod on a copy cut at the first 'e'/'E' (a suffix, not an exponent):
-            # only [space][sign].digits can convert here; inf and nan are refused.
-            copy = re.split(rb"[eE]", buf[end:], maxsplit=1)[0]
-            match = re.match(rb"[ \t\n\v\f\r]*([+-]?)\.([0-9]+)", copy)
-            if match is None:
-                return None
-            if match.group(1) == b"-":
-                return None  # a negative fraction, -0.0 included
-            digits = match.group(2)
-            end += match.end()
-            fraction = float(b"0." + digits)
-            if fraction == 1.0:
-                if val == _U64:
-                    return None
-                val += 1
-            else:
-                valf = int(fraction * 2.0**64)
-                if valf == 0 and digits.strip(b"0"):
-                    valf = 1  # an underflowing fraction still counts as one
-    elif not converted:
-        return None
-    mul = _suffix_mul(at(end))
-    if mul:
-        end += 1
-    else:
-        mul = 1
-    if mul == 1:
-        if valf:
-            return None  # a fraction needs a suffix larger than a byte
-    else:
-        product = valf * mul
-        val = val * mul + (product >> 64) + ((product >> 63) & 1)  # rounds half up
-        if val > _U64:
-            return None
-    if end < n:
-        return None
-    return val
-
-
-# --------------------------------------------------------------------------
 # The URI grammar.
 
 
@@ -441,12 +262,12 @@ def _parse_flag(text: str, opts: bytes, start: int, name: str) -> bool:
     segment = rest if comma < 0 else rest[:comma]
     expected = f"expected ',{name}', ',{name}=on' or ',{name}=off'"
     if comma >= 0 and rest[comma + 1 : comma + 2] == b",":
-        _fail(text, f"bad flag ',{name}{_text(segment)},,': {expected} without a doubled comma")
+        _fail(text, f"bad flag ',{name}{c_text(segment)},,': {expected} without a doubled comma")
     if segment in (b"", b"=on"):
         return True
     if segment == b"=off":
         return False
-    _fail(text, f"bad flag ',{name}{_text(segment)}': {expected}")
+    _fail(text, f"bad flag ',{name}{c_text(segment)}': {expected}")
 
 
 def _parse_inet(cls: type[_I], text: str, buf: bytes) -> _I:
@@ -455,16 +276,16 @@ def _parse_inet(cls: type[_I], text: str, buf: bytes) -> _I:
     if buf[:1] == b":":
         host, port_start = b"", 1
     elif buf[:1] == b"[":
-        end = _scanset(buf, 1, 64, b"]")
+        end = scanset(buf, 1, 64, b"]")
         if end is None or buf[end : end + 2] != b"]:":
             _fail(text, f"{usage}, with an IPv6 host of 1 to 64 bytes in brackets")
         host, port_start = buf[1:end], end + 2
     else:
-        end = _scanset(buf, 0, 64, b":")
+        end = scanset(buf, 0, 64, b":")
         if end is None or buf[end : end + 1] != b":":
             _fail(text, f"{usage}, with a host of 1 to 64 bytes")
         host, port_start = buf[:end], end + 1
-    port_end = _scanset(buf, port_start, 32, b",")
+    port_end = scanset(buf, port_start, 32, b",")
     if port_end is None:
         _fail(text, f"{usage}: the port is missing")
     # QEMU reads at most 32 bytes of port and searches the options from there on,
@@ -474,7 +295,7 @@ def _parse_inet(cls: type[_I], text: str, buf: bytes) -> _I:
     to = None
     found = opts.find(b",to=")
     if found >= 0:
-        scanned = _scan_int(opts, found + 4)
+        scanned = scan_int(opts, found + 4)
         if scanned is None or (scanned[1] < len(opts) and opts[scanned[1]] != ord(",")):
             _fail(text, "to= expects a number")
         to = scanned[0] % (1 << 16)  # QEMU stores the int into the uint16_t 'to'
@@ -484,8 +305,8 @@ def _parse_inet(cls: type[_I], text: str, buf: bytes) -> _I:
         if found >= 0:
             flags[name] = _parse_flag(text, opts, found + 1 + len(name), name)
     return cls(
-        host=_text(host),
-        port=_text(buf[port_start:port_end]),
+        host=c_text(host),
+        port=c_text(buf[port_start:port_end]),
         to=to,
         ipv4=flags.get("ipv4"),
         ipv6=flags.get("ipv6"),
@@ -496,30 +317,30 @@ def _parse_inet(cls: type[_I], text: str, buf: bytes) -> _I:
 
 def _parse_vsock(text: str, buf: bytes) -> VsockAddress:
     """vsock_parse(): CID:PORT, each 1 to 32 bytes, nothing after."""
-    end = _scanset(buf, 0, 32, b":")
+    end = scanset(buf, 0, 32, b":")
     if end is None or buf[end : end + 1] != b":":
         _fail(text, "expected vsock:CID:PORT, with a CID of 1 to 32 bytes")
-    port_end = _scanset(buf, end + 1, 32, b",")
+    port_end = scanset(buf, end + 1, 32, b",")
     if port_end is None:
         _fail(text, "expected vsock:CID:PORT: the port is missing")
     if port_end != len(buf):
         _fail(text, "trailing characters after vsock:CID:PORT (a port has at most 32 bytes)")
-    return VsockAddress(_text(buf[:end]), _text(buf[end + 1 : port_end]))
+    return VsockAddress(c_text(buf[:end]), c_text(buf[end + 1 : port_end]))
 
 
 def _parse_file(text: str, buf: bytes) -> FileAddress:
     """file_parse_offset(): split at the first ',offset=', the rest is a size."""
     found = buf.find(b",offset=")
     if found < 0:
-        return FileAddress(_text(buf))
-    offset = _strtosz(buf[found + 8 :])
+        return FileAddress(c_text(buf))
+    offset = strtosz(buf[found + 8 :])
     if offset is None:
         _fail(
             text,
-            f"bad offset {_text(buf[found + 8 :])!r}: expected a size below 2**64, decimal "
+            f"bad offset {c_text(buf[found + 8 :])!r}: expected a size below 2**64, decimal "
             "with an optional B/K/M/G/T/P/E suffix, or hex without suffix",
         )
-    return FileAddress(_text(buf[:found]), offset)
+    return FileAddress(c_text(buf[:found]), offset)
 
 
 _PROTOCOLS = ("exec:", "rdma:", "tcp:", "unix:", "vsock:", "fd:", "file:")
@@ -532,9 +353,9 @@ def parse_address(text: str) -> Address:
     """
     if not isinstance(text, str):
         raise AddressError(f"{text!r} is not a URI: expected text such as 'unix:/path'", text)
-    buf = _c_string(text, text)
+    buf = c_string(text, text)
     if buf.startswith(b"exec:"):
-        return ExecAddress(("/bin/sh", "-c", _text(buf[5:])))
+        return ExecAddress(("/bin/sh", "-c", c_text(buf[5:])))
     if buf.startswith(b"rdma:"):
         return _parse_inet(RdmaAddress, text, buf[5:])
     if buf.startswith(b"tcp:"):
@@ -542,13 +363,13 @@ def parse_address(text: str) -> Address:
     if buf.startswith(b"unix:"):
         if len(buf) == 5:
             _fail(text, "expected unix:PATH: the path is empty")
-        return UnixAddress(_text(buf[5:]))
+        return UnixAddress(c_text(buf[5:]))
     if buf.startswith(b"vsock:"):
         return _parse_vsock(text, buf[6:])
     if buf.startswith(b"fd:"):
         if len(buf) == 3:
             _fail(text, "expected fd:NUMBER or fd:NAME: the name is empty")
-        return FdAddress(_text(buf[3:]))
+        return FdAddress(c_text(buf[3:]))
     if buf.startswith(b"file:"):
         return _parse_file(text, buf[5:])
     raise AddressError(
@@ -611,22 +432,6 @@ def address_uri(addr: Address) -> str | None:
     return uri if same else None
 
 
-def keyval_members(members: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """QAPI members as keyval ``key=value`` items (commas in values doubled)."""
-    items: list[str] = []
-    for key, value in members.items():
-        name = prefix + key
-        if isinstance(value, Mapping):
-            items += keyval_members(value, name + ".")
-        elif isinstance(value, list | tuple):
-            items += keyval_members({str(i): item for i, item in enumerate(value)}, name + ".")
-        elif isinstance(value, bool):
-            items.append(f"{name}={_flag(value)}")
-        else:
-            items.append(f"{name}={str(value).replace(',', ',,')}")
-    return items
-
-
 def _address_text(addr: Address) -> str:
     """str(): the URI, or the keyval form of the QAPI MigrationAddress."""
     return address_uri(addr) or ",".join(keyval_members(address_to_qapi(addr)))
@@ -676,180 +481,6 @@ def address_to_qapi(addr: Address) -> dict[str, Any]:
     if isinstance(addr, ExecAddress):
         return {"transport": "exec", "args": list(addr.args)}
     raise TypeError(f"not an address: {addr!r}")
-
-
-_MISSING = object()
-_TRUE_WORDS = ("on", "yes", "true", "y")  # qapi_bool_parse()
-_FALSE_WORDS = ("off", "no", "false", "n")
-_KEYVAL_UINT = re.compile(r"[ \t\n\v\f\r]*([+-]?)(?:0[xX]([0-9a-fA-F]+)|(0[0-7]*)|([1-9][0-9]*))\Z")
-
-
-def _keyval_uint(text: str) -> int | None:
-    """qemu_strtou64(text, NULL, 0): base 0 (0x hex, 0 octal), negatives wrap."""
-    match = _KEYVAL_UINT.match(text)
-    if match is None:
-        return None
-    sign, hexa, octal, decimal = match.groups()
-    if hexa is not None:
-        value = bounded_int(hexa, 16)
-    elif octal is not None:
-        value = bounded_int(octal, 8)
-    else:
-        value = bounded_int(decimal)
-    if value > _U64:
-        return None
-    return (-value if sign == "-" else value) & _U64
-
-
-class QapiReader:
-    """Reads one QAPI struct as QEMU's QObject input visitor does.
-
-    ``keyval`` selects the keyval visitor (every scalar is a string, converted
-    on demand: integers in base 0, booleans on/off/yes/no/true/false/y/n);
-    otherwise the JSON visitor, where types must match exactly.  Errors are
-    AddressError naming the whole input (``source``) and the parameter.
-    """
-
-    def __init__(
-        self, data: object, *, keyval: bool, source: object, what: str, path: str = ""
-    ) -> None:
-        self.keyval, self.source, self.what, self.path = keyval, source, what, path
-        if not isinstance(data, Mapping):
-            where = f"'{path}'" if path else "the input"
-            self.fail(f"{where} must be an object, not {_kind(data)}")
-        self.data: Mapping[Any, Any] = data
-        self.unvisited: dict[Any, None] = dict.fromkeys(data)
-
-    def fail(self, detail: str) -> NoReturn:
-        raise AddressError(f"invalid {self.what} {shown(self.source)}: {detail}", self.source)
-
-    def name(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def get(self, key: str, *, optional: bool = False) -> Any:
-        if key not in self.data:
-            if optional:
-                return _MISSING
-            self.fail(f"parameter '{self.name(key)}' is missing")
-        self.unvisited.pop(key, None)
-        return self.data[key]
-
-    def _scalar(self, key: str, value: object, expected: str) -> None:
-        if self.keyval and isinstance(value, Mapping | list):
-            self.fail(f"parameters '{self.name(key)}.*' are unexpected")
-        if not self.keyval and not _is_json_kind(value, expected):
-            self.fail(
-                f"invalid type for '{self.name(key)}': expected {expected}, got {_kind(value)}"
-            )
-
-    def _text_value(self, name: str, value: object) -> str:
-        if not isinstance(value, str):
-            self.fail(f"invalid type for '{name}': expected string, got {_kind(value)}")
-        if "\0" in value:
-            self.fail(f"'{name}' contains a NUL character, which a C string cannot hold")
-        try:
-            value.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            self.fail(f"'{name}' contains a lone surrogate")
-        return value
-
-    def string(self, key: str) -> str:
-        value = self.get(key)
-        self._scalar(key, value, "string")
-        return self._text_value(self.name(key), value)
-
-    def enum(self, key: str, choices: tuple[str, ...]) -> str:
-        value = self.string(key)
-        if value not in choices:
-            self.fail(
-                f"parameter '{self.name(key)}' does not accept value {shown(value)}: expected "
-                + " or ".join(repr(choice) for choice in choices)
-            )
-        return value
-
-    def boolean(self, key: str) -> bool | None:
-        value = self.get(key, optional=True)
-        if value is _MISSING:
-            return None
-        self._scalar(key, value, "boolean")
-        if not self.keyval:
-            return bool(value)
-        if value in _TRUE_WORDS:
-            return True
-        if value in _FALSE_WORDS:
-            return False
-        self.fail(f"parameter '{self.name(key)}' expects 'on' or 'off', got {shown(value)}")
-
-    def uint(self, key: str, bits: int, *, optional: bool = False) -> int | None:
-        value = self.get(key, optional=optional)
-        if value is _MISSING:
-            return None
-        self._scalar(key, value, "integer")
-        limit = (1 << bits) - 1
-        expects = f"parameter '{self.name(key)}' expects an integer from 0 to {limit}"
-        number: int | None
-        if self.keyval:
-            number = _keyval_uint(value)
-        elif -(1 << 63) <= value < 0:
-            # QEMU's JSON visitor takes negative integers for unsigned members
-            # ("backward compatibility") and wraps them modulo 2**64.
-            number = value & _U64
-        else:
-            # Beyond 64 bits QEMU's JSON parser holds a double, never an integer.
-            number = value if 0 <= value <= _U64 else None
-        if number is None or number > limit:
-            self.fail(f"{expects}, got {shown(value)}")
-        return number
-
-    def strings(self, key: str) -> tuple[str, ...]:
-        value = self.get(key)
-        if not isinstance(value, list | tuple):
-            self.fail(f"invalid type for '{self.name(key)}': expected array, got {_kind(value)}")
-        items = []
-        for index, item in enumerate(value):
-            name = f"{self.name(key)}.{index}" if self.keyval else f"{self.name(key)}[{index}]"
-            if self.keyval and isinstance(item, Mapping | list):
-                self.fail(f"parameters '{name}.*' are unexpected")
-            items.append(self._text_value(name, item))
-        return tuple(items)
-
-    def struct(self, key: str) -> QapiReader:
-        return QapiReader(
-            self.get(key),
-            keyval=self.keyval,
-            source=self.source,
-            what=self.what,
-            path=self.name(key),
-        )
-
-    def finish(self) -> None:
-        """visit_check_struct(): every member must have been visited."""
-        for key in self.unvisited:
-            self.fail(f"parameter '{self.name(str(key))}' is unexpected")
-
-
-def _is_json_kind(value: object, expected: str) -> bool:
-    if expected == "boolean":
-        return isinstance(value, bool)
-    if expected == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, str)
-
-
-def _kind(value: object) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "object"
-    if isinstance(value, list | tuple):
-        return "array"
-    return "null" if value is None else type(value).__name__
 
 
 def _read_inet(reader: QapiReader, cls: type[_I]) -> _I:

@@ -27,9 +27,9 @@ from ..address import (
     TcpAddress,
     UnixAddress,
     VsockAddress,
-    bounded_int,
     family_for,
 )
+from ..qemu.cstring import bounded_int
 from ..sockdiag import bound_to_file, bound_to_name
 from . import _proc
 from ._output import format_size

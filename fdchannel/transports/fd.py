@@ -32,8 +32,9 @@ import stat
 
 import anyio.lowlevel
 
-from ..address import FdAddress, bounded_int
+from ..address import FdAddress
 from ..errors import AddressError, ConnectError, TransportError
+from ..qemu.cstring import bounded_int
 from ._base import Listener, Stream
 from ._credentials import CredentialPolicy, same_user_or_root
 from ._socket import SocketListener, stream_for_socket

@@ -7,8 +7,9 @@ import socket
 
 import anyio
 
-from ..address import InetAddress, TcpAddress, bounded_int, family_for
+from ..address import InetAddress, TcpAddress, family_for
 from ..errors import AddressError, ConnectError, TransportError
+from ..qemu.cstring import bounded_int
 from ._socket import SocketListener, SocketStream, async_connect, tune_buffers
 
 __all__ = ["connect", "listen"]
