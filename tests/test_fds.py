@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import textwrap
 import anyio
 import pytest
 
-from fdchannel import FdPassingError, TruncatedFdsError, transfer
+from fdchannel import FdPassingError, TruncatedFdsError
 from fdchannel.fds import (
     SCM_MAX_FD,
     fd_table_size,
@@ -20,7 +19,6 @@ from fdchannel.fds import (
     sendmsg_fds,
     split_for_sending,
 )
-from fdchannel.transfer import ensure_fd_room
 from fdchannel.transports._socket import UnixSocketStream
 
 from .conftest import close_fds as close
@@ -375,56 +373,6 @@ def test_open_fd_count_is_exact() -> None:
         assert open_fd_count() == len(os.listdir("/proc/self/fd")) - 1
     finally:
         close(extra)
-
-
-#: How the open descriptors are counted: the kernel's count of /proc/self/fd,
-#: or (kernels before 6.2, which report 0) the table-size bound and a listing.
-COUNTS = [pytest.param(True, id="kernel-count"), pytest.param(False, id="before-6.2")]
-
-
-@pytest.mark.parametrize("kernel_counts", COUNTS)
-def test_room_is_made_by_raising_the_soft_limit(
-    kernel_counts: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if not kernel_counts:
-        monkeypatch.setattr(transfer, "open_fd_count", lambda: None)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    opened = len(os.listdir("/proc/self/fd"))
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (opened + 8, hard))
-        ensure_fd_room(500)
-        raised = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        assert opened + 500 <= raised <= fd_table_size() + 500 + 64
-        ensure_fd_room(10)  # room already there: the limit stays
-        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == raised
-        with pytest.raises(FdPassingError, match=f"the hard limit is {hard}"):
-            ensure_fd_room(hard)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-@pytest.mark.parametrize("kernel_counts", COUNTS)
-def test_room_up_to_the_hard_limit_is_found_exactly(
-    kernel_counts: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What fits under the hard limit is accepted even where the table's size says
-    it might not (a table grown by an earlier state never shrinks)."""
-    if not kernel_counts:
-        monkeypatch.setattr(transfer, "open_fd_count", lambda: None)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        pytest.skip("no hard limit to come close to")
-    # Grow the table past 1,024 slots, then give the descriptors back.
-    close(devnulls(max(0, 1100 - len(os.listdir("/proc/self/fd")))))
-    count = hard - len(os.listdir("/proc/self/fd")) - 64 - 8
-    assert fd_table_size() + count + 64 > hard, "the table bound alone would refuse"
-    try:
-        ensure_fd_room(count)
-        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] <= hard
-        with pytest.raises(FdPassingError, match="needs RLIMIT_NOFILE"):
-            ensure_fd_room(count + 16)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def memfds(n: int) -> list[int]:

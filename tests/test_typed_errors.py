@@ -12,14 +12,11 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import anyio
 import pytest
 
 import fdchannel
-from fdchannel import FdState
 from fdchannel.cli import main
-from fdchannel.errors import AddressError, ConnectError, ConnectionLostError, TransportError
-from fdchannel.transports._socket import UnixSocketStream
+from fdchannel.errors import AddressError, ConnectError, TransportError
 
 pytestmark = pytest.mark.anyio
 
@@ -100,37 +97,6 @@ def test_command_line_reports_them(
     err = capsys.readouterr().err
     assert status == (2 if error is AddressError else 1), err
     assert "unexpected" not in err
-
-
-@pytest.mark.parametrize("ending", ["close", "shutdown"])
-async def test_exchange_with_a_vanished_peer_is_typed(ending: str) -> None:
-    ours, theirs = socket.socketpair()
-    stream = UnixSocketStream(ours, None)
-    try:
-        if ending == "close":
-            theirs.close()
-        else:
-            theirs.shutdown(socket.SHUT_RDWR)
-        with pytest.raises(ConnectionLostError):
-            await fdchannel.send_state(stream, FdState(), "native")
-        with pytest.raises(fdchannel.FdChannelError):
-            await fdchannel.receive_state(stream)
-    finally:
-        await stream.aclose()
-        theirs.close()
-
-
-async def test_receive_state_when_the_peer_resets_mid_state() -> None:
-    ours, theirs = socket.socketpair()
-    stream = UnixSocketStream(ours, None)
-    try:
-        with anyio.fail_after(5):
-            theirs.sendall(b"QCPR\0\0\0\1\1")
-            theirs.close()
-            with pytest.raises(fdchannel.ProtocolError):
-                await fdchannel.receive_state(stream)
-    finally:
-        await stream.aclose()
 
 
 @pytest.mark.parametrize("name", ["4294967296", "1" * 5000, "\u0661"])

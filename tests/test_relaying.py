@@ -17,10 +17,10 @@ from fdchannel.errors import CapabilityError
 from fdchannel.relaying import RelayStats, relay
 from fdchannel.transports._socket import UnixSocketStream
 
-from ..intruder import intruder, lines, needs_root
+from .intruder import intruder, lines, needs_root
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 10
 
 
