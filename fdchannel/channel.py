@@ -30,9 +30,6 @@ from typing import Any
 from .address import (
     ADDRESS_TYPES,
     Address,
-    FdAddress,
-    FileAddress,
-    UnixAddress,
     address_to_qapi,
     address_uri,
     parse_address,
@@ -43,6 +40,7 @@ from .qemu.cstring import shown
 from .qemu.json import parse_json
 from .qemu.keyval import keyval_members, keyval_parse
 from .qemu.qapi import QapiReader
+from .registry import FdPassing, transport_for
 
 __all__ = ["Channel", "ChannelType", "parse_channel", "validate_channels"]
 
@@ -153,13 +151,13 @@ def validate_channels(
         raise ChannelError("channel list has no main entry: expected one 'main' channel")
     if mode == "normal":
         return main, None
-    if isinstance(main.addr, FileAddress):
+    if not transport_for(main.addr).stream:
         raise ChannelError(
             f"main channel {main} is a file: cpr-transfer needs a stream transport (e.g. unix)"
         )
     if cpr is None:
         raise ChannelError("missing 'cpr' migration channel: cpr-transfer mode needs one")
-    if not isinstance(cpr.addr, UnixAddress | FdAddress):
+    if transport_for(cpr.addr).fd_passing is FdPassing.NEVER:
         raise ChannelError(
             f"cpr channel {cpr} cannot pass descriptors over the {cpr.addr.scheme} transport: "
             "expected a unix socket, or an fd: that is an AF_UNIX socket"

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import socket
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,13 +24,14 @@ from ..address import (
     ExecAddress,
     FdAddress,
     FileAddress,
-    RdmaAddress,
     TcpAddress,
     UnixAddress,
     VsockAddress,
     family_for,
 )
+from ..capabilities import Capability
 from ..qemu.cstring import bounded_int
+from ..registry import FdPassing, transport_for
 from ..sockdiag import bound_to_file, bound_to_name
 from . import _proc
 from ._output import format_size
@@ -101,55 +103,39 @@ class Reach:
 
 def check(addr: Address, timeout: float) -> Reach:
     """Check ``addr`` with the test its transport allows."""
-    if isinstance(addr, UnixAddress):
-        return _unix(addr, timeout)
-    if isinstance(addr, TcpAddress):
-        return _tcp(addr, timeout)
-    if isinstance(addr, VsockAddress):
-        return _vsock(addr, timeout)
-    if isinstance(addr, FileAddress):
-        return _file(addr)
-    if isinstance(addr, ExecAddress):
-        return _exec(addr)
-    if isinstance(addr, FdAddress):
-        return _fd(addr)
-    if isinstance(addr, RdmaAddress):
-        return Reach(False, "rdma is parsed but not supported by fdchannel")
-    raise TypeError(f"not an address: {addr!r}")  # pragma: no cover
+    transport = transport_for(addr)
+    test = _CHECKS.get(transport.name)
+    if test is None:
+        return Reach(False, f"{transport.name} is parsed but not supported by fdchannel")
+    return test(addr, timeout)
 
 
 def capabilities(addr: Address, reach: Reach | None) -> list[str]:
-    """What a stream on ``addr`` can do (spec table; fd: from the descriptor's kind)."""
-    if isinstance(addr, UnixAddress):
-        return ["FD_PASSING", "HALF_CLOSE", "MULTI_ACCEPT"]
-    if isinstance(addr, TcpAddress | VsockAddress):
-        return ["HALF_CLOSE", "MULTI_ACCEPT"]
-    if isinstance(addr, FileAddress):
-        if reach is not None and reach.facts.get("type") == "fifo":
-            return ["HALF_CLOSE"]
-        return ["SEEKABLE"]
-    if isinstance(addr, ExecAddress):
-        return ["HALF_CLOSE"]
-    if isinstance(addr, FdAddress):
-        found = reach.facts.get("descriptor", {}) if reach is not None else {}
+    """What a stream on ``addr`` can do: its transport's entry, or, for fd: and a
+    FIFO at a file: path, what the descriptor found turned out to be."""
+    transport = transport_for(addr)
+    facts = reach.facts if reach is not None else {}
+    if transport.fd_passing is FdPassing.BY_DESCRIPTOR:
+        found = facts.get("descriptor", {})
         kind = found.get("kind")
+        caps = Capability.NONE
         if kind == "socket":
-            caps = ["HALF_CLOSE"]
+            caps = Capability.HALF_CLOSE
             if found.get("family") == "AF_UNIX":
-                caps.insert(0, "FD_PASSING")
+                caps |= Capability.FD_PASSING
             if found.get("listening"):
-                caps.append("MULTI_ACCEPT")
-            return caps
-        if kind in ("pipe", "fifo"):
-            return ["HALF_CLOSE"]
-        if kind == "file":
-            return ["SEEKABLE"]
-        return []
-    return []
-
-
-# --------------------------------------------------------------------------
-# unix
+                caps |= Capability.MULTI_ACCEPT
+        elif kind in ("pipe", "fifo"):
+            caps = Capability.HALF_CLOSE
+        elif kind == "file":
+            caps = Capability.SEEKABLE
+    elif facts.get("type") == "fifo":  # a file: path that is a FIFO
+        caps = Capability.HALF_CLOSE
+    else:
+        caps = transport.capabilities
+        if transport.multi_accept:
+            caps |= Capability.MULTI_ACCEPT
+    return [flag.name for flag in Capability if flag in caps and flag.name]
 
 
 def _is_probe_listener(argv: list[str]) -> bool:
@@ -372,3 +358,14 @@ def _fd(addr: FdAddress) -> Reach:
     if found["kind"] == "closed":
         return Reach(False, f"descriptor {fd} is not open", facts)
     return Reach(True, f"descriptor {fd}: {summary(found)}", facts)
+
+
+#: The reachability test of each transport, by name.
+_CHECKS: dict[str, Callable[[Any, float], Reach]] = {
+    "unix": _unix,
+    "tcp": _tcp,
+    "vsock": _vsock,
+    "file": lambda addr, _timeout: _file(addr),
+    "exec": lambda addr, _timeout: _exec(addr),
+    "fd": lambda addr, _timeout: _fd(addr),
+}

@@ -7,24 +7,15 @@ pass descriptors, so it is refused on any transport that cannot.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-from ..address import (
-    Address,
-    ExecAddress,
-    FdAddress,
-    FileAddress,
-    RdmaAddress,
-    TcpAddress,
-    UnixAddress,
-    VsockAddress,
-)
+from ..address import Address
 from ..capabilities import Capability
 from ..channel import Channel, ChannelType, parse_channel
-from ..errors import AddressError, CapabilityError, TransportError
+from ..errors import AddressError, CapabilityError
+from ..registry import FdPassing, transport_for
 from ._base import FdAttribute, Listener, Stream
 
 __all__ = [
@@ -40,15 +31,6 @@ __all__ = [
 
 Target = Address | Channel | str
 
-_MODULES: dict[type[Any], str] = {
-    UnixAddress: "unix",
-    TcpAddress: "tcp",
-    VsockAddress: "vsock",
-    FdAddress: "fd",
-    FileAddress: "file",
-    ExecAddress: "exec",
-}
-
 
 def resolve_target(target: Target) -> tuple[Address, ChannelType]:
     """The address and channel type of an address, URI or channel text, or Channel."""
@@ -59,12 +41,6 @@ def resolve_target(target: Target) -> tuple[Address, ChannelType]:
     return target, ChannelType.MAIN
 
 
-def _module(address: Address) -> Any:
-    if isinstance(address, RdmaAddress):
-        raise TransportError(f"{address}: rdma is not supported by fdchannel", address)
-    return importlib.import_module(f".{_MODULES[type(address)]}", __name__)
-
-
 def check_options(verb: str, target: Target, options: Mapping[str, object]) -> None:
     """AddressError unless ``target``'s transport takes every one of ``options``
     for ``verb`` ("connect" or "listen"): a wrong option fails before anything opens."""
@@ -73,7 +49,9 @@ def check_options(verb: str, target: Target, options: Mapping[str, object]) -> N
     address, _ = resolve_target(target)
     taken = [
         name
-        for name, parameter in inspect.signature(getattr(_module(address), verb)).parameters.items()
+        for name, parameter in inspect.signature(
+            transport_for(address).verb(verb, address)
+        ).parameters.items()
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY
     ]
     unknown = sorted(set(options) - set(taken))
@@ -89,12 +67,13 @@ async def _open(verb: str, target: Target, options: dict[str, Any]) -> Stream | 
     """Open ``target`` with the transport's ``verb``; a cpr channel must pass descriptors."""
     check_options(verb, target, options)
     address, kind = resolve_target(target)
+    transport = transport_for(address)
     cpr = kind is ChannelType.CPR
-    if cpr and not isinstance(address, UnixAddress | FdAddress):
+    if cpr and transport.fd_passing is FdPassing.NEVER:
         _refuse_cpr(address)
-    opened: Stream | Listener = await getattr(_module(address), verb)(address, **options)
+    opened: Stream | Listener = await transport.verb(verb, address)(address, **options)
     can_pass = opened.capabilities if isinstance(opened, Stream) else opened.stream_capabilities
-    if cpr and Capability.FD_PASSING not in can_pass:
+    if cpr and Capability.FD_PASSING not in can_pass:  # an fd: that is no AF_UNIX socket
         await opened.aclose()
         _refuse_cpr(address)
     return opened
