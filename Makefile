@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := qemu-system-x86 socat systemd
 DEBIAN_PROGRAMS := qemu-system-x86_64 socat systemd-socket-activate
 
-.PHONY: all test lint typecheck unit demo bench stress fuzz debian-packages interop-qemu10 clean
+.PHONY: all test lint typecheck unit demo bench stress fuzz debian-packages interop-qemu interop-qemu10 clean
 
 all: test
 
@@ -58,19 +58,39 @@ fuzz: $(STAMP)
 stress: $(STAMP)
 	$(PY) -m bench.stress
 
-# Optional, not part of `make test`: fdchannel against a real QEMU 10 doing
-# cpr-transfer, both directions. QEMU 10 is not in Debian 12: it runs with
-# chroot from a Debian 13 root that the first run builds with debootstrap
-# (about 70 MiB downloaded, 340 MiB on disk, under a minute here). Root only:
-# debootstrap, mount --bind and chroot need it. See docs/interop.md.
+# Optional, not part of `make test`: fdchannel against real QEMUs doing
+# cpr-transfer, every way, on QEMU 10.0 and 11.1 and across them. Neither is
+# in Debian 12: each runs with chroot from a Debian 13 root that the first run
+# builds (10.0: debootstrap of trixie; 11.1: a `cp -ax` copy of that plus
+# trixie-backports): about 85 MB downloaded, 820 MiB on disk, 1.5 minutes here;
+# later runs about 15 s. Root only: debootstrap, mount --bind and
+# chroot need it. A version-by-test table closes the run. See docs/interop.md.
 QEMU10_ROOT := .qemu10/root
-interop-qemu10: $(STAMP)
+QEMU11_ROOT := .qemu11/root
+QEMU_ROOT_PY := $(PY) tests/interop/qemu_root.py
+# The cpr-exec test (QEMU 11.1, through `fdchannel probe --cpr-exec`) joins when present.
+INTEROP_QEMU_TESTS := tests/interop/test_qemu_versions.py $(wildcard tests/interop/test_qemu_cpr_exec.py)
+INTEROP_PYTEST := $(PY) -m pytest -q -p tests.interop.matrix
+define need_root
 	@if [ "$$(id -u)" != 0 ]; then \
-	  echo "make interop-qemu10 must run as root (debootstrap, mount --bind, chroot); try: sudo make interop-qemu10" >&2; \
+	  echo "make $@ must run as root (debootstrap, mount --bind, chroot); try: sudo make $@" >&2; \
 	  exit 1; \
 	fi
-	$(PY) tests/interop/qemu10_root.py $(QEMU10_ROOT)
-	FDCHANNEL_QEMU10_ROOT=$(abspath $(QEMU10_ROOT)) $(PY) -m pytest -q tests/interop/test_qemu10.py
+endef
+
+interop-qemu: $(STAMP)
+	$(need_root)
+	$(QEMU_ROOT_PY) --version 10 $(QEMU10_ROOT)
+	$(QEMU_ROOT_PY) --version 11 --base $(QEMU10_ROOT) $(QEMU11_ROOT)
+	FDCHANNEL_QEMU10_ROOT=$(abspath $(QEMU10_ROOT)) FDCHANNEL_QEMU11_ROOT=$(abspath $(QEMU11_ROOT)) \
+	  $(INTEROP_PYTEST) $(INTEROP_QEMU_TESTS)
+
+# The QEMU 10.0 column only: one root, no backports.
+interop-qemu10: $(STAMP)
+	$(need_root)
+	$(QEMU_ROOT_PY) --version 10 $(QEMU10_ROOT)
+	FDCHANNEL_QEMU10_ROOT=$(abspath $(QEMU10_ROOT)) FDCHANNEL_QEMU11_ROOT= \
+	  $(INTEROP_PYTEST) tests/interop/test_qemu_versions.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

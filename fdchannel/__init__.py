@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     )
     from .capabilities import Capability
     from .channel import Channel, ChannelType, parse_channel, validate_channels
+    from .cpr_exec import CprExecState, InheritedFdState, read_cpr_exec_state
     from .errors import (
         AddressError,
         CapabilityError,
@@ -60,6 +61,9 @@ _LAZY = {
     "ChannelType": ".channel",
     "parse_channel": ".channel",
     "validate_channels": ".channel",
+    "CprExecState": ".cpr_exec",
+    "InheritedFdState": ".cpr_exec",
+    "read_cpr_exec_state": ".cpr_exec",
     "AddressError": ".errors",
     "CapabilityError": ".errors",
     "ChannelError": ".errors",
@@ -128,6 +132,7 @@ __all__ = [
     "ChannelType",
     "ConnectError",
     "ConnectionLostError",
+    "CprExecState",
     "ExecAddress",
     "FdAddress",
     "FdChannelError",
@@ -135,6 +140,7 @@ __all__ = [
     "FileAddress",
     "HandoffError",
     "HandoffTimeout",
+    "InheritedFdState",
     "PeerCredentialsError",
     "ProtocolError",
     "StateError",
@@ -147,5 +153,6 @@ __all__ = [
     "__version__",
     "parse_address",
     "parse_channel",
+    "read_cpr_exec_state",
     "validate_channels",
 ]

@@ -19,6 +19,7 @@ from .errors import (
     FdPassingError,
     HandoffError,
     ProtocolError,
+    StateError,
 )
 from .fds import SCM_MAX_FD, fd_table_size, open_fd_count
 from .state import DEFAULT_LIMITS, FdState, Limits
@@ -74,23 +75,51 @@ async def send_state(
     *,
     window: int | None = None,
     eof: bool = True,
+    qemu_target: str | None = None,
 ) -> None:
     """Send ``state`` on ``stream`` and, unless ``eof`` is False, half-close it.
 
-    The sender keeps its descriptors: the kernel passes copies.  A peer that
+    ``qemu_target`` (qemu codec only): the QEMU version that reads the state,
+    e.g. "10.0" or "11.1" (see ``qemu.subsections_for``); None sends the
+    state's own subsections, i.e. what the QEMU it came from sent.  The
+    sender keeps its descriptors: the kernel passes copies.  A peer that
     hangs up first is a ConnectionLostError.
     """
+    check_qemu_target(codec, qemu_target)
     with _peer_loss_typed(stream, "we sent the state"):
-        await _send_state(stream, state, codec, window, eof)
+        await _send_state(stream, state, codec, window, eof, qemu_target)
+
+
+def check_qemu_target(codec: Codec, target: str | None) -> str | None:
+    """``target`` if the encoder takes it; a StateError for an unknown version,
+    or for a target given with another codec than qemu."""
+    if target is None:
+        return None
+    if codec != "qemu":
+        raise StateError(f"qemu_target {target!r} applies to the qemu codec, not {codec!r}")
+    if not isinstance(target, str):
+        raise StateError(f"qemu_target must be a QEMU version string, not {target!r}")
+    try:
+        qemu.subsections_for(FdState([]), target)
+    except ValueError as exc:  # StateError is one; a plain one would be a codec change
+        raise StateError(str(exc)) from None
+    return target
 
 
 async def _send_state(
-    stream: Stream, state: FdState, codec: Codec, window: int | None, eof: bool
+    stream: Stream,
+    state: FdState,
+    codec: Codec,
+    window: int | None,
+    eof: bool,
+    qemu_target: str | None,
 ) -> None:
     if len(state) and Capability.FD_PASSING not in stream.capabilities:
         raise CapabilityError(f"{stream._describe()} cannot pass the state's descriptors")
     if codec == "qemu":
-        await stream.send_fds_many(qemu.encode(state))
+        # Encoded in full before the first byte goes: a state the target
+        # cannot take (a VFIO device for QEMU 10.0) is refused unsent.
+        await stream.send_fds_many(qemu.encode(state, qemu_target))
     elif codec == "native":
         replies = ByteSource()
         steps = native.encode(state, window)

@@ -66,19 +66,31 @@ def _add_probe(commands: argparse._SubParsersAction[_Parser], common: _Parser) -
     probe = commands.add_parser(
         "probe",
         parents=[common],
+        usage=f"{PROG} probe [-h] [--json] [--debug] [--listen] [--mode {{normal,cpr-transfer}}] "
+        "[--self-test | --no-self-test] [--no-ack] [--timeout SECONDS] [URI|CHANNEL ...]\n"
+        f"       {PROG} probe --cpr-exec [--json] [--debug] [-- CMD [ARGS ...]]",
         help="check channels; with --listen, receive a state and describe it",
         description="Parse and validate each URI or channel (a list is validated as a set), "
         "show its typed address, QAPI form and capabilities, check that it is reachable, "
         "self-test descriptor passing against 'fdchannel probe --listen', and time each "
         "step.  With --listen: act as the incoming cpr side, accept one peer, show who it "
         "is, receive its state (native or qemu codec), describe every descriptor, then "
-        "acknowledge by closing.",
+        "acknowledge by closing.  With --cpr-exec: be QEMU's cpr-exec-command, describe "
+        "the state and descriptors an old QEMU left (QEMU_CPR_EXEC_STATE), then exec CMD "
+        "with the environment and every descriptor as they are; the report goes to stderr "
+        "when CMD follows.",
         epilog="A channel is a URI (a main channel), QAPI JSON or QEMU keyval text, e.g. "
         "'cpr,addr.transport=socket,addr.type=unix,addr.path=/run/vm/cpr.sock'.",
     )
     probe.add_argument("channels", nargs="*", metavar="URI|CHANNEL", help="what to probe")
     probe.add_argument(
         "--listen", action="store_true", help="be the incoming side on the one URI given"
+    )
+    probe.add_argument(
+        "--cpr-exec",
+        action="store_true",
+        help="read the state a QEMU in cpr-exec mode left, describe it, then exec the "
+        "command after '--' (if any) with everything as QEMU left it",
     )
     probe.add_argument(
         "--mode",
@@ -185,17 +197,47 @@ def _parse(args: list[str]) -> argparse.Namespace:
     # The command is the first word that is not an option (the top level has no
     # option that takes a value).
     name = next((arg for arg in args if not arg.startswith("-")), None)
-    if name == "recv" and "--" in args:
-        # recv's command may hold options and "--" of its own: keep it verbatim.
+    if "--" in args and (name == "recv" or (name == "probe" and _flag(args, "--cpr-exec"))):
+        # The command may hold options and "--" of its own: keep it verbatim.
         cut = args.index("--")
         options = parser.parse_args(args[:cut])
         options.command = args[cut + 1 :]
-        return options
+        return _probe_cpr_exec(options) if name == "probe" else options
     options = parser.parse_args(args)
     if options.name is None:
         raise UsageError(f"a command is required: probe, relay, send or recv (see '{PROG} --help')")
     if options.name == "recv" and options.misplaced:
         raise UsageError(f"put the command after '--': {PROG} recv URI -- CMD", f"{PROG} recv")
+    if options.name == "probe" and options.cpr_exec:
+        return _probe_cpr_exec(options)
+    return options
+
+
+def _probe_cpr_exec(options: argparse.Namespace) -> argparse.Namespace:
+    """``probe --cpr-exec [-- CMD]``: checked here, and run by its own module."""
+    others = [
+        flag
+        for flag, given in (
+            ("--listen", options.listen),
+            ("--mode", options.mode is not None),
+            ("--self-test/--no-self-test", options.self_test is not None),
+            ("--no-ack", options.no_ack),
+            ("--timeout", options.timeout is not None),
+        )
+        if given
+    ]
+    if others:
+        raise UsageError(f"{others[0]} does not apply to probe --cpr-exec", f"{PROG} probe")
+    if options.channels:
+        raise UsageError(
+            f"probe --cpr-exec takes no URI; put the command after '--': "
+            f"{PROG} probe --cpr-exec -- CMD",
+            f"{PROG} probe",
+        )
+    if getattr(options, "command", None) == []:
+        raise UsageError(f"a command is needed after '--': {PROG} probe --cpr-exec -- CMD")
+    options.command = getattr(options, "command", None) or []
+    options.name = "cpr_exec"  # _command runs fdchannel.cli.cpr_exec
     return options
 
 

@@ -3,23 +3,28 @@
 Accept one peer (pid, uid and command line shown), receive its state in
 either codec, describe every descriptor, then acknowledge by closing, or
 with ``--no-ack`` hold the connection until the sender hangs up.
+
+The descriptor list (``descriptor_documents``, ``descriptor_table``) is
+shared with ``probe --cpr-exec``, which must not load the event loop: the
+modules that do are imported when a listener runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
-from typing import Any
-
-import anyio
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from ..channel import Channel, parse_channel
+from ..state import NamedFd
 from . import describe
-from ._incoming import Received, ack, hold, receive_one
 from ._output import OK, Output, UsageError, format_ms, format_size, plural, printable
-from ._run import Interrupted, run_async
 
-__all__ = ["run"]
+if TYPE_CHECKING:
+    from ._incoming import Received
+
+__all__ = ["descriptor_documents", "descriptor_table", "run"]
 
 #: Bytes of metadata the text output shows.
 _SHOWN = 80
@@ -40,6 +45,32 @@ def _peer_text(peer: dict[str, Any]) -> str:
     if peer["argv"] is not None:
         return f"{who}: {printable(shlex.join(peer['argv']))}"
     return f"{who}; command line {peer['argv_error']}"
+
+
+def descriptor_documents(entries: Iterable[NamedFd]) -> list[dict[str, Any]]:
+    """Each entry and what its descriptor is: the JSON document's ``descriptors``."""
+    return [
+        {
+            "name": entry.name,
+            "id": entry.id,
+            "fd": entry.fd,
+            "description": describe.describe(entry.fd),
+        }
+        for entry in entries
+    ]
+
+
+def descriptor_table(descriptors: list[dict[str, Any]]) -> list[str]:
+    """The text output's table: name, id, fd, what; names escaped (none without descriptors)."""
+    if not descriptors:
+        return []
+    names = [printable(d["name"]) for d in descriptors]
+    width = max(len(name) for name in names)
+    lines = [f"  {'name'.ljust(width)}  id  fd  what"]
+    for name, d in zip(names, descriptors, strict=True):
+        what = describe.summary(d["description"])
+        lines.append(f"  {name.ljust(width)}  {d['id']:>2}  {d['fd']:>2}  {what}")
+    return lines
 
 
 def _document(received: Received, descriptors: list[dict[str, Any]], ack: str) -> dict[str, Any]:
@@ -70,13 +101,7 @@ def _text(received: Received, descriptors: list[dict[str, Any]], ack: str) -> st
         f"timing       waited {format_ms(received.accept)} for the peer, "
         f"received in {format_ms(received.receive)}",
     ]
-    if descriptors:
-        names = [printable(d["name"]) for d in descriptors]
-        width = max(len(name) for name in names)
-        lines.append(f"  {'name'.ljust(width)}  id  fd  what")
-        for name, d in zip(names, descriptors, strict=True):
-            what = describe.summary(d["description"])
-            lines.append(f"  {name.ljust(width)}  {d['id']:>2}  {d['fd']:>2}  {what}")
+    lines += descriptor_table(descriptors)
     lines.append(f"ack          {ack}")
     return "\n".join(lines)
 
@@ -84,17 +109,13 @@ def _text(received: Received, descriptors: list[dict[str, Any]], ack: str) -> st
 async def _listen(
     channel: Channel, options: argparse.Namespace, out: Output, holding: list[bool]
 ) -> None:
+    import anyio
+
+    from ._incoming import ack, hold, receive_one
+
     received = await receive_one(channel, options.timeout, out)
     with received.state:
-        descriptors = [
-            {
-                "name": entry.name,
-                "id": entry.id,
-                "fd": entry.fd,
-                "description": describe.describe(entry.fd),
-            }
-            for entry in received.state.fds
-        ]
+        descriptors = descriptor_documents(received.state.fds)
         if not options.no_ack:
             outcome = await ack(received.stream, received.codec)
             out.result(
@@ -118,6 +139,8 @@ def run(options: argparse.Namespace, out: Output) -> int:
         raise UsageError("probe --listen takes exactly one URI or channel")
     if options.self_test is not None or options.mode is not None:
         raise UsageError("--self-test and --mode do not apply to probe --listen")
+    from ._run import Interrupted, run_async
+
     channel = parse_channel(options.channels[0])
     holding: list[bool] = []
     try:

@@ -46,6 +46,13 @@ a state's own subsections back unchanged, or those of a ``target`` QEMU.
 The parser tells the decoder where the stream may end: it yields
 ``MAY_END`` (0: no byte needed) there, and gets True back once the stream
 has ended.
+
+cpr-exec (QEMU 10.2 and later) writes the same stream into a memfd rather
+than a socket, and the new QEMU inherits the descriptors across exec: each
+entry's 0x20 is replaced by the descriptor's number, an i32 (VMSTATE_FD's
+``put_fd`` in exec mode).  ``parse(..., exec_mode=True)`` reads that form
+and ``decode_exec`` a whole memfd's bytes; the descriptors named belong to
+the process, so no error path closes them.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ __all__ = [
     "VFIO_DEVICES",
     "Subsection",
     "VfioDevice",
+    "decode_exec",
     "encode",
     "parse",
     "subsections_for",
@@ -176,6 +184,13 @@ def _entry_bytes(entry: NamedFd) -> bytes:
     return struct.pack(">BI", _MORE, len(name)) + name + struct.pack(">i", entry.id)
 
 
+def _exec_fd(entry: NamedFd) -> bytes:
+    """cpr-exec: the descriptor's number, where the socket form has its 0x20."""
+    if not 0 <= entry.fd < 1 << 31:
+        raise StateError(f"descriptor {entry.fd} of {entry.name!r} is not a descriptor number")
+    return struct.pack(">i", entry.fd)
+
+
 def _target_version(target: str) -> tuple[int, int]:
     """``"11"``, ``"10.1"``, ``"11.1.3"`` -> (major, minor); ValueError for others."""
     match = re.fullmatch(r"(\d+)(?:\.(\d+))?(?:\.\d+)?", target)
@@ -214,17 +229,22 @@ def subsections_for(state: FdState, target: str | None = None) -> tuple[Subsecti
     return (Subsection.vfio_devices(), *own)
 
 
-def encode(state: FdState, target: str | None = None) -> list[Message]:
+def encode(state: FdState, target: str | None = None, *, exec_mode: bool = False) -> list[Message]:
     """The messages to send, each (bytes, descriptors), as QEMU sends them.
 
     ``target``: see ``subsections_for``; the default writes the state's own
     subsections, so a state built here (none) gives QEMU 10.0's bytes.
+    ``exec_mode``: cpr-exec's form, one message and no descriptors: each
+    entry carries its descriptor's number, which the new program inherits.
     """
     if state.metadata:
         raise ProtocolError("the qemu codec cannot carry metadata; use the native codec")
     tail = b"".join(sub.to_bytes() for sub in subsections_for(state, target))
     messages: list[Message] = []
     pending = struct.pack(">II", MAGIC, VERSION)
+    if exec_mode:
+        body = b"".join(_entry_bytes(entry) + _exec_fd(entry) for entry in state.fds)
+        return [(pending + body + bytes([_END]) + tail, [])]
     for entry in state.fds:  # the state checked that every id fits QEMU's int32
         messages.append((pending + _entry_bytes(entry) + bytes([_FD_MARKER]), [entry.fd]))
         pending = b""
@@ -238,26 +258,64 @@ def encode(state: FdState, target: str | None = None) -> list[Message]:
 
 
 def parse(
-    src: ByteSource, fds: FdQueue, limits: Limits = DEFAULT_LIMITS
+    src: ByteSource, fds: FdQueue, limits: Limits = DEFAULT_LIMITS, *, exec_mode: bool = False
 ) -> Generator[int, bool | None, FdState]:
-    """Parser (see _parse): the state after the magic; descriptors come from ``fds``."""
+    """Parser (see _parse): the state after the magic; descriptors come from ``fds``.
+
+    ``exec_mode``: cpr-exec's form, each descriptor a number in the stream;
+    those are the process's own, never closed here (``fds`` stays unused).
+    """
     (version,) = yield from src.unpack(">I")
     if version != VERSION:
         raise ProtocolError(f"qemu cpr stream has version {version}; only {VERSION} is known")
     entries: list[NamedFd] = []
     try:
-        yield from _entries(src, fds, limits, entries)
+        yield from _entries(src, fds, limits, entries, exec_mode)
         subsections = yield from _subsections(src, limits)
     except BaseException:
-        FdState(entries).close()
+        if not exec_mode:
+            FdState(entries).close()
         raise
     state = FdState(entries)
     state.qemu_subsections = subsections
     return state
 
 
+def decode_exec(data: bytes, limits: Limits = DEFAULT_LIMITS) -> FdState:
+    """A whole cpr-exec state (a memfd's bytes): magic, version, entries, subsections.
+
+    The descriptors are numbers the caller inherited; nothing here checks
+    that they are open, and the state returned must not be closed by
+    whoever does not own them.  ProtocolError for anything malformed.
+    """
+    src = ByteSource()
+    src.append(data)
+    parser = _exec_stream(src, limits)
+    try:
+        need = next(parser)
+        while need == MAY_END:
+            need = parser.send(True)  # the memfd holds nothing after the state
+        raise ProtocolError(
+            f"qemu cpr-exec state ends after {len(data)} byte(s), in the middle of a field"
+        )
+    except StopIteration as stop:
+        state: FdState = stop.value
+    finally:
+        parser.close()
+    return state
+
+
+def _exec_stream(src: ByteSource, limits: Limits) -> Generator[int, bool | None, FdState]:
+    (magic,) = yield from src.unpack(">I")
+    if magic != MAGIC:
+        raise ProtocolError(
+            f"qemu cpr-exec state has magic {magic:#010x}, not {MAGIC:#010x} ('QCPR')"
+        )
+    return (yield from parse(src, FdQueue(), limits, exec_mode=True))
+
+
 def _entries(
-    src: ByteSource, fds: FdQueue, limits: Limits, entries: list[NamedFd]
+    src: ByteSource, fds: FdQueue, limits: Limits, entries: list[NamedFd], exec_mode: bool
 ) -> Generator[int, None, None]:
     """The descriptor list, into ``entries`` (the caller closes them on error)."""
     seen: set[tuple[str, int]] = set()
@@ -273,15 +331,28 @@ def _entries(
         if len(entries) >= limits.max_entries:
             raise ProtocolError(f"qemu cpr stream has more than {limits.max_entries} entries")
         name = yield from _c_string(src, limits, "name")
-        (ident, marker) = yield from src.unpack(">iB")
-        if marker != _FD_MARKER:
-            raise ProtocolError(
-                f"qemu cpr stream: descriptor marker for {name!r} is {marker:#04x}, not 0x20"
-            )
+        (ident,) = yield from src.unpack(">i")
         if (name, ident) in seen:
             raise ProtocolError(f"qemu cpr stream names {name!r} id {ident} twice")
         seen.add((name, ident))
-        entries.append(NamedFd(name, ident, fds.pop(f"qemu cpr entry {name!r}")))
+        if exec_mode:
+            fd = yield from _inherited_fd(src, name)
+        else:
+            (marker,) = yield from src.unpack(">B")
+            if marker != _FD_MARKER:
+                raise ProtocolError(
+                    f"qemu cpr stream: descriptor marker for {name!r} is {marker:#04x}, not 0x20"
+                )
+            fd = fds.pop(f"qemu cpr entry {name!r}")
+        entries.append(NamedFd(name, ident, fd))
+
+
+def _inherited_fd(src: ByteSource, name: str) -> Generator[int, None, int]:
+    """cpr-exec: the i32 descriptor number QEMU writes where 0x20 would be."""
+    (fd,) = yield from src.unpack(">i")
+    if fd < 0:
+        raise ProtocolError(f"qemu cpr-exec state: descriptor {fd} for {name!r} is negative")
+    return fd
 
 
 def _c_string(src: ByteSource, limits: Limits, what: str) -> Generator[int, None, str]:

@@ -11,7 +11,7 @@ import anyio.abc
 
 from ..channel import Channel
 from ..state import FdState
-from ..transfer import Codec, send_state
+from ..transfer import Codec, check_qemu_target, send_state
 from ..transports import Stream
 from ._common import connect_retrying, discard, now, parse_channels, step, wait_for_ack
 from .machine import OUTGOING, Event, Machine, State
@@ -39,11 +39,24 @@ class Outgoing(anyio.abc.AsyncResource):
     close: that close is the acknowledgement.  ``finish`` then connects the
     main channel.  Whatever fails, the descriptors in the state stay the
     caller's and open: the old process keeps running (the rollback).
+
+    ``qemu_target`` (codec "qemu" only) is the QEMU version of the new
+    process, e.g. "10.0" or "11.1": the state is encoded for it (QEMU 10.0
+    fails on the subsections 10.1 and later send).  None sends what the
+    state carries, i.e. what the QEMU it came from sent.  An unknown
+    version is a StateError here, before anything is connected.
     """
 
-    def __init__(self, channels: Iterable[Channel | str], *, codec: Codec = "native") -> None:
+    def __init__(
+        self,
+        channels: Iterable[Channel | str],
+        *,
+        codec: Codec = "native",
+        qemu_target: str | None = None,
+    ) -> None:
         self.main, self.cpr = parse_channels(channels)
         self.codec = codec
+        self.qemu_target = check_qemu_target(codec, qemu_target)
         self._machine = Machine(OUTGOING, "outgoing")
         self._cpr_stream: Stream | None = None
         self._main_stream: Stream | None = None
@@ -61,7 +74,7 @@ class Outgoing(anyio.abc.AsyncResource):
             async with step(self._machine, "sending the state on the cpr channel", timeout):
                 self._cpr_stream = await connect_retrying(self.cpr)
                 self._machine.fire(Event.CPR_CONNECTED)
-                await send_state(self._cpr_stream, state, self.codec)
+                await send_state(self._cpr_stream, state, self.codec, qemu_target=self.qemu_target)
                 self._machine.fire(Event.STATE_SENT)
                 await wait_for_ack(self._cpr_stream, self.codec)
                 self._machine.fire(Event.ACK)

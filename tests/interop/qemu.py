@@ -1,5 +1,10 @@
 """Start and stop real QEMU processes and talk QMP to them over fdchannel streams.
 
+Two kinds: the host's QEMU (Debian 12's 7.2, ``start_qemu``) and a QEMU 10.0
+or later from a Debian 13 root, run with chroot for cpr-transfer
+(``start_chroot_qemu``); plus the ``fdchannel`` command line as a child
+process beside them (``fdchannel_cli``).
+
 Each QEMU connects its QMP monitor to a unix listener of ours (``-qmp unix:PATH``
 without ``server=on`` makes QEMU the client), so the monitor is ready the moment
 ``accept`` returns: no polling for a socket file to appear.  Every process is
@@ -13,6 +18,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -21,7 +27,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any
 
@@ -31,8 +37,28 @@ import anyio.abc
 import fdchannel
 from fdchannel import Stream
 
+from .childlog import Log, watched
+
 __all__ = [
+    "CPR_ENTRIES",
+    "CPR_GUEST_ARGS",
     "GUEST_ARGS",
+    "MAX_MAIN_STREAM",
+    "PATTERN_SIZE",
+    "RAM_SIZE",
+    "ChrootQemu",
+    "CliChild",
+    "Place",
+    "check_cpr_state",
+    "cpr_machine",
+    "fdchannel_cli",
+    "guest_memory",
+    "relay_stream",
+    "start_chroot_qemu",
+    "start_cpr_transfer",
+    "start_incoming",
+    "unix_channel",
+    "write_guest_ram",
     "MIGRATION_MAGIC",
     "MIGRATION_VERSION",
     "QEMU_BINARY",
@@ -368,3 +394,293 @@ async def _kill(process: anyio.abc.Process) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
     await process.aclose()
+
+
+# --------------------------------------------------------------------------
+# QEMU 10.0 and later, from a Debian 13 root (qemu_root.py), for cpr-transfer.
+#
+# Debian 12 has no QEMU with cpr-transfer, so these run as ``chroot ROOT
+# qemu-system-x86_64 ...`` with the host's /proc and /dev bound into the root
+# (qemu_root.bind_mounts).  Sockets live in the root's /tmp: ours are
+# ``ROOT/tmp/...``, QEMU's the same files as ``/tmp/...``.
+
+#: A paused guest whose RAM is a shared memfd, as cpr-transfer requires; TCG
+#: keeps it off /dev/kvm.  The machine comes from ``cpr_machine``.
+CPR_GUEST_ARGS: tuple[str, ...] = (
+    "-object",
+    "memory-backend-memfd,id=ram0,size=256M,share=on",
+    "-m",
+    "256",
+    "-accel",
+    "tcg",
+    "-nodefaults",
+    "-no-user-config",
+    "-nographic",
+    "-display",
+    "none",
+    "-S",
+)
+RAM_SIZE = 256 * 1024 * 1024
+#: The RAM backend's memfd carries the type's name, not the object's id.
+RAM_MEMFD = "/memfd:memory-backend-memfd (deleted)"
+
+#: What QEMU 10.0 sends for that guest (tests/codecs/vectors): (name, id),
+#: newest first.  ROMs are named after their RAM blocks, RAM after its
+#: backend.  11.1 sends the same entries in another order.
+CPR_ENTRIES = [
+    ("/rom@etc/acpi/rsdp", 0),
+    ("/rom@etc/table-loader", 0),
+    ("/rom@etc/acpi/tables", 0),
+    ("pc.rom", 0),
+    ("pc.bios", 0),
+    ("ram0", 0),
+]
+
+#: Where a test writes a pattern into guest RAM (inside the 256 MiB), and its size.
+PATTERN_ADDR = 0x200000
+PATTERN_SIZE = 4096
+#: The main stream of a 256 MiB guest whose RAM stays in its memfd is about
+#: 110 KB; a stream this large would mean the RAM was copied.
+MAX_MAIN_STREAM = 1024 * 1024
+
+
+def cpr_machine(machine: str = "pc") -> tuple[str, ...]:
+    """``-machine`` for the guest: ``aux-ram-share`` puts the ROMs in memfds too."""
+    return ("-machine", f"{machine},aux-ram-share=on,memory-backend=ram0")
+
+
+def unix_channel(kind: str, path: str) -> fdchannel.Channel:
+    """A channel on a unix socket, built from its QAPI form."""
+    addr = {"transport": "socket", "type": "unix", "path": path}
+    return fdchannel.Channel.from_qapi({"channel-type": kind, "addr": addr})
+
+
+@dataclass(frozen=True)
+class Place:
+    """A directory in a root's /tmp: ``host`` is our path to it, ``guest`` QEMU's."""
+
+    root: Path
+    host: Path
+
+    @property
+    def guest(self) -> PurePosixPath:
+        return PurePosixPath("/") / self.host.relative_to(self.root)
+
+    def channel(self, kind: str, name: str) -> fdchannel.Channel:
+        """Our side's unix channel of ``kind`` (main or cpr) on socket ``name``."""
+        return unix_channel(kind, str(self.host / name))
+
+    def uri(self, name: str) -> str:
+        """Our side's ``unix:`` URI of socket ``name``, for the command line."""
+        return f"unix:{self.host / name}"
+
+    def qapi(self, kind: str, name: str) -> JsonObject:
+        """The same channel as QEMU spells and sees it."""
+        return unix_channel(kind, str(self.guest / name)).to_qapi()
+
+
+@dataclass
+class ChrootQemu:
+    """A QEMU started in a root; its QMP monitor connects to our listener."""
+
+    name: str
+    process: anyio.abc.Process
+    listener: fdchannel.Listener
+    log: Path
+    qmp_client: QmpClient | None = None
+    #: (major, minor) from QMP's greeting, once connected.
+    version: tuple[int, int] = (0, 0)
+
+    @property
+    def qmp(self) -> QmpClient:
+        assert self.qmp_client is not None, f"QEMU {self.name}: connect() first"
+        return self.qmp_client
+
+    async def connect(self, timeout: float = DEFAULT_TIMEOUT) -> QmpClient:
+        """Accept QEMU's QMP connection and read its greeting, or say why it never came.
+
+        A destination QEMU connects only after it has read its cpr state.
+        """
+        try:
+            stream = await accept_monitor(self.listener, self.process, self.name, timeout)
+        finally:
+            await self.listener.aclose()
+        self.qmp_client = QmpClient(stream, timeout=timeout)
+        found = await self.qmp_client.handshake()
+        self.version = (int(found["major"]), int(found["minor"]))
+        assert self.version >= (10, 0), f"QEMU {found} has no cpr-transfer"
+        return self.qmp_client
+
+    async def quit(self) -> None:
+        """Ask QEMU to quit and wait until it has exited with status 0."""
+        await self.qmp.execute("quit")
+        await self.exited(0)
+
+    async def exited(self, status: int | None = None, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """Wait (bounded) for QEMU to exit; check its status if ``status`` is given."""
+        with _Deadline(timeout, f"QEMU {self.name} did not exit within {timeout:g} s"):
+            code = await self.process.wait()
+        assert status is None or code == status, f"QEMU {self.name} exited with {code}"
+        return code
+
+
+@asynccontextmanager
+async def start_chroot_qemu(
+    place: Place, name: str, *args: str, machine: str = "pc"
+) -> AsyncIterator[ChrootQemu]:
+    """Run ``chroot ROOT qemu-system-x86_64 CPR_GUEST_ARGS -machine ... ARGS``.
+
+    QMP is not connected yet (``connect``).  The process is killed and
+    reaped on the way out; if anything failed, QEMU's output goes to
+    stderr, where pytest shows it with the failure.
+    """
+    log = place.host / f"{name}.log"
+    qmp_socket = f"{name}-qmp.sock"
+    command = [
+        "chroot",
+        str(place.root),
+        "qemu-system-x86_64",
+        "-name",
+        name,
+        *CPR_GUEST_ARGS,
+        *cpr_machine(machine),
+        # Without server=on QEMU is the client: no polling for its socket file.
+        "-qmp",
+        f"unix:{place.guest / qmp_socket}",
+        *args,
+    ]
+    process, listener = await spawn_with_monitor(command, place.host / qmp_socket, log)
+    vm = ChrootQemu(name, process, listener, log)
+    try:
+        yield vm
+    except BaseException:
+        await show_log(name, command, log)
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await listener.aclose()
+            if vm.qmp_client is not None:
+                await vm.qmp_client.aclose()
+            # chroot exec'd QEMU: the pid and its process group are QEMU's.
+            await _kill(process)
+
+
+def check_cpr_state(state: fdchannel.FdState, *, ordered: bool) -> int:
+    """QEMU's entries (in 10.0's order if ``ordered``), each a memfd; returns RAM's descriptor."""
+    found = [(entry.name, entry.id) for entry in state.fds]
+    assert sorted(found) == sorted(CPR_ENTRIES), found
+    assert found == CPR_ENTRIES or not ordered, found
+    for entry in state.fds:
+        target = os.readlink(f"/proc/self/fd/{entry.fd}")
+        assert target.startswith("/memfd:"), f"{entry.name} is {target}, not a memfd"
+    ram = state.get("ram0", 0)
+    assert os.readlink(f"/proc/self/fd/{ram}") == RAM_MEMFD
+    assert os.fstat(ram).st_size == RAM_SIZE
+    return ram
+
+
+def write_guest_ram(pid: int, data: bytes, offset: int = PATTERN_ADDR) -> None:
+    """Write into a running QEMU's RAM memfd, reached through /proc/PID/fd.
+
+    Opening the link opens the memfd itself (a tmpfs file), not a copy.
+    """
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for link in fd_dir.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if os.readlink(link) == RAM_MEMFD:
+                ram = os.open(link, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    os.pwrite(ram, data, offset)
+                finally:
+                    os.close(ram)
+                return
+    raise QemuError(f"QEMU pid {pid} holds no {RAM_MEMFD}")
+
+
+async def guest_memory(qmp: QmpClient, place: Place, name: str) -> bytes:
+    """The pattern's page of guest RAM, as QEMU's ``pmemsave`` writes it out."""
+    await qmp.execute(
+        "pmemsave",
+        {"val": PATTERN_ADDR, "size": PATTERN_SIZE, "filename": str(place.guest / name)},
+    )
+    return await anyio.Path(place.host / name).read_bytes()
+
+
+async def start_cpr_transfer(
+    qmp: QmpClient, place: Place, main: str = "main.sock", cpr: str = "cpr.sock"
+) -> None:
+    """Make the source migrate in mode cpr-transfer to sockets ``main`` and ``cpr``.
+
+    QEMU connects cpr once, with no retry: the listener must be up.
+    """
+    await qmp.enable_migration_events()
+    await qmp.execute("migrate-set-parameters", {"mode": "cpr-transfer"})
+    channels = [place.qapi("main", main), place.qapi("cpr", cpr)]
+    # Returns once the state is written and half-closed; main waits for the HUP.
+    await qmp.execute("migrate", {"channels": channels})
+
+
+async def start_incoming(qmp: QmpClient, place: Place, main: str) -> None:
+    """Make a destination started with ``-incoming defer`` listen on ``main``.
+
+    QEMU acks its cpr state (closes the cpr connection) once it listens.
+    """
+    await qmp.enable_migration_events()
+    await qmp.execute("migrate-incoming", {"channels": [place.qapi("main", main)]})
+
+
+async def relay_stream(source: Stream, dest: Stream | None, limit: int = MAX_MAIN_STREAM) -> bytes:
+    """Read ``source`` to EOF, forwarding to ``dest`` if given; at most ``limit`` bytes."""
+    data = bytearray()
+    while True:
+        try:
+            chunk = await source.receive()
+        except anyio.EndOfStream:
+            break
+        data += chunk
+        assert len(data) <= limit, "the main stream is too large: the guest RAM was copied"
+        if dest is not None:
+            await dest.send(chunk)
+    if dest is not None:
+        await dest.send_eof()
+    return bytes(data)
+
+
+# --------------------------------------------------------------------------
+# The fdchannel command line as a child process beside QEMU.
+
+
+@dataclass
+class CliChild:
+    """A running ``fdchannel`` command; its stderr is read on demand."""
+
+    process: anyio.abc.Process
+    log: Log
+
+    async def listening(self) -> None:
+        """Wait until the command says it listens (QEMU connects only once)."""
+        if not await self.log.wait_for(re.compile(rb"listening on ")):
+            raise QemuError(f"fdchannel exited before listening: {self.log.text()}")
+
+    async def result(self, timeout: float = DEFAULT_TIMEOUT) -> JsonObject:
+        """Wait (bounded) for the command to end with status 0; its ``--json`` document."""
+        assert self.process.stdout is not None
+        with _Deadline(timeout, f"fdchannel did not finish within {timeout:g} s"):
+            out = bytearray()
+            async for chunk in self.process.stdout:
+                out += chunk
+            code = await self.process.wait()
+            await self.log.read_rest()
+        assert code == 0, f"fdchannel exited with {code}: {self.log.text()}"
+        document: JsonObject = json.loads(out)
+        return document
+
+
+@asynccontextmanager
+async def fdchannel_cli(*args: str) -> AsyncIterator[CliChild]:
+    """Run ``python -m fdchannel ARGS``; killed and reaped on the way out."""
+    process = await anyio.open_process(
+        [sys.executable, "-m", "fdchannel", *args], stdin=subprocess.DEVNULL
+    )
+    async with watched(process, f"fdchannel {args[0]}") as log:
+        yield CliChild(process, log)
