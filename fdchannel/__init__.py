@@ -1,4 +1,11 @@
-"""fdchannel: hand a running service's descriptors and state to a new process."""
+"""fdchannel: hand a running service's descriptors and state to a new process.
+
+The public names are the imports in the ``TYPE_CHECKING`` block below: the
+one list of exports.  Type checkers read it as it stands; at run time
+nothing is imported until a name is first used (PEP 562), so that
+``import fdchannel.cli`` and ``fdchannel --help`` do not load the event
+loop, and the same block, read once, says where each name lives.
+"""
 
 from __future__ import annotations
 
@@ -7,96 +14,104 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .address import (
-        Address,
-        ExecAddress,
-        FdAddress,
-        FileAddress,
-        RdmaAddress,
-        TcpAddress,
-        UnixAddress,
-        VsockAddress,
-        parse_address,
+        Address as Address,
+        ExecAddress as ExecAddress,
+        FdAddress as FdAddress,
+        FileAddress as FileAddress,
+        RdmaAddress as RdmaAddress,
+        TcpAddress as TcpAddress,
+        UnixAddress as UnixAddress,
+        VsockAddress as VsockAddress,
+        parse_address as parse_address,
     )
-    from .capabilities import Capability
-    from .channel import Channel, ChannelType, parse_channel, validate_channels
-    from .cpr_exec import CprExecState, InheritedFdState, read_cpr_exec_state
+    from .capabilities import (
+        Capability as Capability,
+    )
+    from .channel import (
+        Channel as Channel,
+        ChannelType as ChannelType,
+        parse_channel as parse_channel,
+        validate_channels as validate_channels,
+    )
+    from .cpr_exec import (
+        CprExecState as CprExecState,
+        InheritedFdState as InheritedFdState,
+        read_cpr_exec_state as read_cpr_exec_state,
+    )
     from .errors import (
-        AddressError,
-        CapabilityError,
-        ChannelError,
-        ConnectError,
-        ConnectionLostError,
-        FdChannelError,
-        FdPassingError,
-        HandoffError,
-        HandoffTimeout,
-        PeerCredentialsError,
-        ProtocolError,
-        StateError,
-        TransportError,
-        TruncatedFdsError,
+        AddressError as AddressError,
+        CapabilityError as CapabilityError,
+        ChannelError as ChannelError,
+        ConnectError as ConnectError,
+        ConnectionLostError as ConnectionLostError,
+        FdChannelError as FdChannelError,
+        FdPassingError as FdPassingError,
+        HandoffError as HandoffError,
+        HandoffTimeout as HandoffTimeout,
+        PeerCredentialsError as PeerCredentialsError,
+        ProtocolError as ProtocolError,
+        StateError as StateError,
+        TransportError as TransportError,
+        TruncatedFdsError as TruncatedFdsError,
     )
-    from .handoff import Ack, Incoming, Outgoing
-    from .relaying import RelayStats, relay
-    from .state import FdState, Limits, NamedFd
-    from .transfer import receive_state, send_state
-    from .transports import Listener, Stream, connect, listen
+    from .handoff import (
+        Ack as Ack,
+        Incoming as Incoming,
+        Outgoing as Outgoing,
+    )
+    from .relaying import (
+        RelayStats as RelayStats,
+        relay as relay,
+    )
+    from .state import (
+        FdState as FdState,
+        Limits as Limits,
+        NamedFd as NamedFd,
+    )
+    from .transfer import (
+        receive_state as receive_state,
+        send_state as send_state,
+    )
+    from .transports import (
+        Listener as Listener,
+        Stream as Stream,
+        connect as connect,
+        listen as listen,
+    )
 
 __version__ = "0.1.0.dev0"
+#: The names imported above and __version__, listed on first use (see __getattr__).
+__all__: list[str]
 
-#: Where each public name lives: imported on first use (PEP 562), so that
-#: ``import fdchannel.cli`` and ``fdchannel --help`` do not load the event loop.
-_LAZY = {
-    "Address": ".address",
-    "ExecAddress": ".address",
-    "FdAddress": ".address",
-    "FileAddress": ".address",
-    "RdmaAddress": ".address",
-    "TcpAddress": ".address",
-    "UnixAddress": ".address",
-    "VsockAddress": ".address",
-    "parse_address": ".address",
-    "Capability": ".capabilities",
-    "Channel": ".channel",
-    "ChannelType": ".channel",
-    "parse_channel": ".channel",
-    "validate_channels": ".channel",
-    "CprExecState": ".cpr_exec",
-    "InheritedFdState": ".cpr_exec",
-    "read_cpr_exec_state": ".cpr_exec",
-    "AddressError": ".errors",
-    "CapabilityError": ".errors",
-    "ChannelError": ".errors",
-    "ConnectError": ".errors",
-    "ConnectionLostError": ".errors",
-    "FdChannelError": ".errors",
-    "FdPassingError": ".errors",
-    "HandoffError": ".errors",
-    "HandoffTimeout": ".errors",
-    "PeerCredentialsError": ".errors",
-    "ProtocolError": ".errors",
-    "StateError": ".errors",
-    "TransportError": ".errors",
-    "TruncatedFdsError": ".errors",
-    "Ack": ".handoff",
-    "Incoming": ".handoff",
-    "Outgoing": ".handoff",
-    "RelayStats": ".relaying",
-    "relay": ".relaying",
-    "FdState": ".state",
-    "Limits": ".state",
-    "NamedFd": ".state",
-    "receive_state": ".transfer",
-    "send_state": ".transfer",
-    "Listener": ".transports",
-    "Stream": ".transports",
-    "connect": ".transports",
-    "listen": ".transports",
-}
+
+def _exports() -> dict[str, str]:
+    """Each public name and its module, read from the TYPE_CHECKING imports above."""
+    import ast
+
+    with open(__file__, encoding="utf-8") as source:
+        tree = ast.parse(source.read())
+    guard = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.If)
+        and isinstance(node.test, ast.Name)
+        and node.test.id == "TYPE_CHECKING"
+    )
+    return {
+        alias.name: "." * node.level + (node.module or "")
+        for node in guard.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+
+
+_where: dict[str, str] | None = None
 
 
 def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
+    if name == "__all__":
+        return [*_lazy(), "__version__"]
+    module = _lazy().get(name)
     if module is None:
         raise AttributeError(f"module 'fdchannel' has no attribute {name!r}")
     value = getattr(importlib.import_module(module, __name__), name)
@@ -104,55 +119,12 @@ def __getattr__(name: str) -> object:
     return value
 
 
+def _lazy() -> dict[str, str]:
+    global _where
+    if _where is None:
+        _where = _exports()
+    return _where
+
+
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
-
-
-__all__ = [
-    "RelayStats",
-    "relay",
-    "Ack",
-    "Incoming",
-    "Outgoing",
-    "FdState",
-    "Limits",
-    "Listener",
-    "NamedFd",
-    "Stream",
-    "connect",
-    "listen",
-    "receive_state",
-    "send_state",
-    "Address",
-    "AddressError",
-    "Capability",
-    "CapabilityError",
-    "Channel",
-    "ChannelError",
-    "ChannelType",
-    "ConnectError",
-    "ConnectionLostError",
-    "CprExecState",
-    "ExecAddress",
-    "FdAddress",
-    "FdChannelError",
-    "FdPassingError",
-    "FileAddress",
-    "HandoffError",
-    "HandoffTimeout",
-    "InheritedFdState",
-    "PeerCredentialsError",
-    "ProtocolError",
-    "StateError",
-    "RdmaAddress",
-    "TcpAddress",
-    "TransportError",
-    "TruncatedFdsError",
-    "UnixAddress",
-    "VsockAddress",
-    "__version__",
-    "parse_address",
-    "parse_channel",
-    "read_cpr_exec_state",
-    "validate_channels",
-]
+    return sorted([*globals(), *_lazy()])

@@ -28,8 +28,7 @@ from typing import Any
 
 import anyio
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import fdchannel
 from fdchannel import Channel, FdChannelError, FdState, NamedFd

@@ -5,8 +5,7 @@ from __future__ import annotations
 import array
 
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from fdchannel.runs import Runs, check, expand, runs_of
 

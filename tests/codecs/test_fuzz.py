@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fdchannel import FdState, NamedFd, ProtocolError, TruncatedFdsError
 from fdchannel.codecs import Decoder, native, qemu

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fdchannel
 from fdchannel import FdState, NamedFd, ProtocolError
