@@ -83,6 +83,8 @@ class FdState:
     #: The VMState subsections a QEMU 10.1+ sent after its descriptors (qemu
     #: codec only; ``fdchannel.codecs.qemu.Subsection``), written back as they came.
     qemu_subsections: tuple[Subsection, ...] = ()
+    #: The codec it arrived in ("native" or "qemu"); None for a state built here.
+    codec: str | None = None
 
     def __init__(self, fds: Iterable[NamedFd | tuple[str, int, int]] = (), metadata: bytes = b""):
         entries = [entry if type(entry) is NamedFd else NamedFd(*entry) for entry in fds]

@@ -213,7 +213,7 @@ def _limit_needed(count: int, ceiling: int | None) -> int:
 
 
 async def receive_state(stream: Stream, *, limits: Limits = DEFAULT_LIMITS) -> FdState:
-    """Read a state to EOF; the codec is detected from its magic.
+    """Read a state to EOF; the codec is detected from its magic (``state.codec``).
 
     The returned state owns its descriptors.  On any error every descriptor
     received so far is closed.
@@ -255,7 +255,9 @@ async def _receive_state(stream: Stream, limits: Limits) -> tuple[FdState, Codec
             if decoder.done and stream.at_eof:
                 break  # the EOF came with the last read: no trip back for it
         state = decoder.finish()
-        return state, "native" if decoder.codec == "native" else "qemu"
+        codec: Codec = "native" if decoder.codec == "native" else "qemu"
+        state.codec = codec
+        return state, codec
     except BaseException:
         decoder.close()
         raise

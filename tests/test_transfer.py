@@ -110,3 +110,25 @@ async def test_receive_state_when_the_peer_resets_mid_state() -> None:
                 await fdchannel.receive_state(stream)
     finally:
         await stream.aclose()
+
+
+@pytest.mark.parametrize("codec", ["native", "qemu"])
+async def test_receive_state_tells_which_codec_arrived(
+    pair: tuple[UnixSocketStream, UnixSocketStream], codec: transfer.Codec
+) -> None:
+    sender, receiver = pair
+    memfd = os.memfd_create("ram0", os.MFD_CLOEXEC)
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    fdchannel.send_state,
+                    sender,
+                    FdState([fdchannel.NamedFd("ram0", 0, memfd)]),
+                    codec,
+                )
+                with await fdchannel.receive_state(receiver) as state:
+                    assert state.codec == codec
+                    assert FdState().codec is None
+    finally:
+        os.close(memfd)
