@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal, TypeVar
 
@@ -12,13 +12,12 @@ import anyio
 
 from .capabilities import Capability
 from .codecs import Decoder, native, qemu
-from .codecs._parse import ByteSource
+from .codecs.encoder import Encoder, Phase
 from .errors import (
     CapabilityError,
     ConnectionLostError,
     FdPassingError,
     HandoffError,
-    ProtocolError,
     StateError,
 )
 from .fds import SCM_MAX_FD, fd_table_size, open_fd_count
@@ -26,34 +25,20 @@ from .state import DEFAULT_LIMITS, FdState, Limits
 from .transports._base import Stream
 from .transports._socket import UnixSocketStream
 
-__all__ = ["ensure_fd_room", "read_reply", "receive_state", "receive_state_and_codec", "send_state"]
+__all__ = [
+    "await_verdict",
+    "ensure_fd_room",
+    "receive_state",
+    "receive_state_and_codec",
+    "send_state",
+    "send_with",
+]
 
 Codec = Literal["native", "qemu"]
 T = TypeVar("T")
 _READ = 65536
 #: Descriptors kept free beyond what a state needs (the process keeps working).
 _HEADROOM = 64
-
-
-async def _run_parser(stream: Stream, src: ByteSource, parser: Generator[int, None, T]) -> T:
-    """Feed ``parser`` from ``stream`` until it returns."""
-    try:
-        next(parser)
-        while True:
-            src.append(await stream.receive(_READ))
-            parser.send(None)
-    except StopIteration as stop:
-        result: T = stop.value
-        return result
-    except anyio.EndOfStream:
-        raise ProtocolError("the peer closed the stream in the middle of a frame") from None
-    finally:
-        parser.close()
-
-
-async def read_reply(stream: Stream, src: ByteSource) -> int | native.Status:
-    """One receiver-to-sender frame of the native codec (ACK count or Status)."""
-    return await _run_parser(stream, src, native.parse_reply(src))
 
 
 @contextmanager
@@ -86,8 +71,8 @@ async def send_state(
     hangs up first is a ConnectionLostError.
     """
     check_qemu_target(codec, qemu_target)
-    with _peer_loss_typed(stream, "we sent the state"):
-        await _send_state(stream, state, codec, window, eof, qemu_target)
+    encoder = Encoder(state, codec, window=window, qemu_target=qemu_target)
+    await send_with(stream, encoder, eof=eof)
 
 
 def check_qemu_target(codec: Codec, target: str | None) -> str | None:
@@ -106,73 +91,71 @@ def check_qemu_target(codec: Codec, target: str | None) -> str | None:
     return target
 
 
-async def _send_state(
-    stream: Stream,
-    state: FdState,
-    codec: Codec,
-    window: int | None,
-    eof: bool,
-    qemu_target: str | None,
-) -> None:
-    if len(state) and Capability.FD_PASSING not in stream.capabilities:
+async def send_with(stream: Stream, encoder: Encoder, *, eof: bool = True) -> None:
+    """Send what ``encoder`` holds, answering its waits for acknowledgements,
+    then half-close unless ``eof`` is False; ``await_verdict`` follows."""
+    if len(encoder.state) and Capability.FD_PASSING not in stream.capabilities:
         raise CapabilityError(f"{stream._describe()} cannot pass the state's descriptors")
-    if codec == "qemu":
-        # Encoded in full before the first byte goes: a state the target
-        # cannot take (a VFIO device for QEMU 10.0) is refused unsent.
-        await stream.send_fds_many(qemu.encode(state, qemu_target))
-    elif codec == "native":
-        replies = ByteSource()
-        steps = native.encode(state, window)
+    with _peer_loss_typed(stream, "we sent the state"):
         try:
             while True:
-                # Every message up to the next acknowledgement the encoder
-                # waits for, in one call (the stream's fast path).
-                ack: list[native.AwaitAck] = []
-                await stream.send_fds_many(_until_ack(steps, ack))
-                if not ack:
+                # Every message up to the next acknowledgement due, in one call
+                # (the stream's fast path).
+                await stream.send_fds_many(encoder.data_to_send())
+                if encoder.phase is not Phase.AWAITING_ACK:
                     break
-                step = ack[0]
-                reply = await read_reply(stream, replies)
-                if isinstance(reply, native.Status):
-                    raise HandoffError(f"the receiver rejected the state: {reply.reason}")
-                if reply != step.count:
-                    raise ProtocolError(
-                        f"receiver acknowledged {reply} descriptors, not {step.count}"
-                    )
+                while encoder.phase is Phase.AWAITING_ACK:
+                    encoder.receive_data(await stream.receive(_READ))
         except anyio.BrokenResourceError:
             # A receiver that rejects says why, then closes while we may still be
             # sending: its STATUS is waiting in our receive queue.
-            reason = await _rejection(stream, replies)
+            reason = await _rejection(stream, encoder)
             if reason is not None:
                 raise HandoffError(f"the receiver rejected the state: {reason}") from None
             raise
-    else:
-        raise ValueError(f"unknown codec {codec!r}: expected 'native' or 'qemu'")
-    if eof:
-        await stream.send_eof()
+        if eof:
+            await stream.send_eof()
 
 
-async def _rejection(stream: Stream, replies: ByteSource) -> str | None:
+async def await_verdict(stream: Stream, encoder: Encoder) -> str:
+    """Wait for the receiver's close-as-ack: "closed" (qemu) or "accepted" (native).
+
+    qemu: a bare close, as QEMU does it (a receiver that died with our bytes
+    unread makes the kernel report ECONNRESET instead).  native: a STATUS
+    frame first, so a rejection (with its reason) and a receiver that died
+    before acknowledging are told apart from the ack.
+    """
+    with _peer_loss_typed(stream, "we waited for the acknowledgement"):
+        if encoder.codec == "qemu":
+            await stream.wait_peer_closed()
+            encoder.receive_eof()
+            return "closed"
+        while True:
+            try:
+                data = await stream.receive(_READ)
+            except anyio.EndOfStream:
+                encoder.receive_eof()
+                return "accepted"
+            encoder.receive_data(data)
+            if encoder.status_accepted:
+                # Anything after the status is the peer's business: the close
+                # is what we wait for (wait_peer_closed keeps stray bytes).
+                await stream.wait_peer_closed()
+                encoder.receive_eof()
+                return "accepted"
+
+
+async def _rejection(stream: Stream, encoder: Encoder) -> str | None:
     """The reason of a rejecting STATUS already received, if there is one."""
     with anyio.move_on_after(1):
         try:
-            reply = await read_reply(stream, replies)
-        except (ProtocolError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            while True:
+                reason = encoder.rejection(await stream.receive(_READ))
+                if reason is not None:
+                    return reason
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
             return None
-        if isinstance(reply, native.Status) and not reply.accepted:
-            return reply.reason
     return None
-
-
-def _until_ack(
-    steps: Iterator[native.Send | native.AwaitAck], ack: list[native.AwaitAck]
-) -> Iterator[native.Send]:
-    """The messages of ``steps`` up to the next AwaitAck, which lands in ``ack``."""
-    for step in steps:
-        if isinstance(step, native.AwaitAck):
-            ack.append(step)
-            return
-        yield step
 
 
 async def _make_room(stream: Stream, count: int) -> None:
@@ -261,3 +244,14 @@ async def _receive_state(stream: Stream, limits: Limits) -> tuple[FdState, Codec
     except BaseException:
         decoder.close()
         raise
+
+
+def _until_ack(
+    steps: Iterator[native.Send | native.AwaitAck], ack: list[native.AwaitAck]
+) -> Iterator[native.Send]:
+    """The messages of ``steps`` up to the next AwaitAck, which lands in ``ack``."""
+    for step in steps:
+        if isinstance(step, native.AwaitAck):
+            ack.append(step)
+            return
+        yield step

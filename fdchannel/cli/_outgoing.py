@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import anyio
 
 from ..channel import Channel
+from ..codecs.encoder import Encoder
 from ..errors import ConnectionLostError
-from ..handoff._common import connect_retrying, wait_for_ack
+from ..handoff._common import connect_retrying
 from ..state import FdState
-from ..transfer import Codec, send_state
+from ..transfer import Codec, await_verdict, send_with
 from ._output import CliError
 
 __all__ = ["Sent", "send_and_wait"]
@@ -52,10 +53,11 @@ async def send_and_wait(
             marks.append(time.monotonic())
             async with stream:
                 step = "sending the state"
-                await send_state(stream, state, codec)
+                encoder = Encoder(state, codec)
+                await send_with(stream, encoder)
                 marks.append(time.monotonic())
                 step = "waiting for the receiver to acknowledge (by closing)"
-                ack_kind = await wait_for_ack(stream, codec)
+                ack_kind = await await_verdict(stream, encoder)
                 marks.append(time.monotonic())
     except TimeoutError:
         why = f" (last attempt: {attempts[-1]})" if len(marks) == 1 and attempts else ""

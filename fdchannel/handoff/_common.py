@@ -12,17 +12,13 @@ from contextlib import asynccontextmanager
 import anyio
 
 from ..channel import Channel, parse_channel, validate_channels
-from ..codecs import native
-from ..codecs._parse import ByteSource
 from ..errors import (
     ConnectError,
     FdChannelError,
     HandoffError,
     HandoffTimeout,
     PeerCredentialsError,
-    ProtocolError,
 )
-from ..transfer import Codec, read_reply
 from ..transports import Listener, Stream, connect
 from .machine import Event, Machine
 
@@ -32,7 +28,6 @@ __all__ = [
     "discard",
     "parse_channels",
     "step",
-    "wait_for_ack",
 ]
 
 log = logging.getLogger("fdchannel")
@@ -115,37 +110,6 @@ async def discard(stream: Stream) -> None:
 def now() -> float:
     """The clock handoff timings use (monotonic, shared by every process)."""
     return time.monotonic()
-
-
-async def wait_for_ack(stream: Stream, codec: Codec) -> str:
-    """Wait for the receiver's close-as-ack; "closed" (qemu) or "accepted" (native).
-
-    qemu: a bare close, as QEMU does it (a receiver that died with our bytes
-    unread makes the kernel report ECONNRESET instead).  native: a STATUS
-    frame first, so a rejection (with its reason) and a receiver that died
-    before acknowledging are told apart from the ack.
-    """
-    if codec == "qemu":
-        await stream.wait_peer_closed()
-        return "closed"
-    src = ByteSource()
-    try:
-        reply = await read_reply(stream, src)
-    except ProtocolError as exc:
-        if src.offset == 0 and src.available() == 0:
-            raise HandoffError(
-                "the receiver closed the connection without a status: "
-                "it died or gave up before acknowledging"
-            ) from exc
-        raise
-    if not isinstance(reply, native.Status):
-        raise HandoffError(
-            f"the receiver acknowledged {reply} descriptors where its status was expected"
-        )
-    if not reply.accepted:
-        raise HandoffError(f"the receiver rejected the state: {reply.reason}")
-    await stream.wait_peer_closed()
-    return "accepted"
 
 
 async def accept_admitted(

@@ -10,10 +10,11 @@ import anyio
 import anyio.abc
 
 from ..channel import Channel
+from ..codecs.encoder import Encoder
 from ..state import FdState
-from ..transfer import Codec, check_qemu_target, send_state
+from ..transfer import Codec, await_verdict, check_qemu_target, send_with
 from ..transports import Stream
-from ._common import connect_retrying, discard, now, parse_channels, step, wait_for_ack
+from ._common import connect_retrying, discard, now, parse_channels, step
 from .machine import OUTGOING, Event, Machine, State
 
 __all__ = ["Ack", "Outgoing"]
@@ -74,9 +75,10 @@ class Outgoing(anyio.abc.AsyncResource):
             async with step(self._machine, "sending the state on the cpr channel", timeout):
                 self._cpr_stream = await connect_retrying(self.cpr)
                 self._machine.fire(Event.CPR_CONNECTED)
-                await send_state(self._cpr_stream, state, self.codec, qemu_target=self.qemu_target)
+                encoder = Encoder(state, self.codec, qemu_target=self.qemu_target)
+                await send_with(self._cpr_stream, encoder)
                 self._machine.fire(Event.STATE_SENT)
-                await wait_for_ack(self._cpr_stream, self.codec)
+                await await_verdict(self._cpr_stream, encoder)
                 self._machine.fire(Event.ACK)
         finally:
             await self._close_cpr()
