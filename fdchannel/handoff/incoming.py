@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,6 +11,7 @@ import anyio.abc
 
 from ..channel import Channel
 from ..codecs import native
+from ..codecs.main import MainReader
 from ..errors import HandoffError
 from ..state import DEFAULT_LIMITS, FdState, Limits
 from ..transfer import Codec, receive_state_and_codec
@@ -125,13 +125,13 @@ class Incoming(anyio.abc.AsyncResource):
         stream = self._main_stream or await self.accept_main(timeout)
         try:
             async with step(self._machine, "reading the main channel", timeout):
-                header = await _receive_exactly(stream, 8)
-                (size,) = struct.unpack(">Q", header)
-                if size > limit:
-                    raise HandoffError(
-                        f"the main stream announces {size} bytes; the limit is {limit}"
-                    )
-                data = await _receive_exactly(stream, size)
+                reader = MainReader(limit)
+                while not reader.done:
+                    try:
+                        reader.feed(await stream.receive(min(reader.wanted, 1 << 20)))
+                    except anyio.EndOfStream:
+                        break
+                data = reader.finish()
                 # Closing belongs to the step: what it reports (an exec:
                 # command's exit status) fails the handoff as a HandoffError.
                 self._main_stream = None
@@ -189,16 +189,3 @@ class Incoming(anyio.abc.AsyncResource):
     async def aclose(self) -> None:
         """``abort``: leaving ``async with`` gives up whatever is not finished."""
         await self.abort()
-
-
-async def _receive_exactly(stream: Stream, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        try:
-            buf += await stream.receive(min(size - len(buf), 1 << 20))
-        except anyio.EndOfStream:
-            raise HandoffError(
-                f"the main stream ended after {len(buf)} of {size} bytes: the old process "
-                "stopped sending"
-            ) from None
-    return bytes(buf)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -10,6 +9,7 @@ import anyio
 import anyio.abc
 
 from ..channel import Channel
+from ..codecs import main as main_channel
 from ..codecs.encoder import Encoder
 from ..state import FdState
 from ..transfer import Codec, await_verdict, check_qemu_target, send_with
@@ -18,8 +18,6 @@ from ._common import connect_retrying, discard, now, parse_channels, step
 from .machine import OUTGOING, Event, Machine, State
 
 __all__ = ["Ack", "Outgoing"]
-
-_MAIN_LENGTH = struct.Struct(">Q")
 
 
 @dataclass(frozen=True)
@@ -109,7 +107,7 @@ class Outgoing(anyio.abc.AsyncResource):
         try:
             async with step(self._machine, "sending the main stream", timeout):
                 # A length first, so the new process tells our death from the end.
-                await stream.send(_MAIN_LENGTH.pack(len(data)))
+                await stream.send(main_channel.header(len(data)))
                 await stream.send(data)
                 await stream.send_eof()
                 await stream.wait_peer_closed()
