@@ -52,12 +52,16 @@ if TYPE_CHECKING:
         ProtocolError as ProtocolError,
         StateError as StateError,
         TransportError as TransportError,
+        TransportTimeout as TransportTimeout,
         TruncatedFdsError as TruncatedFdsError,
     )
     from .handoff import (
         Ack as Ack,
         Incoming as Incoming,
         Outgoing as Outgoing,
+        ReceivedCpr as ReceivedCpr,
+        receive_cpr as receive_cpr,
+        send_cpr as send_cpr,
     )
     from .relaying import (
         RelayStats as RelayStats,

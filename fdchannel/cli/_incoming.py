@@ -17,16 +17,15 @@ import anyio
 import anyio.to_thread
 
 from ..channel import Channel
-from ..codecs import native
-from ..handoff._common import accept_admitted
+from ..handoff.cpr import ReceivedCpr, receive_cpr
 from ..state import FdState
-from ..transfer import Codec, receive_state_and_codec
+from ..transfer import Codec
 from ..transports import Stream, listen
 from ..transports._socket import SocketStream, UnixSocketStream
 from . import _proc
 from ._output import CliError, Output
 
-__all__ = ["Received", "ack", "hold", "receive_one"]
+__all__ = ["Received", "hold", "receive_one"]
 
 
 @dataclass
@@ -38,6 +37,8 @@ class Received:
     #: The connection to the peer, open until the ack.
     stream: Stream
     listened_on: str
+    #: How to acknowledge or refuse it (see fdchannel.handoff.cpr).
+    cpr: ReceivedCpr
     peer: dict[str, Any] = field(default_factory=dict)
     #: Seconds spent waiting for the peer, then reading its state.
     accept: float = 0.0
@@ -65,50 +66,34 @@ async def receive_one(channel: Channel, timeout: float | None, out: Output) -> R
     ``timeout`` bounds the wait for the peer and the reading of its state.
     On success the connection is left open: the caller acks or holds.
     """
-    started = time.monotonic()
+    steps: list[object] = []
     try:
         with anyio.fail_after(timeout):
             async with await listen(channel) as listener:
-                where = str(listener.address)
-                out.notice(f"listening on {where}")
-                stream = await accept_admitted(listener, lambda exc: out.notice(str(exc)))
+                out.notice(f"listening on {listener.address}")
+                # receive_cpr closes the listener once the peer is in.
+                received = await receive_cpr(
+                    listener,
+                    timeout=None,
+                    on_refused=lambda exc: out.notice(str(exc)),
+                    progress=steps.append,
+                )
     except TimeoutError:
+        if steps:
+            raise CliError(
+                f"the peer did not finish sending its state within {timeout} s"
+            ) from None
         raise CliError(f"no peer connected to {channel.addr} within {timeout} s") from None
-    accepted = time.monotonic()
-    try:
-        peer = describe_peer(stream)
-        with anyio.fail_after(timeout):
-            state, codec = await receive_state_and_codec(stream)
-    except TimeoutError:
-        await stream.aclose()
-        raise CliError(f"the peer did not finish sending its state within {timeout} s") from None
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await stream.aclose()
-        raise
     return Received(
-        state,
-        codec,
-        stream,
-        where,
-        peer,
-        accepted - started,
-        time.monotonic() - accepted,
+        received.state,
+        received.codec,
+        received.stream,
+        received.listened_on,
+        received,
+        describe_peer(received.stream),
+        received.timings["accept"],
+        received.timings["receive"],
     )
-
-
-async def ack(stream: Stream, codec: Codec) -> str:
-    """Acknowledge by closing; native senders first read an "accepted" status."""
-    try:
-        if codec == "native":
-            await stream.send(native.status_frame(True))
-        outcome = "closed the connection"
-    except anyio.BrokenResourceError:
-        outcome = "the sender had already hung up"
-    finally:
-        with anyio.CancelScope(shield=True):
-            await stream.aclose()
-    return outcome
 
 
 def _hung_up(fd: int, wait_ms: int) -> bool:

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 import anyio
 
 from ..channel import Channel
-from ..codecs.encoder import Encoder
 from ..errors import ConnectionLostError
-from ..handoff._common import connect_retrying
+from ..handoff.cpr import send_cpr
 from ..state import FdState
-from ..transfer import Codec, await_verdict, send_with
+from ..transfer import Codec
 from ._output import CliError
 
 __all__ = ["Sent", "send_and_wait"]
@@ -45,20 +44,23 @@ async def send_and_wait(
     The caller keeps its descriptors whatever happens.
     """
     attempts: list[str] = []
+    steps = {
+        "connected": "sending the state",
+        "sent": "waiting for the receiver to acknowledge (by closing)",
+    }
     step = f"connecting to {channel.addr}"
     marks = [time.monotonic()]
+
+    def progress(what: str) -> None:
+        nonlocal step
+        marks.append(time.monotonic())
+        step = steps.get(what, step)
+
     try:
         with anyio.fail_after(timeout):
-            stream = await connect_retrying(channel, attempts)
-            marks.append(time.monotonic())
-            async with stream:
-                step = "sending the state"
-                encoder = Encoder(state, codec)
-                await send_with(stream, encoder)
-                marks.append(time.monotonic())
-                step = "waiting for the receiver to acknowledge (by closing)"
-                ack_kind = await await_verdict(stream, encoder)
-                marks.append(time.monotonic())
+            ack = await send_cpr(
+                channel, state, codec=codec, timeout=None, progress=progress, attempts=attempts
+            )
     except TimeoutError:
         why = f" (last attempt: {attempts[-1]})" if len(marks) == 1 and attempts else ""
         if len(marks) == 1:
@@ -66,6 +68,7 @@ async def send_and_wait(
         raise CliError(f"timed out after {timeout} s {step}") from None
     except (anyio.BrokenResourceError, anyio.EndOfStream, ConnectionLostError) as exc:
         raise CliError(f"the receiver hung up while {step}: {exc or 'connection reset'}") from exc
+    ack_kind = ack.kind
     return Sent(
         codec,
         len(state.fds),

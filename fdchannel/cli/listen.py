@@ -111,13 +111,13 @@ async def _listen(
 ) -> None:
     import anyio
 
-    from ._incoming import ack, hold, receive_one
+    from ._incoming import hold, receive_one
 
     received = await receive_one(channel, options.timeout, out)
     with received.state:
         descriptors = descriptor_documents(received.state.fds)
         if not options.no_ack:
-            outcome = await ack(received.stream, received.codec)
+            outcome = await received.cpr.accept()
             out.result(
                 _document(received, descriptors, outcome), _text(received, descriptors, outcome)
             )

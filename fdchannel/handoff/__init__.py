@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+from .cpr import Ack, ReceivedCpr, receive_cpr, send_cpr
 from .incoming import Incoming
 from .machine import INCOMING, OUTGOING, Event, Machine, State
-from .outgoing import Ack, Outgoing
+from .outgoing import Outgoing
 
-__all__ = ["INCOMING", "OUTGOING", "Ack", "Event", "Incoming", "Machine", "Outgoing", "State"]
+__all__ = [
+    "INCOMING",
+    "OUTGOING",
+    "Ack",
+    "Event",
+    "Incoming",
+    "Machine",
+    "Outgoing",
+    "ReceivedCpr",
+    "State",
+    "receive_cpr",
+    "send_cpr",
+]

@@ -10,13 +10,13 @@ import anyio
 import anyio.abc
 
 from ..channel import Channel
-from ..codecs import native
 from ..codecs.main import MainReader
 from ..errors import HandoffError
 from ..state import DEFAULT_LIMITS, FdState, Limits
-from ..transfer import Codec, receive_state_and_codec
+from ..transfer import Codec
 from ..transports import Listener, Stream, check_options, listen
 from ._common import accept_admitted, discard, parse_channels, step
+from .cpr import ReceivedCpr, receive_cpr
 from .machine import INCOMING, Event, Machine, State
 
 __all__ = ["Incoming"]
@@ -59,7 +59,7 @@ class Incoming(anyio.abc.AsyncResource):
         check_options("listen", self.main, self._main_options)
         self._machine = Machine(INCOMING, "incoming")
         self._cpr_listener: Listener | None = None
-        self._cpr_stream: Stream | None = None
+        self._received: ReceivedCpr | None = None
         self._main_listener: Listener | None = None
         self._main_stream: Stream | None = None
         #: The codec the old process used (known once the state arrived).
@@ -88,21 +88,22 @@ class Incoming(anyio.abc.AsyncResource):
         if listener is None:
             raise HandoffError(f"incoming handoff: cannot receive while {self.state.value}")
         async with step(self._machine, "receiving the state on the cpr channel", timeout):
-            self._cpr_stream = await accept_admitted(listener, _log_refused)
-            self._machine.fire(Event.PEER_ACCEPTED)
-            await self._close_listener()
-            received, self.codec = await receive_state_and_codec(
-                self._cpr_stream, limits=self.limits
+            self._received = await receive_cpr(
+                listener, timeout=None, limits=self.limits, on_refused=_log_refused
             )
+            self._machine.fire(Event.PEER_ACCEPTED)
+            self.codec = self._received.codec
             self._machine.fire(Event.STATE_RECEIVED)
-        return received
+        return self._received.state
 
     async def listen_main(self) -> Listener:
         """Listen on the main channel, then close cpr: the acknowledgement."""
         self._machine.fire(Event.LISTEN_MAIN)
         async with step(self._machine, "listening on the main channel", None):
             self._main_listener = await listen(self.main, **self._main_options)
-            await self._send_status(accepted=True)
+            received, self._received = self._received, None
+            if received is not None and await received.accept() != "closed the connection":
+                raise HandoffError("the old process hung up before the acknowledgement")
             await self._close_cpr()
         return self._main_listener
 
@@ -145,17 +146,10 @@ class Incoming(anyio.abc.AsyncResource):
     async def reject(self, reason: str) -> None:
         """Refuse the received state: close cpr without listening on main."""
         self._machine.fire(Event.REJECT)
-        await self._send_status(accepted=False, reason=reason)
+        received, self._received = self._received, None
+        if received is not None:
+            await received.reject(reason)  # a sender already gone needs no reason
         await self._close_cpr()
-
-    async def _send_status(self, accepted: bool, reason: str = "") -> None:
-        if self.codec == "native" and self._cpr_stream is not None:
-            try:
-                await self._cpr_stream.send(native.status_frame(accepted, reason))
-            except anyio.BrokenResourceError:
-                if accepted:
-                    raise
-                # A rejected sender that already left needs no reason.
 
     async def _close_listener(self) -> None:
         if self._cpr_listener is not None:
@@ -165,10 +159,9 @@ class Incoming(anyio.abc.AsyncResource):
 
     async def _close_cpr(self) -> None:
         await self._close_listener()
-        if self._cpr_stream is not None:
-            stream, self._cpr_stream = self._cpr_stream, None
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
+        if self._received is not None:
+            received, self._received = self._received, None
+            await received.aclose()
 
     async def _close_main(self) -> None:
         """Close what is left of main: a stream still here belongs to a handoff that stopped."""

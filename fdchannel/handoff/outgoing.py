@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import anyio
 import anyio.abc
 
 from ..channel import Channel
 from ..codecs import main as main_channel
-from ..codecs.encoder import Encoder
 from ..state import FdState
-from ..transfer import Codec, await_verdict, check_qemu_target, send_with
+from ..transfer import Codec, check_qemu_target
 from ..transports import Stream
-from ._common import connect_retrying, discard, now, parse_channels, step
+from ._common import connect_retrying, discard, parse_channels, step
+from .cpr import Ack, send_cpr
 from .machine import OUTGOING, Event, Machine, State
 
 __all__ = ["Ack", "Outgoing"]
-
-
-@dataclass(frozen=True)
-class Ack:
-    """The new process acknowledged the state by closing the cpr channel."""
-
-    codec: str
-    descriptors: int
-    #: Seconds from the first connect attempt to the acknowledgement.
-    seconds: float
 
 
 class Outgoing(anyio.abc.AsyncResource):
@@ -57,7 +46,6 @@ class Outgoing(anyio.abc.AsyncResource):
         self.codec = codec
         self.qemu_target = check_qemu_target(codec, qemu_target)
         self._machine = Machine(OUTGOING, "outgoing")
-        self._cpr_stream: Stream | None = None
         self._main_stream: Stream | None = None
 
     @property
@@ -68,19 +56,20 @@ class Outgoing(anyio.abc.AsyncResource):
     async def start(self, state: FdState, timeout: float | None = 10) -> Ack:
         """Send ``state`` on the cpr channel and wait for the close-as-ack."""
         self._machine.fire(Event.START)
-        started = now()
-        try:
-            async with step(self._machine, "sending the state on the cpr channel", timeout):
-                self._cpr_stream = await connect_retrying(self.cpr)
-                self._machine.fire(Event.CPR_CONNECTED)
-                encoder = Encoder(state, self.codec, qemu_target=self.qemu_target)
-                await send_with(self._cpr_stream, encoder)
-                self._machine.fire(Event.STATE_SENT)
-                await await_verdict(self._cpr_stream, encoder)
-                self._machine.fire(Event.ACK)
-        finally:
-            await self._close_cpr()
-        return Ack(self.codec, len(state), now() - started)
+        events = {
+            "connected": Event.CPR_CONNECTED,
+            "sent": Event.STATE_SENT,
+            "acknowledged": Event.ACK,
+        }
+        async with step(self._machine, "sending the state on the cpr channel", timeout):
+            return await send_cpr(
+                self.cpr,
+                state,
+                codec=self.codec,
+                qemu_target=self.qemu_target,
+                timeout=None,  # the step's deadline
+                progress=lambda what: self._machine.fire(events[what]),
+            )
 
     async def finish(self, timeout: float | None = 10) -> Stream:
         """Connect the main channel (after the ack) and return its stream."""
@@ -124,16 +113,9 @@ class Outgoing(anyio.abc.AsyncResource):
             await discard(stream)
             raise
 
-    async def _close_cpr(self) -> None:
-        if self._cpr_stream is not None:
-            stream, self._cpr_stream = self._cpr_stream, None
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-
     async def abort(self) -> None:
         """Give up at any step; safe to call more than once."""
         self._machine.fire(Event.ABORT)
-        await self._close_cpr()
         if self._main_stream is not None:
             stream, self._main_stream = self._main_stream, None
             await discard(stream)

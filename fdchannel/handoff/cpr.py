@@ -1,0 +1,186 @@
+"""The cpr exchange on one channel, each side in one call: ``send_cpr``, ``receive_cpr``.
+
+``send_cpr`` connects (retrying while the receiver is not listening yet),
+sends the state, half-closes and waits for the close-as-ack.
+``receive_cpr`` accepts one peer that passes the credential policy and
+reads its state to EOF; the caller then ``accept()``s (the close that is
+the acknowledgement, after an "accepted" status for a native sender) or
+``reject(reason)``s it.  ``Outgoing``, ``Incoming`` and the command line
+are built on these; the rules of the exchange are the codecs' (Encoder,
+Decoder), so these only move bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+
+from ..channel import Channel, ChannelType
+from ..codecs import native
+from ..codecs.encoder import Encoder
+from ..errors import HandoffTimeout, PeerCredentialsError
+from ..state import DEFAULT_LIMITS, FdState, Limits
+from ..transfer import Codec, await_verdict, check_qemu_target, receive_state_and_codec, send_with
+from ..transports import Listener, Stream, Target, listen, resolve_target
+from ._common import accept_admitted, connect_retrying
+
+__all__ = ["Ack", "ReceivedCpr", "receive_cpr", "send_cpr"]
+
+log = logging.getLogger("fdchannel")
+
+#: What send_cpr reports as it goes: "connected", "sent", "acknowledged".
+Progress = Callable[[str], object]
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The new process acknowledged the state by closing the cpr channel."""
+
+    codec: str
+    descriptors: int
+    #: Seconds from the first connect attempt to the acknowledgement.
+    seconds: float
+    #: "accepted" (native: the receiver's status, then its close) or "closed" (qemu).
+    kind: str = "closed"
+
+
+def _cpr(target: Target) -> Channel:
+    """The channel to use: a Channel as it is, anything else as a cpr channel."""
+    if isinstance(target, Channel):
+        return target
+    address, _ = resolve_target(target)
+    return Channel(ChannelType.CPR, address)
+
+
+async def send_cpr(
+    target: Target,
+    state: FdState,
+    *,
+    codec: Codec = "native",
+    qemu_target: str | None = None,
+    timeout: float | None = 10,
+    progress: Progress | None = None,
+    attempts: list[str] | None = None,
+) -> Ack:
+    """Hand ``state`` over on the cpr channel ``target`` and wait for the close-as-ack.
+
+    The caller keeps its descriptors whatever happens (the kernel passed
+    copies).  ``timeout`` bounds the whole exchange (HandoffTimeout);
+    ``progress`` hears each step as it ends; ``attempts`` collects why the
+    connects that were retried failed.
+    """
+    check_qemu_target(codec, qemu_target)
+    report = progress or (lambda _: None)
+    started = time.monotonic()
+    try:
+        with anyio.fail_after(timeout if timeout is not None else math.inf):
+            stream = await connect_retrying(_cpr(target), attempts)
+            report("connected")
+            async with stream:
+                encoder = Encoder(state, codec, qemu_target=qemu_target)
+                await send_with(stream, encoder)
+                report("sent")
+                kind = await await_verdict(stream, encoder)
+                report("acknowledged")
+    except TimeoutError as exc:
+        raise HandoffTimeout(
+            f"no acknowledgement on {_cpr(target).addr} within {timeout} s"
+        ) from exc
+    return Ack(codec, len(state), time.monotonic() - started, kind)
+
+
+@dataclass
+class ReceivedCpr:
+    """A state received on a cpr channel, its connection still open: ``accept()``
+    (the acknowledgement) or ``reject(reason)``.  The state owns its descriptors."""
+
+    state: FdState
+    codec: Codec
+    #: The connection to the sender, open until accept, reject or aclose.
+    stream: Stream
+    #: Where it was received (the address actually listened on).
+    listened_on: str
+    #: Seconds spent waiting for the peer, then reading its state.
+    timings: dict[str, float] = field(default_factory=dict)
+
+    async def accept(self) -> str:
+        """Acknowledge: an "accepted" status for a native sender, then the close.
+
+        Returns what happened: "closed the connection", or "the sender had
+        already hung up".
+        """
+        return await self._close(native.status_frame(True))
+
+    async def reject(self, reason: str) -> str:
+        """Refuse: a native sender reads ``reason``; QEMU's protocol has no
+        refusal, so a qemu sender sees the close (its own QEMU then fails to
+        connect the main channel and keeps running)."""
+        return await self._close(native.status_frame(False, reason))
+
+    async def aclose(self) -> None:
+        """Close without a status (a native sender reads that as a failure)."""
+        with anyio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+    async def _close(self, status: bytes) -> str:
+        try:
+            if self.codec == "native":
+                await self.stream.send(status)
+            outcome = "closed the connection"
+        except anyio.BrokenResourceError:
+            outcome = "the sender had already hung up"
+        finally:
+            await self.aclose()
+        return outcome
+
+
+async def receive_cpr(
+    source: Target | Listener,
+    *,
+    timeout: float | None = 10,
+    limits: Limits = DEFAULT_LIMITS,
+    on_refused: Callable[[PeerCredentialsError], None] | None = None,
+    progress: Progress | None = None,
+    **listen_options: object,
+) -> ReceivedCpr:
+    """Accept one admitted peer on ``source`` and read its state to EOF.
+
+    ``source`` is a cpr channel to listen on, or a listener already open;
+    either is closed once the peer is accepted (a cpr channel serves one).  ``timeout`` bounds
+    the wait for the peer and the reading of its state (HandoffTimeout).
+    Refused peers are closed unread and reported to ``on_refused`` (logged
+    by default); ``progress`` hears "accepted", then "received".  On any
+    error every descriptor received is closed.
+    """
+    report = progress or (lambda _: None)
+    refused = on_refused or (lambda exc: log.warning("%s", exc))
+    started = time.monotonic()
+    try:
+        with anyio.fail_after(timeout if timeout is not None else math.inf):
+            if isinstance(source, Listener):
+                listener = source
+                stream = await accept_admitted(listener, refused)
+                # One peer per cpr channel: nobody else may queue up behind it.
+                with anyio.CancelScope(shield=True):
+                    await listener.aclose()
+            else:
+                async with await listen(_cpr(source), **listen_options) as listener:
+                    stream = await accept_admitted(listener, refused)
+            accepted = time.monotonic()
+            report("accepted")
+            try:
+                state, codec = await receive_state_and_codec(stream, limits=limits)
+                report("received")
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()
+                raise
+    except TimeoutError as exc:
+        raise HandoffTimeout(f"no state arrived within {timeout} s") from exc
+    timings = {"accept": accepted - started, "receive": time.monotonic() - accepted}
+    return ReceivedCpr(state, codec, stream, str(listener.address), timings)

@@ -1,0 +1,75 @@
+"""send_cpr and receive_cpr: each side of the cpr exchange in one call."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+
+import fdchannel
+from fdchannel import FdState, HandoffError, HandoffTimeout, NamedFd
+
+pytestmark = pytest.mark.anyio
+TIMEOUT = 10
+
+
+def _cpr(sockdir: Path) -> str:
+    return f"cpr,addr.transport=socket,addr.type=unix,addr.path={sockdir / 'cpr'}"
+
+
+@pytest.mark.parametrize("codec", ["native", "qemu"])
+@pytest.mark.parametrize("verdict", ["accept", "reject"])
+async def test_one_call_each_side(sockdir: Path, codec: str, verdict: str) -> None:
+    memfd = os.memfd_create("ram0", os.MFD_CLOEXEC)
+    os.write(memfd, b"pattern")
+    steps: list[object] = []
+    acks: list[fdchannel.Ack] = []
+    try:
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+
+                async def sender() -> None:
+                    acks.append(
+                        await fdchannel.send_cpr(
+                            _cpr(sockdir),
+                            FdState([NamedFd("ram0", 0, memfd)]),
+                            codec=codec,  # type: ignore[arg-type]
+                            progress=steps.append,
+                        )
+                    )
+
+                async def receiver() -> None:
+                    received = await fdchannel.receive_cpr(_cpr(sockdir))
+                    with received.state as state:
+                        assert received.codec == codec == state.codec
+                        assert os.pread(state.get("ram0"), 7, 0) == b"pattern"
+                    if verdict == "accept":
+                        assert await received.accept() == "closed the connection"
+                    else:
+                        await received.reject("not today")
+
+                tg.start_soon(receiver)
+                await anyio.wait_all_tasks_blocked()
+                if verdict == "reject" and codec == "native":
+                    with pytest.raises(HandoffError, match="not today"):
+                        await sender()
+                else:
+                    await sender()  # qemu: any close is the acknowledgement
+        if acks:
+            assert acks[0].kind == ("accepted" if codec == "native" else "closed")
+            assert steps == ["connected", "sent", "acknowledged"]
+    finally:
+        os.close(memfd)
+
+
+async def test_send_cpr_times_out_typed(sockdir: Path) -> None:
+    with pytest.raises(HandoffTimeout, match="no acknowledgement"):
+        await fdchannel.send_cpr(_cpr(sockdir), FdState(), timeout=0.2)
+
+
+async def test_receive_cpr_times_out_typed_and_leaves_nothing(sockdir: Path) -> None:
+    with pytest.raises(HandoffTimeout, match="no state arrived"):
+        await fdchannel.receive_cpr(_cpr(sockdir), timeout=0.2)
+    assert not (sockdir / "cpr").exists()
