@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from . import _report, fdrate, startup, throughput
+from . import _report, blocking, fdrate, startup, throughput
 from ._report import Figure
 
 
@@ -28,7 +28,9 @@ class FigureModule(Protocol):
     def run(self, options: argparse.Namespace) -> Figure: ...
 
 
-FIGURES: dict[str, FigureModule] = {module.NAME: module for module in (throughput, fdrate, startup)}
+FIGURES: dict[str, FigureModule] = {
+    module.NAME: module for module in (throughput, fdrate, blocking, startup)
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ __all__ = [
     "ProtocolError",
     "StateError",
     "TransportError",
+    "TransportTimeout",
     "TruncatedFdsError",
 ]
 
@@ -46,6 +47,10 @@ class TransportError(FdChannelError):
     def __init__(self, message: str, address: object = None) -> None:
         super().__init__(message)
         self.address = address
+
+
+class TransportTimeout(TransportError, TimeoutError):
+    """A blocking wait on a stream or listener passed its deadline (fdchannel.blocking)."""
 
 
 class ConnectError(TransportError):

@@ -1,0 +1,43 @@
+"""fdchannel without an event loop: the same protocol for synchronous tools and prefork servers.
+
+``connect``, ``listen``, ``send_state``, ``receive_state``, ``Outgoing`` and
+``Incoming`` behave as their async namesakes in ``fdchannel``, on the wire
+and in their errors (the ``fdchannel.errors`` tree only), and are driven by
+the same sans-I/O codecs and state machine; only waiting differs: every
+call that may wait takes ``timeout`` (seconds) and waits with ``poll(2)``.
+A wait that passes its deadline raises ``TransportTimeout`` (a
+``TransportError`` and a ``TimeoutError``), or ``HandoffTimeout`` inside a
+handoff step.  Nothing here uses signals or an event loop, so it runs in
+any thread, a thread of a program whose main thread runs one included.
+
+Transports: ``unix:`` (paths and abstract names, with the async listener's
+security), ``tcp:`` (for main channels) and ``fd:`` sockets (numbers,
+registered and inherited names).  The others raise CapabilityError.
+"""
+
+from __future__ import annotations
+
+from ..handoff.cpr import Ack
+from ..handoff.machine import State
+from ._deadline import TransportTimeout
+from ._incoming import Incoming
+from ._listener import Listener
+from ._open import connect, listen
+from ._outgoing import Outgoing
+from ._stream import Stream
+from ._transfer import receive_state, receive_state_and_codec, send_state
+
+__all__ = [
+    "Ack",
+    "Incoming",
+    "Listener",
+    "Outgoing",
+    "State",
+    "Stream",
+    "TransportTimeout",
+    "connect",
+    "listen",
+    "receive_state",
+    "receive_state_and_codec",
+    "send_state",
+]

@@ -1,0 +1,104 @@
+"""Pieces both blocking handoff sides share: steps under a deadline, connect retries, accepts.
+
+The async side's state machine (``fdchannel.handoff.machine``), channel
+checks and retry policy are used as they are; what differs is that a step
+carries a ``Deadline`` that every wait inside it draws from.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from ..channel import Channel
+from ..errors import (
+    ConnectError,
+    FdChannelError,
+    HandoffError,
+    HandoffTimeout,
+    PeerCredentialsError,
+)
+from ..handoff._common import _FIRST_DELAY, _MAX_DELAY, _NOT_YET
+from ..handoff.machine import Event, Machine
+from ._deadline import Deadline, TransportTimeout
+from ._listener import Listener
+from ._open import connect
+from ._stream import Stream
+
+__all__ = ["accept_admitted", "connect_retrying", "log_refused", "step"]
+
+log = logging.getLogger("fdchannel")
+
+
+@contextmanager
+def step(machine: Machine, what: str, timeout: float | None) -> Iterator[Deadline]:
+    """Run one handoff step under a deadline; failures become HandoffError.
+
+    The machine moves to FAILED on any error, ABORTED on an interruption
+    (KeyboardInterrupt, SystemExit).
+    """
+    deadline = Deadline(timeout)
+    try:
+        yield deadline
+    except TransportTimeout as exc:
+        machine.fire(Event.FAIL)
+        raise HandoffTimeout(
+            f"{machine.side} handoff: {what} did not finish within {timeout} s ({exc})"
+        ) from exc
+    except HandoffError:
+        machine.fire(Event.FAIL)
+        raise
+    except (FdChannelError, OSError) as exc:
+        machine.fire(Event.FAIL)
+        detail = str(exc) or type(exc).__name__
+        raise HandoffError(f"{machine.side} handoff: {what} failed: {detail}") from exc
+    except BaseException:
+        machine.fire(Event.ABORT)
+        raise
+
+
+def connect_retrying(channel: Channel, deadline: Deadline) -> Stream:
+    """Connect, retrying while the peer's socket is missing or refuses, until the deadline.
+
+    QEMU does not retry; a new process that is still starting is normal for
+    us, so we back off briefly (as the async side does) until the deadline.
+    """
+    delay = _FIRST_DELAY
+    while True:
+        try:
+            return connect(channel, timeout=deadline.left())
+        except ConnectError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, OSError) and cause.errno in _NOT_YET):
+                raise
+            left = deadline.left()
+            if left == 0:
+                raise TransportTimeout(
+                    f"{channel.addr} never accepted a connection (last: {cause.strerror})",
+                    channel.addr,
+                ) from exc
+        time.sleep(delay if left is None else min(delay, left))
+        delay = min(delay * 2, _MAX_DELAY)
+
+
+def accept_admitted(
+    listener: Listener,
+    deadline: Deadline,
+    on_refused: Callable[[PeerCredentialsError], None],
+) -> Stream:
+    """The next peer the listener's credential policy admits, before the deadline.
+
+    A refused peer was closed unread by the listener; ``on_refused`` hears
+    of it, and we wait for the next one.
+    """
+    while True:
+        try:
+            return listener.accept(deadline.left())
+        except PeerCredentialsError as exc:
+            on_refused(exc)
+
+
+def log_refused(exc: Exception) -> None:
+    log.warning("%s", exc)

@@ -1,0 +1,191 @@
+"""The new process's side, blocking: receive the state, then acknowledge by closing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any, Self
+
+from ..channel import Channel
+from ..codecs import native
+from ..codecs.main import MainReader
+from ..errors import ConnectionLostError, HandoffError
+from ..handoff._common import parse_channels
+from ..handoff.machine import INCOMING, Event, Machine, State
+from ..state import DEFAULT_LIMITS, FdState, Limits
+from ..transfer import Codec
+from ._deadline import Deadline
+from ._handoff import accept_admitted, log_refused, step
+from ._listener import Listener
+from ._open import check_listen_options, listen
+from ._stream import Stream
+from ._transfer import receive_state_and_codec
+
+__all__ = ["Incoming"]
+
+
+class Incoming:
+    """Drive the incoming side of a cpr-transfer handoff, in QEMU's order, without an event loop.
+
+    As ``fdchannel.Incoming``: ``receive_cpr`` listens on the cpr channel
+    (first of all), accepts one peer that passes the credential policy and
+    reads the state to EOF; ``listen_main`` starts the main listener and
+    *then* closes the cpr connection: that close tells the old process "I
+    am listening".  ``reject`` closes without listening (native codec:
+    with a reason).
+    """
+
+    def __init__(
+        self,
+        channels: Iterable[Channel | str],
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        cpr_options: dict[str, Any] | None = None,
+        main_options: dict[str, Any] | None = None,
+        listen_options: dict[str, Any] | None = None,
+    ) -> None:
+        """Options go to each channel's ``listen`` (``mode``, ``policy``, ...) as on
+        the async side; one a transport does not take is an AddressError here."""
+        self.main, self.cpr = parse_channels(channels)
+        self.limits = limits
+        self._cpr_options = {**(listen_options or {}), **(cpr_options or {})}
+        self._main_options = {**(listen_options or {}), **(main_options or {})}
+        check_listen_options(self.cpr, self._cpr_options)
+        check_listen_options(self.main, self._main_options)
+        self._machine = Machine(INCOMING, "incoming")
+        self._cpr_listener: Listener | None = None
+        self._cpr_stream: Stream | None = None
+        self._main_listener: Listener | None = None
+        self._main_stream: Stream | None = None
+        #: The codec the old process used (known once the state arrived).
+        self.codec: Codec | None = None
+
+    @property
+    def state(self) -> State:
+        """Where the handoff stands."""
+        return self._machine.state
+
+    def listen_cpr(self) -> Listener:
+        """Start listening on the cpr channel (``receive_cpr`` does it if needed)."""
+        self._machine.fire(Event.LISTEN)
+        with step(self._machine, "listening on the cpr channel", None):
+            self._cpr_listener = listen(self.cpr, **self._cpr_options)
+        return self._cpr_listener
+
+    def receive_cpr(self, timeout: float | None = 10) -> FdState:
+        """Accept one peer on the cpr channel and read its state to EOF.
+
+        The state owns its descriptors: the caller takes them over.  Room
+        for them is made (RLIMIT_NOFILE) before the first one arrives.
+        """
+        if self._machine.state is State.IDLE:
+            self.listen_cpr()
+        listener = self._cpr_listener
+        if listener is None:
+            raise HandoffError(f"incoming handoff: cannot receive while {self.state.value}")
+        with step(self._machine, "receiving the state on the cpr channel", timeout) as deadline:
+            self._cpr_stream = accept_admitted(listener, deadline, log_refused)
+            self._machine.fire(Event.PEER_ACCEPTED)
+            self._close_listener()
+            received, self.codec = receive_state_and_codec(
+                self._cpr_stream, limits=self.limits, timeout=deadline.left()
+            )
+            self._machine.fire(Event.STATE_RECEIVED)
+        return received
+
+    def listen_main(self, timeout: float | None = 10) -> Listener:
+        """Listen on the main channel, then close cpr: the acknowledgement.
+
+        ``timeout`` bounds sending the native codec's STATUS frame.
+        """
+        self._machine.fire(Event.LISTEN_MAIN)
+        with step(self._machine, "listening on the main channel", timeout) as deadline:
+            self._main_listener = listen(self.main, **self._main_options)
+            self._send_status(deadline, accepted=True)
+            self._close_cpr()
+        return self._main_listener
+
+    def accept_main(self, timeout: float | None = 10) -> Stream:
+        """Accept the old process on the main channel."""
+        listener = self._main_listener
+        if listener is None:
+            raise HandoffError(f"incoming handoff: cannot accept main while {self.state.value}")
+        with step(self._machine, "accepting the main channel", timeout) as deadline:
+            self._main_stream = accept_admitted(listener, deadline, log_refused)
+            self._machine.fire(Event.MAIN_ACCEPTED)
+        return self._main_stream
+
+    def receive_main(self, timeout: float | None = 10, limit: int = 1 << 30) -> bytes:
+        """Accept main and read what ``Outgoing.complete`` sent, then close: the handoff is done.
+
+        The data is length-prefixed, so an old process that died half-way
+        is an error, not a short read.  At most ``limit`` bytes are accepted.
+        """
+        stream = self._main_stream or self.accept_main(timeout)
+        try:
+            with step(self._machine, "reading the main channel", timeout) as deadline:
+                reader = MainReader(limit)
+                while not reader.done:
+                    chunk = stream.receive(min(reader.wanted, 1 << 20), deadline.left())
+                    if not chunk:
+                        break  # the end: finish() tells whether it came early
+                    reader.feed(chunk)
+                data = reader.finish()
+                self._machine.fire(Event.COMPLETE)
+        finally:
+            self._close_main()
+        return data
+
+    def reject(self, reason: str, timeout: float | None = 10) -> None:
+        """Refuse the received state: close cpr without listening on main."""
+        self._machine.fire(Event.REJECT)
+        try:
+            self._send_status(Deadline(timeout), accepted=False, reason=reason)
+        finally:
+            self._close_cpr()
+
+    def _send_status(self, deadline: Deadline, accepted: bool, reason: str = "") -> None:
+        if self.codec == "native" and self._cpr_stream is not None:
+            try:
+                self._cpr_stream.send(native.status_frame(accepted, reason), deadline.left())
+            except ConnectionLostError:
+                if accepted:
+                    raise
+                # A rejected sender that already left needs no reason.
+
+    def _close_listener(self) -> None:
+        if self._cpr_listener is not None:
+            listener, self._cpr_listener = self._cpr_listener, None
+            listener.close()
+
+    def _close_cpr(self) -> None:
+        self._close_listener()
+        if self._cpr_stream is not None:
+            stream, self._cpr_stream = self._cpr_stream, None
+            stream.close()
+
+    def _close_main(self) -> None:
+        if self._main_stream is not None:
+            stream, self._main_stream = self._main_stream, None
+            stream.close()
+        if self._main_listener is not None:
+            listener, self._main_listener = self._main_listener, None
+            listener.close()
+
+    def abort(self) -> None:
+        """Give up at any step and close everything; safe to call more than once."""
+        self._machine.fire(Event.ABORT)
+        self._close_cpr()
+        self._close_main()
+
+    def close(self) -> None:
+        """``abort``: leaving ``with`` gives up whatever is not finished."""
+        self.abort()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,175 @@
+"""Listeners without an event loop: accept peers under a deadline and a credential policy."""
+
+from __future__ import annotations
+
+import abc
+import errno
+import socket
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from ..capabilities import Capability
+from ..errors import CapabilityError, TransportError
+from ..transports._credentials import CredentialPolicy, check_peer
+from ..transports._socket import tune_buffers
+from ._deadline import READABLE, Deadline, wait_ready
+from ._stream import Stream
+
+if TYPE_CHECKING:
+    from ..address import Address
+
+__all__ = ["Listener", "OneStreamListener", "SocketListener"]
+
+
+class Listener(abc.ABC):
+    """The incoming side of a transport: ``with`` it and ``accept(timeout)`` peers."""
+
+    #: MULTI_ACCEPT if more than one peer can be accepted.
+    capabilities = Capability.NONE
+    #: What the streams ``accept`` returns can do.
+    stream_capabilities = Capability.NONE
+
+    def __init__(self, address: Address) -> None:
+        #: The address actually listened on (e.g. the port the kernel chose).
+        self.address = address
+
+    @abc.abstractmethod
+    def accept(self, timeout: float | None = None) -> Stream:
+        """Wait for the next peer and return its stream."""
+
+    def fileno(self) -> int:
+        """The descriptor under the listener, for inspection."""
+        raise CapabilityError(f"the listener on {self.address} has no descriptor of its own")
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop listening; idempotent."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class SocketListener(Listener):
+    """A listening stream socket; ``accept`` returns one stream per peer.
+
+    On an AF_UNIX socket ``policy`` decides which peers ``accept`` returns
+    (None admits everyone): a refused peer is closed unread and ``accept``
+    raises PeerCredentialsError.
+    """
+
+    capabilities = Capability.MULTI_ACCEPT
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: Address,
+        *,
+        policy: CredentialPolicy | None = None,
+        on_accept: Callable[[socket.socket], None] | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(address)
+        sock.setblocking(False)
+        self._sock = sock
+        self._closed = False
+        unix = sock.family == socket.AF_UNIX
+        self.stream_capabilities = Capability.HALF_CLOSE | (
+            Capability.FD_PASSING if unix else Capability.NONE
+        )
+        #: Who may connect (AF_UNIX only; other families have no credentials).
+        self.policy = policy if unix else None
+        self._on_accept = on_accept
+        self._on_close = on_close
+
+    @property
+    def socket(self) -> socket.socket:
+        """The listening socket itself, for inspection."""
+        return self._sock
+
+    def fileno(self) -> int:
+        self._check_open()
+        return self._sock.fileno()
+
+    def accept(self, timeout: float | None = None) -> Stream:
+        deadline = Deadline(timeout)
+        while True:
+            self._check_open()
+            try:
+                conn, _ = self._sock.accept()
+                break
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                if exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
+                    raise TransportError(
+                        f"accept on {self.address} failed: {exc.strerror}", self.address
+                    ) from exc
+                continue  # the peer left before we accepted it
+            wait_ready(
+                self._sock.fileno(), READABLE, deadline, f"accept on {self.address}", self.address
+            )
+        try:
+            tune_buffers(conn)
+            # Before a byte is read: a refused peer is closed unread.
+            check_peer(conn, self.policy, self.address)
+            if self._on_accept is not None:
+                self._on_accept(conn)
+            return Stream(conn, self.address)
+        except OSError as exc:
+            conn.close()
+            raise TransportError(
+                f"accept on {self.address}: setting up the peer's socket failed: {exc.strerror}",
+                self.address,
+            ) from exc
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._sock.close()
+            if self._on_close is not None:
+                self._on_close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportError(f"the listener on {self.address} is closed", self.address)
+
+
+class OneStreamListener(Listener):
+    """An incoming side that yields exactly one, already open, stream (an ``fd:`` one).
+
+    Until it is accepted the listener owns the stream and closes it with
+    itself; afterwards the stream is the caller's.
+    """
+
+    def __init__(self, stream: Stream, address: Address) -> None:
+        super().__init__(address)
+        self._stream: Stream | None = stream
+        self._closed = False
+        self.stream_capabilities = stream.capabilities
+
+    def accept(self, timeout: float | None = None) -> Stream:
+        if self._closed:
+            raise TransportError(f"the listener on {self.address} is closed", self.address)
+        stream, self._stream = self._stream, None
+        if stream is None:
+            raise CapabilityError(
+                f"the incoming side of {self.address} yields exactly one stream and it was "
+                "already accepted (this transport has no MULTI_ACCEPT)"
+            )
+        return stream
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            stream, self._stream = self._stream, None
+            if stream is not None:
+                stream.close()

@@ -1,0 +1,127 @@
+"""The old process's side, blocking: hand the state over, learn that the new one is ready."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Self
+
+from ..channel import Channel
+from ..codecs import main as main_channel
+from ..codecs.encoder import Encoder
+from ..handoff._common import now, parse_channels
+from ..handoff.cpr import Ack
+from ..handoff.machine import OUTGOING, Event, Machine, State
+from ..state import FdState
+from ..transfer import Codec, check_qemu_target
+from ._handoff import connect_retrying, step
+from ._stream import Stream
+from ._transfer import await_verdict, send_with
+
+__all__ = ["Outgoing"]
+
+
+class Outgoing:
+    """Drive the outgoing side of a cpr-transfer handoff, without an event loop.
+
+    As ``fdchannel.Outgoing``: ``start`` connects the cpr channel (retrying
+    until the new process listens), sends the state, half-closes and waits
+    for the new process to close; ``finish`` then connects main and
+    ``complete`` sends the rest on it.  Whatever fails, the descriptors in
+    the state stay the caller's and open: the rollback.  Each step takes a
+    timeout (HandoffTimeout); every other failure is a HandoffError.
+    """
+
+    def __init__(
+        self,
+        channels: Iterable[Channel | str],
+        *,
+        codec: Codec = "native",
+        qemu_target: str | None = None,
+    ) -> None:
+        self.main, self.cpr = parse_channels(channels)
+        self.codec = codec
+        self.qemu_target = check_qemu_target(codec, qemu_target)
+        self._machine = Machine(OUTGOING, "outgoing")
+        self._cpr_stream: Stream | None = None
+        self._main_stream: Stream | None = None
+
+    @property
+    def state(self) -> State:
+        """Where the handoff stands."""
+        return self._machine.state
+
+    def start(self, state: FdState, timeout: float | None = 10) -> Ack:
+        """Send ``state`` on the cpr channel and wait for the close-as-ack."""
+        self._machine.fire(Event.START)
+        started = now()
+        try:
+            with step(self._machine, "sending the state on the cpr channel", timeout) as deadline:
+                self._cpr_stream = connect_retrying(self.cpr, deadline)
+                self._machine.fire(Event.CPR_CONNECTED)
+                encoder = Encoder(state, self.codec, qemu_target=self.qemu_target)
+                send_with(self._cpr_stream, encoder, timeout=deadline.left())
+                self._machine.fire(Event.STATE_SENT)
+                await_verdict(self._cpr_stream, encoder, deadline.left())
+                self._machine.fire(Event.ACK)
+        finally:
+            self._close_cpr()
+        return Ack(self.codec, len(state), now() - started)
+
+    def finish(self, timeout: float | None = 10) -> Stream:
+        """Connect the main channel (after the ack) and return its stream."""
+        self._machine.fire(Event.FINISH)
+        with step(self._machine, "connecting the main channel", timeout) as deadline:
+            stream = connect_retrying(self.main, deadline)
+            self._main_stream = stream
+            self._machine.fire(Event.MAIN_CONNECTED)
+        return stream
+
+    def complete(self, data: bytes = b"", timeout: float | None = 10) -> None:
+        """Send ``data`` on main, half-close, and wait until the new process closed it.
+
+        Calls ``finish`` first if it was not called; the main stream is closed
+        afterwards, and at once if anything failed.
+        """
+        if self._machine.state is State.ACKED:
+            self.finish(timeout)
+        stream = self._main_stream
+        if stream is None or self._machine.state is not State.MAIN_OPEN:
+            self._machine.fire(Event.COMPLETE)  # raises: not allowed here
+            raise AssertionError  # pragma: no cover
+        try:
+            with step(self._machine, "sending the main stream", timeout) as deadline:
+                # A length first, so the new process tells our death from the end.
+                stream.send(main_channel.header(len(data)), deadline.left())
+                stream.send(data, deadline.left())
+                stream.send_eof()
+                stream.wait_peer_closed(deadline.left())
+                self._machine.fire(Event.COMPLETE)
+        finally:
+            self._main_stream = None
+            stream.close()
+
+    def _close_cpr(self) -> None:
+        if self._cpr_stream is not None:
+            stream, self._cpr_stream = self._cpr_stream, None
+            stream.close()
+
+    def abort(self) -> None:
+        """Give up at any step; safe to call more than once."""
+        self._machine.fire(Event.ABORT)
+        self._close_cpr()
+        if self._main_stream is not None:
+            stream, self._main_stream = self._main_stream, None
+            stream.close()
+
+    def close(self) -> None:
+        """``abort``: leaving ``with`` gives up whatever is not finished."""
+        self.abort()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
