@@ -30,7 +30,7 @@ from .errors import (
     TransportError,
 )
 from .fds import SCM_MAX_FD, close_all
-from .handoff._common import accept_admitted, connect_retrying
+from .handoff.common import accept_admitted, connect_retrying
 from .transports import Stream, Target, listen, resolve_target
 
 __all__ = ["Direction", "RelayStats", "relay"]

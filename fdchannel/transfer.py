@@ -22,8 +22,7 @@ from .errors import (
 )
 from .fds import SCM_MAX_FD, fd_table_size, open_fd_count
 from .state import DEFAULT_LIMITS, FdState, Limits
-from .transports._base import Stream
-from .transports._socket import UnixSocketStream
+from .transports import Stream, UnixSocketStream
 
 __all__ = [
     "await_verdict",

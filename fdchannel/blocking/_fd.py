@@ -15,9 +15,9 @@ import socket
 import stat
 
 from ..address import FdAddress
+from ..credentials import CredentialPolicy, same_user_or_root
 from ..errors import CapabilityError, ConnectError, TransportError
-from ..transports._credentials import CredentialPolicy, same_user_or_root
-from ..transports.fd import _duplicate
+from ..transports.fd import duplicate
 from ._listener import Listener, OneStreamListener, SocketListener
 from ._stream import Stream
 
@@ -52,7 +52,7 @@ def _open(
     policy: CredentialPolicy | None,
 ) -> Stream | Listener:
     label = f"fd:{address.name}"
-    dup = _duplicate(address, error)
+    dup = duplicate(address, error)
     try:
         sock = _socket_of(dup, address, error)
     except BaseException:

@@ -20,7 +20,7 @@ from ..errors import (
     HandoffTimeout,
     PeerCredentialsError,
 )
-from ..handoff._common import _FIRST_DELAY, _MAX_DELAY, _NOT_YET
+from ..handoff.common import FIRST_DELAY, MAX_DELAY, NOT_YET
 from ..handoff.machine import Event, Machine
 from ._deadline import Deadline, TransportTimeout
 from ._listener import Listener
@@ -65,13 +65,13 @@ def connect_retrying(channel: Channel, deadline: Deadline) -> Stream:
     QEMU does not retry; a new process that is still starting is normal for
     us, so we back off briefly (as the async side does) until the deadline.
     """
-    delay = _FIRST_DELAY
+    delay = FIRST_DELAY
     while True:
         try:
             return connect(channel, timeout=deadline.left())
         except ConnectError as exc:
             cause = exc.__cause__
-            if not (isinstance(cause, OSError) and cause.errno in _NOT_YET):
+            if not (isinstance(cause, OSError) and cause.errno in NOT_YET):
                 raise
             left = deadline.left()
             if left == 0:
@@ -80,7 +80,7 @@ def connect_retrying(channel: Channel, deadline: Deadline) -> Stream:
                     channel.addr,
                 ) from exc
         time.sleep(delay if left is None else min(delay, left))
-        delay = min(delay * 2, _MAX_DELAY)
+        delay = min(delay * 2, MAX_DELAY)
 
 
 def accept_admitted(

@@ -10,7 +10,7 @@ from ..channel import Channel
 from ..codecs import native
 from ..codecs.main import MainReader
 from ..errors import ConnectionLostError, HandoffError
-from ..handoff._common import parse_channels
+from ..handoff.common import parse_channels
 from ..handoff.machine import INCOMING, Event, Machine, State
 from ..state import DEFAULT_LIMITS, FdState, Limits
 from ..transfer import Codec

@@ -10,9 +10,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from ..capabilities import Capability
+from ..credentials import CredentialPolicy, check_peer
 from ..errors import CapabilityError, TransportError
-from ..transports._credentials import CredentialPolicy, check_peer
-from ..transports._socket import tune_buffers
+from ..sockets import tune_buffers
 from ._deadline import READABLE, Deadline, wait_ready
 from ._stream import Stream
 

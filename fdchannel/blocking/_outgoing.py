@@ -9,7 +9,7 @@ from typing import Self
 from ..channel import Channel
 from ..codecs import main as main_channel
 from ..codecs.encoder import Encoder
-from ..handoff._common import now, parse_channels
+from ..handoff.common import now, parse_channels
 from ..handoff.cpr import Ack
 from ..handoff.machine import OUTGOING, Event, Machine, State
 from ..state import FdState

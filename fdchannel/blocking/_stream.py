@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Self, TypeVar
 
 from .. import fds as fdpass
 from ..capabilities import Capability
+from ..credentials import Credentials, peer_credentials
 from ..errors import CapabilityError, ConnectionLostError, TransportError
-from ..transports._base import BROKEN_ERRNOS, DEFAULT_RECEIVE, MAX_PENDING
-from ..transports._credentials import Credentials, peer_credentials
+from ..sockets import BROKEN_ERRNOS, DEFAULT_RECEIVE, MAX_PENDING
 from ._deadline import READABLE, WRITABLE, Deadline, wait_ready
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ import socket
 
 from ..address import InetAddress, TcpAddress, family_for
 from ..errors import AddressError, ConnectError, TransportError
-from ..transports.tcp import _bind, _configure, _port_number
+from ..transports.tcp import bind_socket, configure, port_number
 from ._deadline import WRITABLE, Deadline, wait_ready
 from ._listener import SocketListener
 from ._stream import Stream
@@ -66,7 +66,7 @@ def connect(address: TcpAddress, deadline: Deadline) -> Stream:
     for family, sockaddr in _resolve(address, address.port, passive=False):
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            _configure(sock, address)
+            configure(sock, address)
             _connect_one(sock, sockaddr, address, deadline)
             return Stream(sock, address)
         except ConnectError as exc:
@@ -80,7 +80,7 @@ def connect(address: TcpAddress, deadline: Deadline) -> Stream:
 
 def listen(address: TcpAddress) -> SocketListener:
     """Listen on the first free port of PORT..TO; port 0 lets the kernel choose."""
-    first = _port_number(address, address.port)
+    first = port_number(address, address.port)
     last = first if address.to is None or first == 0 else address.to
     if last < first or last > 65535:
         raise AddressError(
@@ -90,11 +90,11 @@ def listen(address: TcpAddress) -> SocketListener:
     for port in range(first, last + 1):
         for family, sockaddr in _resolve(address, str(port), passive=True):
             try:
-                sock = _bind(family, sockaddr, address)
+                sock = bind_socket(family, sockaddr, address)
             except OSError as exc:
                 errors.append(f"{sockaddr}: {exc.strerror}")
                 continue
             host, bound_port = sock.getsockname()[:2]
             actual = dataclasses.replace(address, host=host, port=str(bound_port), to=None)
-            return SocketListener(sock, actual, on_accept=lambda conn: _configure(conn, address))
+            return SocketListener(sock, actual, on_accept=lambda conn: configure(conn, address))
     raise TransportError(f"cannot listen on {address}: {'; '.join(errors)}", address)

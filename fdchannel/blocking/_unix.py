@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 
 from ..address import UnixAddress
+from ..credentials import CredentialPolicy, same_user_or_root
 from ..errors import ConnectError, TransportError
-from ..transports._credentials import CredentialPolicy, same_user_or_root
-from ..transports._socket import tune_buffers
-from ..transports.unix import _BACKLOG, _BACKLOG_RETRY_DELAYS, _clear_stale, sockaddr
+from ..sockets import tune_buffers
+from ..transports.unix import BACKLOG, BACKLOG_RETRY_DELAYS, clear_stale, sockaddr
 from ._deadline import Deadline
 from ._listener import SocketListener
 from ._stream import Stream
@@ -32,7 +32,7 @@ def _new_socket() -> socket.socket:
 def connect(address: UnixAddress, deadline: Deadline) -> Stream:
     """Connect to a listening unix socket."""
     target = sockaddr(address)
-    delays = iter(_BACKLOG_RETRY_DELAYS)
+    delays = iter(BACKLOG_RETRY_DELAYS)
     while True:
         sock = _new_socket()
         try:
@@ -76,7 +76,7 @@ def listen(
     *,
     mode: int = 0o600,
     policy: CredentialPolicy | None = same_user_or_root,
-    backlog: int = _BACKLOG,
+    backlog: int = BACKLOG,
 ) -> SocketListener:
     """Listen on a unix socket (path or abstract name).
 
@@ -89,7 +89,7 @@ def listen(
     bound = False
     try:
         if not address.abstract:
-            _clear_stale(address, target)
+            clear_stale(address, target)
             # Linux creates the file with the socket inode's mode minus the
             # umask: set before bind, the file is never more open than ``mode``.
             os.fchmod(sock.fileno(), mode)

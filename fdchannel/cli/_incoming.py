@@ -20,8 +20,7 @@ from ..channel import Channel
 from ..handoff.cpr import ReceivedCpr, receive_cpr
 from ..state import FdState
 from ..transfer import Codec
-from ..transports import Stream, listen
-from ..transports._socket import SocketStream, UnixSocketStream
+from ..transports import SocketStream, Stream, UnixSocketStream, listen
 from . import _proc
 from ._output import CliError, Output
 

@@ -27,7 +27,7 @@ from ..errors import HandoffTimeout, PeerCredentialsError
 from ..state import DEFAULT_LIMITS, FdState, Limits
 from ..transfer import Codec, await_verdict, check_qemu_target, receive_state_and_codec, send_with
 from ..transports import Listener, Stream, Target, listen, resolve_target
-from ._common import accept_admitted, connect_retrying
+from .common import accept_admitted, connect_retrying
 
 __all__ = ["Ack", "ReceivedCpr", "receive_cpr", "send_cpr"]
 

@@ -15,7 +15,7 @@ from ..errors import HandoffError
 from ..state import DEFAULT_LIMITS, FdState, Limits
 from ..transfer import Codec
 from ..transports import Listener, Stream, check_options, listen
-from ._common import accept_admitted, discard, parse_channels, step
+from .common import accept_admitted, discard, parse_channels, step
 from .cpr import ReceivedCpr, receive_cpr
 from .machine import INCOMING, Event, Machine, State
 

@@ -12,7 +12,7 @@ from ..codecs import main as main_channel
 from ..state import FdState
 from ..transfer import Codec, check_qemu_target
 from ..transports import Stream
-from ._common import connect_retrying, discard, parse_channels, step
+from .common import connect_retrying, discard, parse_channels, step
 from .cpr import Ack, send_cpr
 from .machine import OUTGOING, Event, Machine, State
 

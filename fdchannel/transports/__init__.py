@@ -17,12 +17,16 @@ from ..channel import Channel, ChannelType, parse_channel
 from ..errors import AddressError, CapabilityError
 from ..registry import FdPassing, transport_for
 from ._base import FdAttribute, Listener, Stream
+from ._socket import SocketListener, SocketStream, UnixSocketStream
 
 __all__ = [
     "FdAttribute",
     "Listener",
+    "SocketListener",
+    "SocketStream",
     "Stream",
     "Target",
+    "UnixSocketStream",
     "check_options",
     "connect",
     "listen",

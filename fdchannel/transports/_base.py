@@ -22,8 +22,9 @@ import anyio.abc
 import anyio.lowlevel
 
 from ..capabilities import Capability
+from ..credentials import CredentialPolicy, Credentials, same_user_or_root
 from ..errors import CapabilityError, PeerCredentialsError, TransportError
-from ._credentials import CredentialPolicy, Credentials, same_user_or_root
+from ..sockets import BROKEN_ERRNOS, DEFAULT_RECEIVE, MAX_PENDING
 
 if TYPE_CHECKING:
     from ..address import Address
@@ -32,14 +33,8 @@ __all__ = ["DescriptorStream", "FdAttribute", "Listener", "Stream"]
 
 log = logging.getLogger("fdchannel")
 
-DEFAULT_RECEIVE = 65536
-#: What wait_peer_closed keeps of data that arrives before the hang-up.
-MAX_PENDING = 16 * 1024 * 1024
 
 T = TypeVar("T")
-
-#: errno values that mean "the peer is gone" rather than "we did something wrong".
-BROKEN_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
 
 
 class FdAttribute(anyio.TypedAttributeSet):

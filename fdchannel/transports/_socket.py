@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import logging
@@ -17,35 +16,23 @@ from anyio.abc import SocketAttribute
 
 from .. import fds as fdpass
 from ..capabilities import Capability
+from ..credentials import CredentialPolicy, check_peer, peer_credentials
 from ..errors import ConnectError, TransportError
+from ..sockets import tune_buffers
 from ._base import DescriptorStream, FdAttribute, Listener, Stream
-from ._credentials import CredentialPolicy, check_peer, peer_credentials
 
 if TYPE_CHECKING:
     from ..address import Address
 
 __all__ = [
-    "BUFFER_SIZE",
     "SocketListener",
     "SocketStream",
     "UnixSocketStream",
     "async_connect",
     "stream_for_socket",
-    "tune_buffers",
 ]
 
 log = logging.getLogger("fdchannel")
-
-#: Socket buffer size we ask for: a few MiB let one wake-up move a megabyte,
-#: which is what brings an event-loop stream to raw socket speed.
-BUFFER_SIZE = 4 * 1024 * 1024
-
-
-def tune_buffers(sock: socket.socket) -> None:
-    """Ask for large send and receive buffers (the kernel caps them at wmem_max/rmem_max)."""
-    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        with contextlib.suppress(OSError):  # the kernel's cap is not a failure
-            sock.setsockopt(socket.SOL_SOCKET, option, BUFFER_SIZE)
 
 
 class SocketStream(DescriptorStream):

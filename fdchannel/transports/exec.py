@@ -38,7 +38,7 @@ import anyio.lowlevel
 
 from ..address import ExecAddress
 from ..errors import AddressError, TransportError
-from ._base import DEFAULT_RECEIVE
+from ..sockets import DEFAULT_RECEIVE
 from .file import OneStreamListener, PipeStream, open_error
 
 __all__ = ["KILL_GRACE", "ExecStream", "connect", "listen"]

@@ -33,10 +33,10 @@ import stat
 import anyio.lowlevel
 
 from ..address import FdAddress
+from ..credentials import CredentialPolicy, same_user_or_root
 from ..errors import AddressError, ConnectError, TransportError
 from ..qemu.cstring import bounded_int
 from ._base import Listener, Stream
-from ._credentials import CredentialPolicy, same_user_or_root
 from ._socket import SocketListener, stream_for_socket
 from .file import FileStream, OneStreamListener, PipeStream
 
@@ -162,7 +162,7 @@ def _descriptor(address: FdAddress, error: type[TransportError]) -> int:
     )
 
 
-def _duplicate(address: FdAddress, error: type[TransportError]) -> int:
+def duplicate(address: FdAddress, error: type[TransportError]) -> int:
     fd = _descriptor(address, error)
     try:
         # os.dup gives a close-on-exec copy: ours to close, not inherited by children.
@@ -250,7 +250,7 @@ def _open(
     policy: CredentialPolicy | None = None,
 ) -> Stream | Listener:
     """Wrap a duplicate of the descriptor in the stream or listener its kind calls for."""
-    dup = _duplicate(address, error)
+    dup = duplicate(address, error)
     try:
         return _wrap(dup, address, error, incoming=incoming, policy=policy)
     except BaseException:

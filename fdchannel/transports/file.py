@@ -33,7 +33,8 @@ import anyio.to_thread
 from ..address import FileAddress
 from ..capabilities import Capability
 from ..errors import AddressError, CapabilityError, ConnectError, TransportError
-from ._base import DEFAULT_RECEIVE, DescriptorStream, FdAttribute, Listener, Stream
+from ..sockets import DEFAULT_RECEIVE
+from ._base import DescriptorStream, FdAttribute, Listener, Stream
 
 if TYPE_CHECKING:
     from ..address import Address

@@ -10,14 +10,15 @@ import anyio
 from ..address import InetAddress, TcpAddress, family_for
 from ..errors import AddressError, ConnectError, TransportError
 from ..qemu.cstring import bounded_int
-from ._socket import SocketListener, SocketStream, async_connect, tune_buffers
+from ..sockets import tune_buffers
+from ._socket import SocketListener, SocketStream, async_connect
 
 __all__ = ["connect", "listen"]
 
-_BACKLOG = 4096
+BACKLOG = 4096
 
 
-def _port_number(address: InetAddress, text: str) -> int:
+def port_number(address: InetAddress, text: str) -> int:
     # ASCII digits only: str.isdigit() admits other scripts' digits, which
     # getaddrinfo (and so QEMU) does not take as a port.
     if not (text.isascii() and text.isdigit()) or bounded_int(text) > 65535:
@@ -39,7 +40,7 @@ def _apply_keepalive(sock: socket.socket, address: InetAddress) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-def _configure(sock: socket.socket, address: InetAddress) -> None:
+def configure(sock: socket.socket, address: InetAddress) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     _apply_keepalive(sock, address)
     tune_buffers(sock)
@@ -76,7 +77,7 @@ async def connect(address: TcpAddress) -> SocketStream:
     for family, sockaddr in await _resolve(address, address.port, passive=False):
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            _configure(sock, address)
+            configure(sock, address)
             await async_connect(sock, sockaddr, address)
             return SocketStream(sock, address)
         except ConnectError as exc:
@@ -92,10 +93,12 @@ class TcpListener(SocketListener):
     """A TCP listener; accepted sockets get the address's keep-alive options."""
 
     def __init__(self, sock: socket.socket, address: TcpAddress) -> None:
-        super().__init__(sock, address, on_accept=lambda conn: _configure(conn, address))
+        super().__init__(sock, address, on_accept=lambda conn: configure(conn, address))
 
 
-def _bind(family: socket.AddressFamily, sockaddr: object, address: InetAddress) -> socket.socket:
+def bind_socket(
+    family: socket.AddressFamily, sockaddr: object, address: InetAddress
+) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -103,7 +106,7 @@ def _bind(family: socket.AddressFamily, sockaddr: object, address: InetAddress) 
             # Dual-stack unless IPv4 was turned off (QEMU does the same).
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(address.ipv4 is False))
         sock.bind(sockaddr)  # type: ignore[arg-type]
-        sock.listen(_BACKLOG)
+        sock.listen(BACKLOG)
     except BaseException:
         sock.close()
         raise
@@ -115,7 +118,7 @@ async def listen(address: TcpAddress) -> TcpListener:
 
     Port 0 lets the kernel choose; ``listener.address`` reports the real port.
     """
-    first = _port_number(address, address.port)
+    first = port_number(address, address.port)
     last = first if address.to is None or first == 0 else address.to
     if last < first or last > 65535:
         raise AddressError(
@@ -125,7 +128,7 @@ async def listen(address: TcpAddress) -> TcpListener:
     for port in range(first, last + 1):
         for family, sockaddr in await _resolve(address, str(port), passive=True):
             try:
-                sock = _bind(family, sockaddr, address)
+                sock = bind_socket(family, sockaddr, address)
             except OSError as exc:
                 errors.append(f"{sockaddr}: {exc.strerror}")
                 continue

@@ -15,10 +15,11 @@ import stat
 import anyio
 
 from ..address import SUN_PATH_MAX, UnixAddress
+from ..credentials import CredentialPolicy, Credentials, peer_credentials, same_user_or_root
 from ..errors import AddressError, ConnectError, TransportError
 from ..sockdiag import Binding, Bound, binding, bound_to_file, bound_to_name
-from ._credentials import CredentialPolicy, Credentials, peer_credentials, same_user_or_root
-from ._socket import SocketListener, UnixSocketStream, async_connect, tune_buffers
+from ..sockets import tune_buffers
+from ._socket import SocketListener, UnixSocketStream, async_connect
 
 __all__ = [
     "Binding",
@@ -36,8 +37,8 @@ __all__ = [
 ]
 
 #: How long connect retries while a full backlog makes the kernel answer EAGAIN.
-_BACKLOG_RETRY_DELAYS = (0.001, 0.005, 0.02, 0.05)
-_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
+BACKLOG_RETRY_DELAYS = (0.001, 0.005, 0.02, 0.05)
+BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
 
 def sockaddr(address: UnixAddress) -> bytes:
@@ -72,7 +73,7 @@ def _new_socket() -> socket.socket:
 async def connect(address: UnixAddress) -> UnixSocketStream:
     """Connect to a listening unix socket."""
     target = sockaddr(address)
-    delays = iter(_BACKLOG_RETRY_DELAYS)
+    delays = iter(BACKLOG_RETRY_DELAYS)
     while True:
         sock = _new_socket()
         try:
@@ -94,7 +95,7 @@ async def connect(address: UnixAddress) -> UnixSocketStream:
             raise
 
 
-def _clear_stale(address: UnixAddress, path: bytes) -> None:
+def clear_stale(address: UnixAddress, path: bytes) -> None:
     """Remove a socket file no socket is bound to; refuse to touch a live one.
 
     The kernel is asked (see fdchannel.sockdiag): connecting to find out would hand
@@ -167,7 +168,7 @@ async def listen(
     *,
     mode: int = 0o600,
     policy: CredentialPolicy | None = same_user_or_root,
-    backlog: int = _BACKLOG,
+    backlog: int = BACKLOG,
 ) -> UnixListener:
     """Listen on a unix socket (path or abstract name).
 
@@ -180,7 +181,7 @@ async def listen(
     inode = None
     try:
         if not address.abstract:
-            _clear_stale(address, target)
+            clear_stale(address, target)
             # Linux creates the file with the socket inode's mode minus the
             # umask, so setting it before bind leaves no moment in which the
             # file is more open than ``mode``.

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ..errors import PeerCredentialsError
+from .errors import PeerCredentialsError
 
 __all__ = ["CredentialPolicy", "Credentials", "check_peer", "peer_credentials", "same_user_or_root"]
 

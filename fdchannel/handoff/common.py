@@ -33,9 +33,9 @@ __all__ = [
 log = logging.getLogger("fdchannel")
 
 #: errno values that mean "the peer is not listening yet": worth retrying.
-_NOT_YET = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
-_FIRST_DELAY = 0.001
-_MAX_DELAY = 0.05
+NOT_YET = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
+FIRST_DELAY = 0.001
+MAX_DELAY = 0.05
 
 
 def parse_channels(channels: Iterable[Channel | str]) -> tuple[Channel, Channel]:
@@ -78,18 +78,18 @@ async def connect_retrying(channel: Channel, attempts: list[str] | None = None) 
     for us, so we back off briefly until the caller's deadline cancels us.
     Each failed attempt's reason is appended to ``attempts`` if given.
     """
-    delay = _FIRST_DELAY
+    delay = FIRST_DELAY
     while True:
         try:
             return await connect(channel)
         except ConnectError as exc:
             cause = exc.__cause__
-            if not (isinstance(cause, OSError) and cause.errno in _NOT_YET):
+            if not (isinstance(cause, OSError) and cause.errno in NOT_YET):
                 raise
             if attempts is not None:
                 attempts.append(cause.strerror or str(cause))
         await anyio.sleep(delay)
-        delay = min(delay * 2, _MAX_DELAY)
+        delay = min(delay * 2, MAX_DELAY)
 
 
 async def discard(stream: Stream) -> None:
