@@ -123,8 +123,8 @@ async def concurrent_handoffs(tmp: Path, count: int) -> None:
                 async with anyio.create_task_group() as tg:
 
                     async def old() -> None:
-                        await out.start(fdchannel.FdState([fdchannel.NamedFd("ram", 0, memfd)]))
-                        await out.complete(b"main" * 256)
+                        await out.send_cpr(fdchannel.FdState([fdchannel.NamedFd("ram", 0, memfd)]))
+                        await out.send_main(b"main" * 256)
 
                     tg.start_soon(old)
                     with await inc.receive_cpr():

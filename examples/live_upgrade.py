@@ -157,8 +157,8 @@ async def old_server(options: argparse.Namespace) -> None:
     main_data = json.dumps({"counters": counters, "memory": options.memory}).encode()
     try:
         async with fdchannel.Outgoing([options.main, options.cpr], codec=options.codec) as out:
-            ack = await out.start(fdchannel.FdState(entries), timeout=TIMEOUT)
-            await out.complete(main_data, timeout=TIMEOUT)
+            ack = await out.send_cpr(fdchannel.FdState(entries), timeout=TIMEOUT)
+            await out.send_main(main_data, timeout=TIMEOUT)
     except fdchannel.HandoffError as exc:
         # The rollback: we still own everything; a real server would resume here.
         emit("handoff-failed", error=str(exc))

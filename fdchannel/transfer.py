@@ -243,14 +243,3 @@ async def _receive_state(stream: Stream, limits: Limits) -> tuple[FdState, Codec
     except BaseException:
         decoder.close()
         raise
-
-
-def _until_ack(
-    steps: Iterator[native.Send | native.AwaitAck], ack: list[native.AwaitAck]
-) -> Iterator[native.Send]:
-    """The messages of ``steps`` up to the next AwaitAck, which lands in ``ack``."""
-    for step in steps:
-        if isinstance(step, native.AwaitAck):
-            ack.append(step)
-            return
-        yield step

@@ -85,12 +85,12 @@ def outgoing(cpr: str, main: str, codec: Codec, count: int) -> None:
     try:
         with blocking.Outgoing(channels(cpr, main), codec=codec) as out:
             try:
-                ack = out.start(state, timeout=TIMEOUT)
+                ack = out.send_cpr(state, timeout=TIMEOUT)
             except HandoffError as exc:
                 say(f"rejected: {exc}")
                 return
             say(f"ack {ack.codec} {ack.descriptors}")
-            out.complete(MAIN_DATA, timeout=TIMEOUT)
+            out.send_main(MAIN_DATA, timeout=TIMEOUT)
             say("done")
     finally:
         state.close()

@@ -200,12 +200,12 @@ async def test_async_outgoing_to_blocking_incoming(
             async with fdchannel.Outgoing(channels(*paths(sockdir)), codec=codec) as og:
                 if verdict == "reject":
                     with pytest.raises(HandoffError, match=REJECTION):
-                        await og.start(state, timeout=LONG)
+                        await og.send_cpr(state, timeout=LONG)
                     check_state(state, COUNT, codec)  # the rollback: still ours, intact
                 else:
-                    ack = await og.start(state, timeout=LONG)
+                    ack = await og.send_cpr(state, timeout=LONG)
                     assert (ack.codec, ack.descriptors) == (codec, COUNT)
-                    await og.complete(MAIN_DATA, timeout=LONG)
+                    await og.send_main(MAIN_DATA, timeout=LONG)
             # The peer checked every memfd's contents before it said so.
             assert await line(out) == f"received {codec} {COUNT}"
             assert await line(out) == ("rejected" if verdict == "reject" else "done")
@@ -219,7 +219,7 @@ async def test_a_blocking_receiver_without_room_refuses_naming_the_limit(sockdir
             assert await line(out) == "listening"
             async with fdchannel.Outgoing(channels(*paths(sockdir))) as og:
                 with pytest.raises(HandoffError, match="RLIMIT_NOFILE"):
-                    await og.start(state, timeout=LONG)
+                    await og.send_cpr(state, timeout=LONG)
             said = await line(out)
             assert said.startswith("refused: ") and "RLIMIT_NOFILE" in said
             assert await process.wait() == 0
@@ -242,8 +242,8 @@ async def test_blocking_side_in_a_worker_thread_of_a_running_loop(
 
     def old_process(state: FdState) -> None:
         with blocking.Outgoing(chans, codec=codec) as out:
-            assert out.start(state, timeout=LONG).descriptors == COUNT
-            out.complete(MAIN_DATA, timeout=LONG)
+            assert out.send_cpr(state, timeout=LONG).descriptors == COUNT
+            out.send_main(MAIN_DATA, timeout=LONG)
 
     def new_process() -> None:
         with blocking.Incoming(chans) as inc:
@@ -267,9 +267,9 @@ async def test_blocking_side_in_a_worker_thread_of_a_running_loop(
                 tg.start_soon(anyio.to_thread.run_sync, new_process)
                 # Outgoing retries until the thread listens; the event says it does.
                 async with fdchannel.Outgoing(chans, codec=codec) as og:
-                    assert (await og.start(state, timeout=LONG)).descriptors == COUNT
+                    assert (await og.send_cpr(state, timeout=LONG)).descriptors == COUNT
                     assert listening.is_set()
-                    await og.complete(MAIN_DATA, timeout=LONG)
+                    await og.send_main(MAIN_DATA, timeout=LONG)
 
 
 # --- 10,000 descriptors, blocking to blocking: the acknowledged windows ---------------------
@@ -420,7 +420,7 @@ def test_outgoing_with_a_broken_receiver(
             try:
                 with blocking.Outgoing(channels(cpr, main)) as out:
                     with pytest.raises(error, match=message) as raised:
-                        out.start(state, timeout=SHORT * 3)
+                        out.send_cpr(state, timeout=SHORT * 3)
                     assert type(raised.value) is error
                     assert out.state is State.FAILED
             finally:
@@ -440,7 +440,7 @@ def test_rejected_state_blocking_to_blocking(sockdir: Path) -> None:
 
     with state_of(COUNT, "native") as state, in_thread(new_process) as done:
         with blocking.Outgoing(chans) as out, pytest.raises(HandoffError, match=REJECTION):
-            out.start(state, timeout=LONG)
+            out.send_cpr(state, timeout=LONG)
         done.result(LONG)
         check_state(state, COUNT, "native")
 
@@ -450,8 +450,8 @@ def test_a_main_stream_cut_short_is_an_error(sockdir: Path) -> None:
 
     def old_process() -> None:
         with state_of(1, "native") as state, blocking.Outgoing(chans) as out:
-            out.start(state, timeout=LONG)
-            stream = out.finish(timeout=LONG)
+            out.send_cpr(state, timeout=LONG)
+            stream = out.connect_main(timeout=LONG)
             stream.send(main_channel.header(100) + bytes(10), timeout=LONG)
             stream.send_eof()  # and leaving abandons the handoff: 90 bytes never come
 
@@ -469,7 +469,7 @@ def test_a_failed_start_can_be_retried(sockdir: Path) -> None:
     with state_of(1, "native") as state, blocking.Outgoing(chans) as out:
         began = time.monotonic()
         with pytest.raises(HandoffTimeout, match="never accepted"):
-            out.start(state, timeout=SHORT)  # nobody listens: retried until the deadline
+            out.send_cpr(state, timeout=SHORT)  # nobody listens: retried until the deadline
         assert SHORT <= time.monotonic() - began < SHORT + 1
 
         def new_process() -> None:
@@ -480,8 +480,8 @@ def test_a_failed_start_can_be_retried(sockdir: Path) -> None:
                 assert inc.receive_main(timeout=LONG) == b""
 
         with in_thread(new_process) as done:
-            assert out.start(state, timeout=LONG).descriptors == 1
-            out.complete(timeout=LONG)
+            assert out.send_cpr(state, timeout=LONG).descriptors == 1
+            out.send_main(timeout=LONG)
             done.result(LONG)
         assert out.state is State.DONE
 

@@ -399,7 +399,7 @@ async def _handoff(channels: list[str], chunks: list[bytes]) -> None:
     hostile bytes when its channels are usable."""
     try:
         async with fdchannel.Outgoing(channels) as out:
-            await out.start(FdState(), timeout=0.05)
+            await out.send_cpr(FdState(), timeout=0.05)
     except Exception as exc:
         _only_ours(exc)
     try:

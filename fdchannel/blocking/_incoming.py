@@ -116,7 +116,7 @@ class Incoming:
         return self._main_stream
 
     def receive_main(self, timeout: float | None = 10, limit: int = 1 << 30) -> bytes:
-        """Accept main and read what ``Outgoing.complete`` sent, then close: the handoff is done.
+        """Accept main and read what ``Outgoing.send_main`` sent, then close: the handoff is done.
 
         The data is length-prefixed, so an old process that died half-way
         is an error, not a short read.  At most ``limit`` bytes are accepted.

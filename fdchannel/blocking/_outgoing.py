@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Self
@@ -24,10 +25,10 @@ __all__ = ["Outgoing"]
 class Outgoing:
     """Drive the outgoing side of a cpr-transfer handoff, without an event loop.
 
-    As ``fdchannel.Outgoing``: ``start`` connects the cpr channel (retrying
+    As ``fdchannel.Outgoing``: ``send_cpr`` connects the cpr channel (retrying
     until the new process listens), sends the state, half-closes and waits
-    for the new process to close; ``finish`` then connects main and
-    ``complete`` sends the rest on it.  Whatever fails, the descriptors in
+    for the new process to close; ``connect_main`` then connects main and
+    ``send_main`` sends the rest on it.  Whatever fails, the descriptors in
     the state stay the caller's and open: the rollback.  Each step takes a
     timeout (HandoffTimeout); every other failure is a HandoffError.
     """
@@ -51,7 +52,7 @@ class Outgoing:
         """Where the handoff stands."""
         return self._machine.state
 
-    def start(self, state: FdState, timeout: float | None = 10) -> Ack:
+    def send_cpr(self, state: FdState, timeout: float | None = 10) -> Ack:
         """Send ``state`` on the cpr channel and wait for the close-as-ack."""
         self._machine.fire(Event.START)
         started = now()
@@ -68,7 +69,7 @@ class Outgoing:
             self._close_cpr()
         return Ack(self.codec, len(state), now() - started)
 
-    def finish(self, timeout: float | None = 10) -> Stream:
+    def connect_main(self, timeout: float | None = 10) -> Stream:
         """Connect the main channel (after the ack) and return its stream."""
         self._machine.fire(Event.FINISH)
         with step(self._machine, "connecting the main channel", timeout) as deadline:
@@ -77,14 +78,14 @@ class Outgoing:
             self._machine.fire(Event.MAIN_CONNECTED)
         return stream
 
-    def complete(self, data: bytes = b"", timeout: float | None = 10) -> None:
+    def send_main(self, data: bytes = b"", timeout: float | None = 10) -> None:
         """Send ``data`` on main, half-close, and wait until the new process closed it.
 
-        Calls ``finish`` first if it was not called; the main stream is closed
+        Calls ``connect_main`` first if it was not called; the main stream is closed
         afterwards, and at once if anything failed.
         """
         if self._machine.state is State.ACKED:
-            self.finish(timeout)
+            self.connect_main(timeout)
         stream = self._main_stream
         if stream is None or self._machine.state is not State.MAIN_OPEN:
             self._machine.fire(Event.COMPLETE)  # raises: not allowed here
@@ -106,6 +107,23 @@ class Outgoing:
             stream, self._cpr_stream = self._cpr_stream, None
             stream.close()
 
+    # The names before 0.2, kept for one release.
+
+    def start(self, state: FdState, timeout: float | None = 10) -> Ack:
+        """Deprecated: ``send_cpr``."""
+        _renamed("start", "send_cpr")
+        return self.send_cpr(state, timeout)
+
+    def finish(self, timeout: float | None = 10) -> Stream:
+        """Deprecated: ``connect_main``."""
+        _renamed("finish", "connect_main")
+        return self.connect_main(timeout)
+
+    def complete(self, data: bytes = b"", timeout: float | None = 10) -> None:
+        """Deprecated: ``send_main``."""
+        _renamed("complete", "send_main")
+        self.send_main(data, timeout)
+
     def abort(self) -> None:
         """Give up at any step; safe to call more than once."""
         self._machine.fire(Event.ABORT)
@@ -125,3 +143,9 @@ class Outgoing:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(
+        f"Outgoing.{old} is deprecated: it is Outgoing.{new} now", DeprecationWarning, stacklevel=3
+    )

@@ -1,7 +1,7 @@
 """The outgoing side on one channel: connect, send the state, wait for the close-as-ack.
 
 ``send`` and the probe's self-test use it.  It is the first half of
-``Outgoing.start`` without a main channel, and it says which step a
+``Outgoing.send_cpr`` without a main channel, and it says which step a
 deadline caught: nobody listening is not the same problem as a receiver
 that holds the connection.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import anyio
@@ -12,8 +13,9 @@ from ..codecs import main as main_channel
 from ..state import FdState
 from ..transfer import Codec, check_qemu_target
 from ..transports import Stream
+from . import cpr
 from .common import connect_retrying, discard, parse_channels, step
-from .cpr import Ack, send_cpr
+from .cpr import Ack
 from .machine import OUTGOING, Event, Machine, State
 
 __all__ = ["Ack", "Outgoing"]
@@ -22,9 +24,9 @@ __all__ = ["Ack", "Outgoing"]
 class Outgoing(anyio.abc.AsyncResource):
     """Drive the outgoing side of a cpr-transfer handoff.
 
-    ``start`` connects the cpr channel (retrying until the new process
+    ``send_cpr`` connects the cpr channel (retrying until the new process
     listens), sends the state, half-closes and waits for the new process to
-    close: that close is the acknowledgement.  ``finish`` then connects the
+    close: that close is the acknowledgement.  ``connect_main`` then connects the
     main channel.  Whatever fails, the descriptors in the state stay the
     caller's and open: the old process keeps running (the rollback).
 
@@ -53,7 +55,7 @@ class Outgoing(anyio.abc.AsyncResource):
         """Where the handoff stands."""
         return self._machine.state
 
-    async def start(self, state: FdState, timeout: float | None = 10) -> Ack:
+    async def send_cpr(self, state: FdState, timeout: float | None = 10) -> Ack:
         """Send ``state`` on the cpr channel and wait for the close-as-ack."""
         self._machine.fire(Event.START)
         events = {
@@ -62,7 +64,7 @@ class Outgoing(anyio.abc.AsyncResource):
             "acknowledged": Event.ACK,
         }
         async with step(self._machine, "sending the state on the cpr channel", timeout):
-            return await send_cpr(
+            return await cpr.send_cpr(
                 self.cpr,
                 state,
                 codec=self.codec,
@@ -71,7 +73,7 @@ class Outgoing(anyio.abc.AsyncResource):
                 progress=lambda what: self._machine.fire(events[what]),
             )
 
-    async def finish(self, timeout: float | None = 10) -> Stream:
+    async def connect_main(self, timeout: float | None = 10) -> Stream:
         """Connect the main channel (after the ack) and return its stream."""
         self._machine.fire(Event.FINISH)
         async with step(self._machine, "connecting the main channel", timeout):
@@ -80,15 +82,15 @@ class Outgoing(anyio.abc.AsyncResource):
             self._machine.fire(Event.MAIN_CONNECTED)
         return stream
 
-    async def complete(self, data: bytes = b"", timeout: float | None = 10) -> None:
+    async def send_main(self, data: bytes = b"", timeout: float | None = 10) -> None:
         """Send ``data`` on main, half-close, and wait until the new process closed it.
 
-        Calls ``finish`` first if it was not called.  The main stream is
+        Calls ``connect_main`` first if it was not called.  The main stream is
         closed afterwards; failures become HandoffError, and a main stream
         that failed is closed at once (an ``exec:`` command is killed).
         """
         if self._machine.state is State.ACKED:
-            await self.finish(timeout)
+            await self.connect_main(timeout)
         stream = self._main_stream
         if stream is None or self._machine.state is not State.MAIN_OPEN:
             self._machine.fire(Event.COMPLETE)  # raises: not allowed here
@@ -113,6 +115,23 @@ class Outgoing(anyio.abc.AsyncResource):
             await discard(stream)
             raise
 
+    # The names before 0.2, kept for one release.
+
+    async def start(self, state: FdState, timeout: float | None = 10) -> Ack:
+        """Deprecated: ``send_cpr``."""
+        _renamed("start", "send_cpr")
+        return await self.send_cpr(state, timeout)
+
+    async def finish(self, timeout: float | None = 10) -> Stream:
+        """Deprecated: ``connect_main``."""
+        _renamed("finish", "connect_main")
+        return await self.connect_main(timeout)
+
+    async def complete(self, data: bytes = b"", timeout: float | None = 10) -> None:
+        """Deprecated: ``send_main``."""
+        _renamed("complete", "send_main")
+        await self.send_main(data, timeout)
+
     async def abort(self) -> None:
         """Give up at any step; safe to call more than once."""
         self._machine.fire(Event.ABORT)
@@ -123,3 +142,9 @@ class Outgoing(anyio.abc.AsyncResource):
     async def aclose(self) -> None:
         """``abort``: leaving ``async with`` gives up whatever is not finished."""
         await self.abort()
+
+
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(
+        f"Outgoing.{old} is deprecated: it is Outgoing.{new} now", DeprecationWarning, stacklevel=3
+    )

@@ -20,7 +20,7 @@ async def handed_over(
     async with fdchannel.Incoming(incoming) as inc, fdchannel.Outgoing(outgoing) as out:
         await inc.listen_cpr()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(out.start, state)
+            tg.start_soon(out.send_cpr, state)
             with await inc.receive_cpr(timeout=5):
                 await inc.listen_main()
         yield inc, out

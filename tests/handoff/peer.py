@@ -73,14 +73,14 @@ async def outgoing(cpr: str, main: str, die_at: str, codec: str) -> None:
             stream = await fdchannel.connect(UnixAddress(cpr))
             await stream.send(b"FDCN\x01\x00")  # half a header
             step("mid-send", die_at)
-        await out.start(state, timeout=20)
+        await out.send_cpr(state, timeout=20)
         step("acked", die_at)
-        stream = await out.finish(timeout=20)
+        stream = await out.connect_main(timeout=20)
         if die_at == "mid-main":
             # What complete() sends, cut short: the length, then part of the data.
             await stream.send(struct.pack(">Q", len(MAIN_DATA)) + MAIN_DATA[:65536])
             step("mid-main", die_at)
-        await out.complete(MAIN_DATA, timeout=20)
+        await out.send_main(MAIN_DATA, timeout=20)
         step("done", die_at)
 
 

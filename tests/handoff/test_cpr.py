@@ -73,3 +73,18 @@ async def test_receive_cpr_times_out_typed_and_leaves_nothing(sockdir: Path) -> 
     with pytest.raises(HandoffTimeout, match="no state arrived"):
         await fdchannel.receive_cpr(_cpr(sockdir), timeout=0.2)
     assert not (sockdir / "cpr").exists()
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [("start", "send_cpr"), ("finish", "connect_main"), ("complete", "send_main")]
+)
+async def test_the_old_outgoing_names_still_work_with_a_warning(
+    sockdir: Path, old: str, new: str
+) -> None:
+    out = fdchannel.Outgoing([f"unix:{sockdir / 'main'}", _cpr(sockdir)])
+    call = getattr(out, old)
+    pending = call(FdState(), timeout=0.1) if old == "start" else call(timeout=0.1)
+    warned = pytest.warns(DeprecationWarning, match=f"Outgoing.{old} is deprecated.*{new}")
+    with warned, pytest.raises(HandoffError):  # nothing listens, or not in that state
+        await pending
+    await out.aclose()

@@ -119,9 +119,9 @@ async def test_incoming_killed(
                     channels(str(sockdir / "cpr"), str(sockdir / "main")), codec=codec
                 )
                 calls: dict[str, Callable[[], Awaitable[object]]] = {
-                    "start": lambda: out.start(resources.state(codec), timeout=SHORT),
-                    "finish": lambda: out.finish(timeout=SHORT),
-                    "complete": lambda: out.complete(MAIN_DATA, timeout=SHORT),
+                    "start": lambda: out.send_cpr(resources.state(codec), timeout=SHORT),
+                    "finish": lambda: out.connect_main(timeout=SHORT),
+                    "complete": lambda: out.send_main(MAIN_DATA, timeout=SHORT),
                 }
                 async with out:
                     for name, call in calls.items():
@@ -159,7 +159,7 @@ async def test_incoming_out_of_descriptors(sockdir: Path, codec: Codec) -> None:
                 state = FdState([*base.fds, *extra], base.metadata)
                 async with fdchannel.Outgoing(chans, codec=codec) as out:
                     with pytest.raises(HandoffError) as info:
-                        await out.start(state, timeout=SHORT * 4)
+                        await out.send_cpr(state, timeout=SHORT * 4)
                 if codec == "native":  # the receiver says why before closing
                     assert "hard limit" in str(info.value)
                 # It raised: FdPassingError naming the limit (native, before any
@@ -224,9 +224,9 @@ async def test_full_handoff_between_processes(sockdir: Path, codec: Codec) -> No
                     channels(str(sockdir / "cpr"), str(sockdir / "main")),
                     codec=codec,
                 ) as out:
-                    ack = await out.start(resources.state(codec), timeout=10)
+                    ack = await out.send_cpr(resources.state(codec), timeout=10)
                     assert ack.descriptors == 2
-                    await out.complete(MAIN_DATA, timeout=10)
+                    await out.send_main(MAIN_DATA, timeout=10)
                     assert out.state is fdchannel.handoff.State.DONE
                 await wait_line(lines, "done")
                 assert await process.wait() == 0
@@ -246,7 +246,7 @@ async def test_reject_is_heard_by_the_sender(sockdir: Path) -> None:
 
                 async def send() -> None:
                     try:
-                        await out.start(resources.state(), timeout=10)
+                        await out.send_cpr(resources.state(), timeout=10)
                     except HandoffError as exc:
                         errors.append(exc)
 

@@ -103,7 +103,7 @@ async def test_descriptors_on_the_main_channel_are_closed(sockdir: Path) -> None
                 inc,
                 out,
             ):
-                main = await out.finish()
+                main = await out.connect_main()
                 # A main stream is bytes only: descriptors on it are closed on arrival.
                 assert isinstance(main, UnixSocketStream)
                 await main.send_fds(b"\0" * 8, stray)  # an empty main stream, with extras

@@ -1,7 +1,7 @@
 """Faults on the main channel inside a real handoff.
 
 The old process's state is acknowledged by a real Incoming on a unix cpr
-channel, then ``Outgoing.complete`` meets a main channel that cannot take
+channel, then ``Outgoing.send_main`` meets a main channel that cannot take
 the stream: a device that is full, a pipe whose reader left, a command
 that stops reading or exits early, or never reads at all.  Each must give
 HandoffError naming the cause (HandoffTimeout for a command that never
@@ -133,7 +133,7 @@ async def acknowledged(
     incoming = channels(str(sockdir / "cpr"), str(sockdir / "main"))
     outgoing = [main, cpr_channel(sockdir)]
     async with handed_over(incoming, outgoing, resources.state()) as (_, out):
-        yield out, await out.finish(timeout=5)
+        yield out, await out.connect_main(timeout=5)
 
 
 @pytest.mark.parametrize("fault", MAIN_FAULTS, ids=[f.name for f in MAIN_FAULTS])
@@ -146,7 +146,7 @@ async def test_main_channel_fault(sockdir: Path, fault: MainFault) -> None:
                 async with acknowledged(sockdir, main, resources) as (out, stream):
                     began = time.monotonic()
                     with pytest.raises(HandoffError, match=fault.message) as info:
-                        await out.complete(MAIN_DATA, timeout=SHORT)
+                        await out.send_main(MAIN_DATA, timeout=SHORT)
                     assert time.monotonic() - began < SHORT + 1
                     assert type(info.value) is fault.error
                     assert out.state is State.FAILED
@@ -166,7 +166,7 @@ async def test_a_main_command_that_reads_everything_completes(sockdir: Path) -> 
         with anyio.fail_after(15):
             main = "exec:cat >/dev/null"
             async with acknowledged(sockdir, main, resources) as (out, stream):
-                await out.complete(MAIN_DATA, timeout=10)
+                await out.send_main(MAIN_DATA, timeout=10)
                 assert out.state is State.DONE
                 assert isinstance(stream, ExecStream)
                 assert stream.returncode == 0

@@ -138,7 +138,7 @@ async def test_outgoing_hands_over_for_the_target(
         ):
             await incoming.listen_cpr()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(outgoing.start, state_with(memfd, (EMPTY_VFIO,)))
+                tg.start_soon(outgoing.send_cpr, state_with(memfd, (EMPTY_VFIO,)))
                 with await incoming.receive_cpr() as got:
                     assert got.qemu_subsections == received
                     await incoming.listen_main()

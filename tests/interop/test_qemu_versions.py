@@ -294,12 +294,12 @@ async def test_outgoing_hands_on_to_a_new_qemu(
                 async with anyio.create_task_group() as tg:
                     # QEMU answers QMP only once it has read the state, and
                     # acks the state only once migrate-incoming listens.
-                    tg.start_soon(outgoing.start, state)
+                    tg.start_soon(outgoing.send_cpr, state)
                     await connect(dst, route.dst)
                     assert (await dst.qmp.execute("query-status"))["status"] == "inmigrate"
                     await start_incoming(dst.qmp, there, "main.sock")
             # Acked: the new QEMU holds its own copies of the descriptors.
-            async with await outgoing.finish() as to_dst:
+            async with await outgoing.connect_main() as to_dst:
                 await incoming.listen_main()  # the old QEMU may go on now
                 async with await incoming.accept_main() as from_src:
                     await relay_stream(from_src, to_dst)
@@ -425,7 +425,7 @@ async def test_qemu10_refuses_a_state_with_subsections(
                 # QEMU's exit closes the connection: to us it may look like the
                 # ack (a close) or a failure (a reset, with our bytes unread).
                 with contextlib.suppress(fdchannel.HandoffError):
-                    await outgoing.start(state)
+                    await outgoing.send_cpr(state)
             assert await dst.exited() != 0
             log = dst.log.read_text(errors="replace")
     # -ENOENT: 10.0's CprState has no subsections.

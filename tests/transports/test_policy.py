@@ -115,7 +115,7 @@ async def test_incoming_skips_the_intruder_and_serves_the_sender(
                     async with await intruder(name) as bad:
                         assert await lines(bad, 1) == [b"connected"]
                         async with anyio.create_task_group() as tg:
-                            tg.start_soon(out.start, FdState([NamedFd("ram0", 0, memfd)]))
+                            tg.start_soon(out.send_cpr, FdState([NamedFd("ram0", 0, memfd)]))
                             with await inc.receive_cpr(timeout=5) as state:
                                 assert state.get("ram0") >= 0
                                 await inc.listen_main()

@@ -43,7 +43,7 @@ async def test_second_listen_leaves_a_waiting_incoming_serving(sockdir: Path) ->
                 with pytest.raises(TransportError, match="another process is listening"):
                     await fdchannel.listen(UnixAddress(str(sockdir / "cpr")))
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(out.start, FdState([NamedFd("ram0", 0, memfd)]))
+                    tg.start_soon(out.send_cpr, FdState([NamedFd("ram0", 0, memfd)]))
                     with await inc.receive_cpr(timeout=5) as state:
                         assert state.get("ram0") >= 0
                         await inc.listen_main()
