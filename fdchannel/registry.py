@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import enum
 import importlib
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -31,9 +32,15 @@ from .address import (
     VsockAddress,
 )
 from .capabilities import Capability
-from .errors import TransportError
+from .errors import AddressError, TransportError
 
-__all__ = ["TRANSPORTS", "FdPassing", "Transport", "transport_for"]
+__all__ = [
+    "TRANSPORTS",
+    "FdPassing",
+    "Transport",
+    "refuse_unknown_options",
+    "transport_for",
+]
 
 
 class FdPassing(enum.Enum):
@@ -126,3 +133,22 @@ assert set(_BY_TYPE) == set(ADDRESS_TYPES), "every address class has its transpo
 def transport_for(address: Address) -> Transport:
     """The transport of ``address``."""
     return _BY_TYPE[type(address)]
+
+
+def refuse_unknown_options(
+    verb: str, address: Address, function: Callable[..., Any], options: Mapping[str, object]
+) -> None:
+    """AddressError unless ``function`` (a transport's ``verb``) takes every one of
+    ``options`` as a keyword: a wrong option fails before anything opens."""
+    taken = [
+        name
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(options) - set(taken))
+    if unknown:
+        raise AddressError(
+            f"{address}: the {type(address).__name__} transport's {verb} takes no option "
+            f"{', '.join(map(repr, unknown))} (it takes: {', '.join(taken) or 'none'})",
+            str(address),
+        )

@@ -6,14 +6,14 @@ Channel), and a cpr channel must pass descriptors, as there.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ..address import Address, FdAddress, RdmaAddress, TcpAddress, UnixAddress
 from ..capabilities import Capability
 from ..channel import ChannelType
-from ..errors import AddressError, CapabilityError, ConnectError, TransportError
+from ..errors import CapabilityError, ConnectError, TransportError
+from ..registry import refuse_unknown_options
 from ..transports import Target, resolve_target
 from . import _fd, _tcp, _unix
 from ._deadline import Deadline
@@ -49,28 +49,10 @@ def _refuse_cpr(address: Address) -> NoReturn:
     )
 
 
-def _check_options(
-    verb: str, address: Address, function: Callable[..., Any], options: dict[str, Any]
-) -> None:
-    """AddressError for an option the transport does not take, before anything opens."""
-    taken = [
-        name
-        for name, parameter in inspect.signature(function).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-    ]
-    unknown = sorted(set(options) - set(taken))
-    if unknown:
-        raise AddressError(
-            f"{address}: the {type(address).__name__} transport's {verb} takes no option "
-            f"{', '.join(map(repr, unknown))} (it takes: {', '.join(taken) or 'none'})",
-            str(address),
-        )
-
-
 def check_listen_options(target: Target, options: dict[str, Any]) -> None:
     """AddressError unless ``target``'s blocking ``listen`` takes every one of ``options``."""
     address, _ = _resolve(target)
-    _check_options("listen", address, _LISTEN[type(address)], options)
+    refuse_unknown_options("listen", address, _LISTEN[type(address)], options)
 
 
 def _resolve(target: Target) -> tuple[Address, bool]:
@@ -116,7 +98,7 @@ def listen(target: Target, **options: Any) -> Listener:
     """
     address, cpr = _resolve(target)
     function = _LISTEN[type(address)]
-    _check_options("listen", address, function, options)
+    refuse_unknown_options("listen", address, function, options)
     try:
         listener = function(address, **options)
     except OSError as exc:  # no socket to be had, or the socket file cannot be set up

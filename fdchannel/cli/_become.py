@@ -28,11 +28,20 @@ import errno
 import fcntl
 import os
 import select
+import shutil
 import time
 
 from ..codecs import native
+from ._output import CliError
 
-__all__ = ["HOLD_LIMIT", "Watcher", "exec_acknowledging"]
+__all__ = [
+    "HOLD_LIMIT",
+    "Watcher",
+    "describe_exec_error",
+    "exec_acknowledging",
+    "find_program",
+    "interpreter",
+]
 
 #: Seconds a watcher holds an unacknowledged qemu-codec connection at most.
 HOLD_LIMIT = 3600.0
@@ -160,3 +169,21 @@ def describe_exec_error(program: str, error: OSError) -> str:
     if error.errno == errno.ENOEXEC:
         return "not a format this machine can run (no #! line, and not a binary for it)"
     return error.strerror or str(error)
+
+
+def find_program(command: list[str]) -> str:
+    """CMD's executable, searched in PATH as execvp would, and a ``#!`` line's
+    interpreter checked, so that a typo fails before anything is received."""
+    name = command[0]
+    found = name if "/" in name else shutil.which(name)
+    if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
+        raise CliError(f"cannot run {name!r}: no such executable (PATH is searched)")
+    named = interpreter(found)
+    if named is not None and not (
+        named.startswith("/") and os.access(named, os.X_OK) and not os.path.isdir(named)
+    ):
+        raise CliError(
+            f"cannot run {found!r}: its #! line names the interpreter {named!r}, "
+            "which is not an executable file"
+        )
+    return found

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import signal
 import sys
 from typing import Any, NoReturn
@@ -29,28 +28,11 @@ from typing import Any, NoReturn
 from ..cpr_exec import CPR_EXEC_STATE_VARIABLE, CprExecState, read_cpr_exec_state
 from ..errors import FdChannelError
 from . import describe
-from ._become import describe_exec_error, interpreter
+from ._become import describe_exec_error, find_program
 from ._output import OK, CliError, Output, format_size, plural, printable
 from .listen import descriptor_documents, descriptor_table
 
 __all__ = ["run"]
-
-
-def _program(command: list[str]) -> str:
-    """CMD's executable, searched in PATH as QEMU's execvp would (as recv checks it)."""
-    name = command[0]
-    found = name if "/" in name else shutil.which(name)
-    if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
-        raise CliError(f"cannot run {name!r}: no such executable (PATH is searched)")
-    named = interpreter(found)
-    if named is not None and not (
-        named.startswith("/") and os.access(named, os.X_OK) and not os.path.isdir(named)
-    ):
-        raise CliError(
-            f"cannot run {found!r}: its #! line names the interpreter {named!r}, "
-            "which is not an executable file"
-        )
-    return found
 
 
 def _descriptors(found: CprExecState) -> list[dict[str, Any]]:
@@ -150,7 +132,7 @@ def _report_failure(exc: FdChannelError, program: str, command: list[str], out: 
 def run(options: argparse.Namespace, out: Output) -> int:
     """Describe the cpr-exec state; then, with a command, become it."""
     command: list[str] = options.command
-    program = _program(command) if command else None
+    program = find_program(command) if command else None
     try:
         found = read_cpr_exec_state()
     except FdChannelError as exc:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +23,7 @@ import anyio
 
 from ..channel import Channel, ChannelType, parse_channel
 from ..fds import close_all
-from ._become import HOLD_LIMIT, Watcher, describe_exec_error, exec_acknowledging, interpreter
+from ._become import HOLD_LIMIT, Watcher, describe_exec_error, exec_acknowledging, find_program
 from ._incoming import receive_one
 from ._output import CliError, Output, UsageError, plural, printable
 from ._run import run_async
@@ -51,19 +50,7 @@ def _program(command: list[str]) -> str:
     """CMD's executable, found now so that a typo fails before anyone sends."""
     if not command:
         raise UsageError("recv needs a command: recv URI -- CMD ARGS...")
-    name = command[0]
-    found = name if "/" in name else shutil.which(name)
-    if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
-        raise CliError(f"cannot run {name!r}: no such executable (PATH is searched)")
-    named = interpreter(found)
-    if named is not None and not (
-        named.startswith("/") and os.access(named, os.X_OK) and not os.path.isdir(named)
-    ):
-        raise CliError(
-            f"cannot run {found!r}: its #! line names the interpreter {named!r}, "
-            "which is not an executable file"
-        )
-    return found
+    return find_program(command)
 
 
 async def _receive(channel: Channel, options: argparse.Namespace, out: Output) -> _Handed:

@@ -7,15 +7,14 @@ pass descriptors, so it is refused on any transport that cannot.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from ..address import Address
 from ..capabilities import Capability
 from ..channel import Channel, ChannelType, parse_channel
-from ..errors import AddressError, CapabilityError
-from ..registry import FdPassing, transport_for
+from ..errors import CapabilityError
+from ..registry import FdPassing, refuse_unknown_options, transport_for
 from ._base import FdAttribute, Listener, Stream
 from ._socket import SocketListener, SocketStream, UnixSocketStream
 
@@ -51,20 +50,7 @@ def check_options(verb: str, target: Target, options: Mapping[str, object]) -> N
     if not options:
         return
     address, _ = resolve_target(target)
-    taken = [
-        name
-        for name, parameter in inspect.signature(
-            transport_for(address).verb(verb, address)
-        ).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-    ]
-    unknown = sorted(set(options) - set(taken))
-    if unknown:
-        raise AddressError(
-            f"{address}: the {type(address).__name__} transport's {verb} takes no option "
-            f"{', '.join(map(repr, unknown))} (it takes: {', '.join(taken) or 'none'})",
-            str(address),
-        )
+    refuse_unknown_options(verb, address, transport_for(address).verb(verb, address), options)
 
 
 async def _open(verb: str, target: Target, options: dict[str, Any]) -> Stream | Listener:
