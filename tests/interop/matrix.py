@@ -24,7 +24,9 @@ __all__ = ["COLUMNS", "ROWS", "row"]
 
 ROWS = (
     "QEMU → Incoming",
+    "QEMU → blocking Incoming",
     "Outgoing → QEMU",
+    "blocking Outgoing → QEMU",
     "no target: 10.0 refuses 11.1's state",
     "relay QEMU → QEMU",
     "probe --listen ← QEMU",

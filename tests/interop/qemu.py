@@ -33,19 +33,23 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 
 import fdchannel
-from fdchannel import Stream
+from fdchannel import Stream, blocking
+from fdchannel.sockets import DEFAULT_RECEIVE
 
 from .childlog import Log, watched
 
 __all__ = [
     "CPR_ENTRIES",
     "CPR_GUEST_ARGS",
+    "DEFAULT_TIMEOUT",
     "GUEST_ARGS",
     "MAX_MAIN_STREAM",
     "PATTERN_SIZE",
     "RAM_SIZE",
+    "AnyStream",
     "ChrootQemu",
     "CliChild",
     "Place",
@@ -629,21 +633,46 @@ async def start_incoming(qmp: QmpClient, place: Place, main: str) -> None:
     await qmp.execute("migrate-incoming", {"channels": [place.qapi("main", main)]})
 
 
-async def relay_stream(source: Stream, dest: Stream | None, limit: int = MAX_MAIN_STREAM) -> bytes:
-    """Read ``source`` to EOF, forwarding to ``dest`` if given; at most ``limit`` bytes."""
+#: A stream of either API: ``fdchannel``'s (async) or ``fdchannel.blocking``'s.
+AnyStream = Stream | blocking.Stream
+
+
+async def relay_stream(
+    source: AnyStream, dest: AnyStream | None, limit: int = MAX_MAIN_STREAM
+) -> bytes:
+    """Read ``source`` to EOF, forwarding to ``dest`` if given; at most ``limit`` bytes.
+
+    Either may be a ``fdchannel.blocking`` stream: each of its calls that
+    may wait runs in a worker thread, bounded by ``DEFAULT_TIMEOUT``.
+    """
     data = bytearray()
-    while True:
-        try:
-            chunk = await source.receive()
-        except anyio.EndOfStream:
-            break
+    while chunk := await _receive(source):
         data += chunk
         assert len(data) <= limit, "the main stream is too large: the guest RAM was copied"
         if dest is not None:
-            await dest.send(chunk)
-    if dest is not None:
+            await _send(dest, chunk)
+    if isinstance(dest, blocking.Stream):
+        dest.send_eof()  # shutdown(SHUT_WR): it never waits
+    elif dest is not None:
         await dest.send_eof()
     return bytes(data)
+
+
+async def _receive(stream: AnyStream) -> bytes:
+    """The next bytes of ``stream``; ``b""`` at its end."""
+    if isinstance(stream, blocking.Stream):
+        return await anyio.to_thread.run_sync(stream.receive, DEFAULT_RECEIVE, DEFAULT_TIMEOUT)
+    try:
+        return await stream.receive()
+    except anyio.EndOfStream:
+        return b""
+
+
+async def _send(stream: AnyStream, data: bytes) -> None:
+    if isinstance(stream, blocking.Stream):
+        await anyio.to_thread.run_sync(stream.send, data, DEFAULT_TIMEOUT)
+    else:
+        await stream.send(data)
 
 
 # --------------------------------------------------------------------------

@@ -6,6 +6,11 @@ root (``qemu_root.py``: 10.0 from trixie, 11.1 from trixie-backports) with
 ``FDCHANNEL_QEMU10_ROOT``, ``FDCHANNEL_QEMU11_ROOT``; the cross-version
 routes need both.  Sockets live in the roots' /tmp.
 
+fdchannel's side is the async API, except in the rows named "blocking":
+there ``fdchannel.blocking.Incoming`` or ``Outgoing`` faces QEMU, each of
+its calls that may wait runs in a worker thread (``anyio.to_thread``) under
+its own timeout, so that the test's deadline still holds.
+
 What QEMU does, from migration/migration.c, cpr.c and cpr-transfer.c and
 seen here (10.0.13 and 11.1.3 alike unless said):
 
@@ -46,15 +51,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 
 import fdchannel
-from fdchannel import FdState
+from fdchannel import FdState, blocking
 from fdchannel.codecs.qemu import VFIO_DEVICES
 
 from .matrix import row
 from .qemu import (
     CPR_ENTRIES,
+    DEFAULT_TIMEOUT,
     MAX_MAIN_STREAM,
     MIGRATION_MAGIC,
     MIGRATION_VERSION,
@@ -264,7 +271,47 @@ async def test_qemu_hands_its_state_to_incoming(
 
 
 # --------------------------------------------------------------------------
-# QEMU -> fdchannel.Incoming, fdchannel.Outgoing(codec="qemu") -> a new QEMU
+# QEMU -> fdchannel.blocking.Incoming, each call that waits in a worker thread
+
+
+@row("QEMU → blocking Incoming")
+@pytest.mark.parametrize("version", version_params())
+async def test_qemu_hands_its_state_to_blocking_incoming(
+    version: QemuVersion, places: Callable[[QemuVersion], Place]
+) -> None:
+    """The same with ``fdchannel.blocking.Incoming``: its close is QEMU's ack."""
+    place = places(version)
+    pattern = os.urandom(PATTERN_SIZE)
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with start_chroot_qemu(place, "src") as src:
+            with blocking.Incoming(cpr_channels(place)) as incoming:
+                await connect(src, version)
+                incoming.listen_cpr()  # before migrate: QEMU connects once; never waits
+                await start_cpr_transfer(src.qmp, place)
+                received = anyio.to_thread.run_sync(incoming.receive_cpr, DEFAULT_TIMEOUT)
+                with await received as state:
+                    assert incoming.codec == "qemu"
+                    check_subsections(state, src.version)
+                    ram = check_cpr_state(state, ordered=src.version == (10, 0))
+                    os.pwrite(ram, pattern, PATTERN_ADDR)
+                    assert await guest_memory(src.qmp, place, "src.mem") == pattern
+                # Until our close QEMU waits: the state is out, main not even connected.
+                assert (await src.qmp.execute("query-migrate"))["status"] == "setup"
+                await anyio.to_thread.run_sync(incoming.listen_main, DEFAULT_TIMEOUT)
+                assert incoming.state is blocking.State.LISTENING_MAIN  # cpr closed: the ack
+                accepted = anyio.to_thread.run_sync(incoming.accept_main, DEFAULT_TIMEOUT)
+                with await accepted as main:
+                    data = await relay_stream(main, None)
+                assert migration_header(data) == (MIGRATION_MAGIC, MIGRATION_VERSION)
+                info = await src.qmp.wait_migration()
+                assert info["ram"]["total"] == 0  # every RAM block travelled as a memfd
+                assert (await src.qmp.execute("query-status"))["status"] == "postmigrate"
+                await src.quit()
+
+
+# --------------------------------------------------------------------------
+# QEMU -> fdchannel.Incoming, fdchannel.Outgoing(codec="qemu") -> a new QEMU,
+# with the async Outgoing, then the blocking one
 
 
 @row("Outgoing → QEMU")
@@ -312,6 +359,65 @@ async def test_outgoing_hands_on_to_a_new_qemu(
             assert (await dst.qmp.execute("query-status"))["status"] == "prelaunch"
             await src.quit()
             await dst.quit()
+
+
+@row("blocking Outgoing → QEMU")
+@pytest.mark.parametrize("route", route_params())
+async def test_blocking_outgoing_hands_on_to_a_new_qemu(
+    route: Route, places: Callable[[QemuVersion], Place]
+) -> None:
+    """The same live update with ``fdchannel.blocking.Outgoing``, driven from worker threads."""
+    here, there = places(route.src), places(route.dst)
+    pattern = os.urandom(PATTERN_SIZE)
+    acks: list[blocking.Ack] = []
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            start_chroot_qemu(here, "src", machine=route.machine) as src,
+            # Waits for its state on cpr.sock before anything else.
+            start_chroot_qemu(there, "dst", *incoming_args(there), machine=route.machine) as dst,
+            fdchannel.Incoming(cpr_channels(here)) as incoming,
+        ):
+            with blocking.Outgoing(
+                cpr_channels(there), codec="qemu", qemu_target=route.target
+            ) as outgoing:
+                await connect(src, route.src)
+                await incoming.listen_cpr()
+                await start_cpr_transfer(src.qmp, here)
+                with await incoming.receive_cpr() as state:
+                    check_subsections(state, src.version)
+                    os.pwrite(check_cpr_state(state, ordered=False), pattern, PATTERN_ADDR)
+
+                    async def send_cpr() -> None:
+                        acks.append(
+                            await anyio.to_thread.run_sync(
+                                outgoing.send_cpr, state, DEFAULT_TIMEOUT
+                            )
+                        )
+
+                    async with anyio.create_task_group() as tg:
+                        # QEMU answers QMP only once it has read the state, and
+                        # acks the state only once migrate-incoming listens.
+                        tg.start_soon(send_cpr)
+                        await connect(dst, route.dst)
+                        assert (await dst.qmp.execute("query-status"))["status"] == "inmigrate"
+                        await start_incoming(dst.qmp, there, "main.sock")
+                # Acked: the new QEMU holds its own copies of the descriptors.
+                connected = anyio.to_thread.run_sync(outgoing.connect_main, DEFAULT_TIMEOUT)
+                with await connected as to_dst:
+                    await incoming.listen_main()  # the old QEMU may go on now
+                    async with await incoming.accept_main() as from_src:
+                        await relay_stream(from_src, to_dst)
+                    await dst.qmp.wait_migration()
+                    await anyio.to_thread.run_sync(to_dst.wait_peer_closed, DEFAULT_TIMEOUT)
+                await src.qmp.wait_migration()
+                # Guest RAM the main stream never carried: only the memfd brought it.
+                assert await guest_memory(dst.qmp, there, "dst.mem") == pattern
+                # The source never ran, so neither does the destination.
+                assert (await dst.qmp.execute("query-status"))["status"] == "prelaunch"
+                await src.quit()
+                await dst.quit()
+    (ack,) = acks
+    assert (ack.codec, ack.descriptors, ack.kind) == ("qemu", len(CPR_ENTRIES), "closed")
 
 
 # --------------------------------------------------------------------------
