@@ -107,3 +107,13 @@ def test_probe_reach_of_hostile_descriptor_numbers(
     captured = capsys.readouterr()
     assert "unexpected" not in captured.err
     assert json.loads(captured.out)["channels"][0]["reachable"]["ok"] is False
+
+
+@pytest.mark.parametrize(
+    "item", ["0=4294967296", "x=" + "1" * 5000, "x:" + "9" * 5000 + "=/", "x=\u0661\u0662"]
+)
+def test_send_sources_with_hostile_numbers(capsys: pytest.CaptureFixture[str], item: str) -> None:
+    assert main(["send", "--timeout", "0.1", "unix:/nonexistent/cpr", item]) in (1, 2)
+    err = capsys.readouterr().err
+    assert "unexpected" not in err
+    assert len(err) < 400

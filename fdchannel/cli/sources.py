@@ -24,6 +24,7 @@ import stat
 from dataclasses import dataclass
 
 from ..address import FdAddress, TcpAddress, UnixAddress, parse_address
+from ..qemu.cstring import bounded_int, shown
 from ._output import CliError, UsageError
 from .describe import sockaddr_text
 
@@ -61,17 +62,17 @@ def parse_item(text: str) -> tuple[str, int | None, str]:
     name, ident, source = match["name"], match["id"], match["source"]
     if "\0" in name or "\0" in source:
         raise UsageError(f"{text!r} contains a NUL character")
-    number = None if ident is None else int(ident)
+    number = None if ident is None else _bounded_signed(ident)
     if number is not None and not -_INT32 <= number < _INT32:
-        raise UsageError(f"{text!r}: the id must fit a signed 32-bit integer")
+        raise UsageError(f"{shown(text, 60)}: the id must fit a signed 32-bit integer")
     return name, number, source
 
 
 def _inherited(spec: str) -> tuple[int, str]:
     address = parse_address(spec)
     assert isinstance(address, FdAddress)
-    if address.name.isdigit():
-        return int(address.name), f"inherited descriptor {address.name}"
+    if _is_number(address.name):
+        return _descriptor_number(address.name, spec), f"inherited descriptor {address.name}"
     # Imported here: the fd transport needs the event-loop layer.
     from ..transports.fd import inherited_fds
 
@@ -80,6 +81,24 @@ def _inherited(spec: str) -> tuple[int, str]:
         known = ", ".join(sorted(found)) or "none"
         raise CliError(f"no inherited descriptor is named {address.name!r} (known: {known})")
     return found[address.name], f"inherited descriptor {found[address.name]} ({address.name})"
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() admits other scripts' digits."""
+    return text.isascii() and text.isdigit()
+
+
+def _bounded_signed(text: str) -> int:
+    """An optionally signed decimal, never converted past what an int64 holds."""
+    magnitude = bounded_int(text.lstrip("+-"), 10, 1 << 63)
+    return -magnitude if text.startswith("-") else magnitude
+
+
+def _descriptor_number(text: str, spec: str) -> int:
+    number = bounded_int(text, 10, _INT32)
+    if number >= _INT32:
+        raise CliError(f"{shown(spec, 40)}: no descriptor number is that large")
+    return number
 
 
 def _check_open(fd: int, spec: str) -> None:
@@ -92,7 +111,7 @@ def _check_open(fd: int, spec: str) -> None:
 
 
 def _tcp_listener(address: TcpAddress) -> socket.socket:
-    if not address.port.isdigit() or int(address.port) > 65535:
+    if not _is_number(address.port) or bounded_int(address.port) > 65535:
         raise UsageError(f"{address}: the port must be a number from 0 to 65535")
     family = socket.AF_UNSPEC
     if address.ipv4 is False or (address.ipv6 and not address.ipv4):
@@ -165,8 +184,8 @@ def _open_file(path: str) -> tuple[int, str]:
 
 
 def _open_one(spec: str) -> tuple[int, bool, str]:
-    if spec.isdigit():
-        fd = int(spec)
+    if _is_number(spec):
+        fd = _descriptor_number(spec, spec)
         _check_open(fd, spec)
         return fd, False, f"inherited descriptor {fd}"
     if spec.startswith("fd:"):
