@@ -39,7 +39,9 @@ import anyio.lowlevel
 from ..address import ExecAddress
 from ..errors import AddressError, TransportError
 from ..sockets import DEFAULT_RECEIVE
-from .file import OneStreamListener, PipeStream, open_error
+from ._one_stream import OneStreamListener
+from ._open_error import open_error
+from ._pipe import PipeStream
 
 __all__ = ["KILL_GRACE", "ExecStream", "connect", "listen"]
 

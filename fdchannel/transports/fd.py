@@ -37,8 +37,10 @@ from ..credentials import CredentialPolicy, same_user_or_root
 from ..errors import AddressError, ConnectError, TransportError
 from ..qemu.cstring import bounded_int
 from ._base import Listener, Stream
+from ._file_stream import FileStream
+from ._one_stream import OneStreamListener
+from ._pipe import PipeStream
 from ._socket import SocketListener, stream_for_socket
-from .file import FileStream, OneStreamListener, PipeStream
 
 __all__ = [
     "SD_LISTEN_FDS_START",

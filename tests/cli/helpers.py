@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -142,3 +145,11 @@ class Child:
         for pipe in (self.popen.stdout, self.popen.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+def unix_listening(d: Path, stack: contextlib.ExitStack) -> tuple[str, list[int]]:
+    """A unix socket listening at ``d``/live.sock until ``stack`` closes: its URI, no fds."""
+    sock = stack.enter_context(socket.socket(socket.AF_UNIX))
+    sock.bind(str(d / "live.sock"))
+    sock.listen()
+    return f"unix:{d}/live.sock", []

@@ -22,7 +22,7 @@ from fdchannel.address import TcpAddress, UnixAddress
 from fdchannel.capabilities import Capability
 from fdchannel.errors import ConnectError, TransportError
 from fdchannel.transports import FdAttribute, Listener, Stream
-from fdchannel.transports.file import OneStreamListener
+from fdchannel.transports._one_stream import OneStreamListener
 
 pytestmark = pytest.mark.anyio
 TIMEOUT = 10

@@ -21,8 +21,10 @@ from fdchannel.address import FdAddress
 from fdchannel.capabilities import Capability
 from fdchannel.errors import AddressError, ConnectError, TransportError
 from fdchannel.transports import fd as fd_transport
+from fdchannel.transports._file_stream import FileStream
+from fdchannel.transports._one_stream import OneStreamListener
+from fdchannel.transports._pipe import PipeStream
 from fdchannel.transports._socket import SocketListener, SocketStream, UnixSocketStream
-from fdchannel.transports.file import FileStream, OneStreamListener, PipeStream
 
 pytestmark = pytest.mark.anyio
 
