@@ -35,11 +35,11 @@ if not __package__:  # run as a script: make the ``tests`` package importable
 
 from tests.interop.qemu_root import FLAVOURS, bind_mounts, installed_qemu, is_complete
 
-__all__ = ["GUEST_ARGS", "Capture", "Message", "capture", "main"]
+__all__ = ["GUEST_ARGS", "RUNNING_GUEST_ARGS", "Capture", "Message", "capture", "main"]
 
-#: A paused guest whose RAM is a shared memfd, as cpr-transfer requires
-#: (``aux-ram-share`` puts the ROMs in memfds too); TCG keeps it off /dev/kvm.
-GUEST_ARGS: tuple[str, ...] = (
+#: A guest whose RAM is a shared memfd, as cpr needs it (``aux-ram-share``
+#: puts the ROMs in memfds too); TCG keeps it off /dev/kvm.
+RUNNING_GUEST_ARGS: tuple[str, ...] = (
     "-object",
     "memory-backend-memfd,id=ram0,size=256M,share=on",
     "-machine",
@@ -52,8 +52,9 @@ GUEST_ARGS: tuple[str, ...] = (
     "-no-user-config",
     "-display",
     "none",
-    "-S",
 )
+#: The same guest, paused: all a capture of the cpr channel needs.
+GUEST_ARGS: tuple[str, ...] = (*RUNNING_GUEST_ARGS, "-S")
 #: Seconds any one step (a QMP answer, a connection, the whole cpr read) may take.
 TIMEOUT = 30.0
 #: One recvmsg: as much as a QEMU state could hold in one message, and

@@ -48,6 +48,7 @@ import pytest
 
 import fdchannel
 
+from .capture_cpr import RUNNING_GUEST_ARGS
 from .qemu import QmpClient, accept_monitor, show_log, spawn_with_monitor
 from .qemu_root import bind_mounts, is_complete
 
@@ -63,22 +64,8 @@ pytestmark = [
     ),
 ]
 
-#: A running guest whose RAM is a shared memfd, as cpr-exec requires
-#: (``aux-ram-share`` puts the ROMs in memfds too); TCG keeps it off /dev/kvm.
-GUEST_ARGS: tuple[str, ...] = (
-    "-object",
-    "memory-backend-memfd,id=ram0,size=256M,share=on",
-    "-machine",
-    "pc,aux-ram-share=on,memory-backend=ram0",
-    "-m",
-    "256",
-    "-accel",
-    "tcg",
-    "-nodefaults",
-    "-no-user-config",
-    "-display",
-    "none",
-)
+#: A running guest whose RAM is a shared memfd, as cpr-exec requires.
+GUEST_ARGS = RUNNING_GUEST_ARGS
 RAM_SIZE = 256 * 1024 * 1024
 #: What the guest RAM's memfd is called (the backend's type, not its id).
 RAM_LINK = "/memfd:memory-backend-memfd (deleted)"
