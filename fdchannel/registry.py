@@ -18,7 +18,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .address import (
     ADDRESS_TYPES,
@@ -33,6 +33,9 @@ from .address import (
 )
 from .capabilities import Capability
 from .errors import AddressError, TransportError
+
+if TYPE_CHECKING:
+    from .reachability import Reach
 
 __all__ = [
     "TRANSPORTS",
@@ -74,6 +77,39 @@ class Transport:
         if self.module is None:
             raise TransportError(f"{address}: {self.name} is not supported by fdchannel", address)
         return importlib.import_module(f"fdchannel.transports.{self.module}")
+
+    def reach(self, address: Address, timeout: float) -> Reach:
+        """Whether ``address`` can be used now, checked without side effects (no
+        connect that a one-shot listener would take for its peer)."""
+        from . import reachability  # the checks load nothing of the event loop
+
+        test = reachability.CHECKS.get(self.name)
+        if test is None:
+            return reachability.Reach(
+                False, f"{self.name} is parsed but not supported by fdchannel"
+            )
+        return test(address, timeout)
+
+    def capabilities_for(self, facts: Mapping[str, Any]) -> Capability:
+        """What a stream on this transport can do, given what ``reach`` found
+        (fd: follows the descriptor; a file: path may be a FIFO)."""
+        if self.fd_passing is FdPassing.BY_DESCRIPTOR:
+            found = facts.get("descriptor", {})
+            kind = found.get("kind")
+            if kind == "socket":
+                caps = Capability.HALF_CLOSE
+                if found.get("family") == "AF_UNIX":
+                    caps |= Capability.FD_PASSING
+                if found.get("listening"):
+                    caps |= Capability.MULTI_ACCEPT
+                return caps
+            if kind in ("pipe", "fifo"):
+                return Capability.HALF_CLOSE
+            return Capability.SEEKABLE if kind == "file" else Capability.NONE
+        if facts.get("type") == "fifo":  # a file: path that is a FIFO
+            return Capability.HALF_CLOSE
+        caps = self.capabilities
+        return caps | Capability.MULTI_ACCEPT if self.multi_accept else caps
 
     def verb(self, name: str, address: Address) -> Callable[..., Awaitable[Any]]:
         """``connect`` or ``listen`` of this transport."""

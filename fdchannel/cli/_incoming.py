@@ -16,12 +16,12 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from .. import procfs as _proc
 from ..channel import Channel
 from ..handoff.cpr import ReceivedCpr, receive_cpr
 from ..state import FdState
 from ..transfer import Codec
 from ..transports import SocketStream, Stream, UnixSocketStream, listen
-from . import _proc
 from ._output import CliError, Output
 
 __all__ = ["Received", "hold", "receive_one"]

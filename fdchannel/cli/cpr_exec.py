@@ -25,9 +25,9 @@ import signal
 import sys
 from typing import Any, NoReturn
 
+from .. import descriptors as describe
 from ..cpr_exec import CPR_EXEC_STATE_VARIABLE, CprExecState, read_cpr_exec_state
 from ..errors import FdChannelError
-from . import describe
 from ._become import describe_exec_error, find_program
 from ._output import OK, CliError, Output, format_size, plural, printable
 from .listen import descriptor_documents, descriptor_table

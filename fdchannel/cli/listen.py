@@ -16,9 +16,9 @@ import shlex
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .. import descriptors as describe
 from ..channel import Channel, parse_channel
 from ..state import NamedFd
-from . import describe
 from ._output import OK, Output, UsageError, format_ms, format_size, plural, printable
 
 if TYPE_CHECKING:

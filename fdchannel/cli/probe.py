@@ -17,10 +17,10 @@ import json
 import time
 from typing import Any
 
+from .. import reachability as reach
 from ..address import Address, UnixAddress
 from ..channel import Channel, ChannelType, parse_channel, validate_channels
 from ..errors import ChannelError
-from . import reach
 from ._output import OK, PROBLEM, Output, UsageError, plural
 
 __all__ = ["DEFAULT_TIMEOUT", "run"]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .. import descriptors as describe
 from ..channel import Channel, ChannelType, parse_channel
 from ..state import FdState, NamedFd
-from . import describe
 from ._outgoing import Sent, send_and_wait
 from ._output import OK, Output, UsageError, format_ms, plural, printable
 from ._run import run_async

@@ -24,9 +24,9 @@ import stat
 from dataclasses import dataclass
 
 from ..address import FdAddress, TcpAddress, UnixAddress, parse_address
+from ..descriptors import sockaddr_text
 from ..qemu.cstring import bounded_int, shown
 from ._output import CliError, UsageError
-from .describe import sockaddr_text
 
 __all__ = ["Source", "close_sources", "open_sources", "parse_item"]
 

@@ -123,7 +123,7 @@ print(json.dumps(loaded), file=sys.stderr)
 @pytest.mark.parametrize(
     ("args", "absent"),
     [
-        (["--help"], ["fdchannel.cli.probe", "fdchannel.cli.reach", "fdchannel.address"]),
+        (["--help"], ["fdchannel.cli.probe", "fdchannel.reachability", "fdchannel.address"]),
         (["probe", "unix:/nonexistent"], ["fdchannel.cli._run", "fdchannel.cli.selftest"]),
     ],
     ids=["help", "probe"],

@@ -15,7 +15,7 @@ import socket
 import stat
 from typing import Any
 
-from ._output import format_size, printable
+from .text import format_size, printable
 
 __all__ = ["describe", "sockaddr_text", "summary"]
 

@@ -1,4 +1,4 @@
-"""``fdchannel probe --listen``: every descriptor kind described (fdchannel/cli/describe.py)."""
+"""``fdchannel probe --listen``: every descriptor kind described (fdchannel/descriptors.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import Child, cli, run
+from .cli.helpers import Child, cli, run
 
 F_ADD_SEALS = 1033
 F_SEAL_SHRINK, F_SEAL_GROW = 0x02, 0x04

@@ -1,4 +1,4 @@
-"""``fdchannel probe``: reachability per transport (fdchannel/cli/reach.py)."""
+"""``fdchannel probe``: reachability per transport (fdchannel/reachability.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import cli, run, unix_listening
+from .cli.helpers import cli, run, unix_listening
 
 Setup = Callable[[Path, contextlib.ExitStack], tuple[str, list[int]]]
 

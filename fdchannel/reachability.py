@@ -1,5 +1,9 @@
 """Can an address be used right now?  One check per transport, without side effects.
 
+Each transport's ``Transport.reach`` (fdchannel.registry) runs its check
+from here; nothing here loads the event loop, so ``fdchannel probe``
+starts quickly.
+
 unix: the socket file exists, and someone listens on it (asked of the
 kernel, by the file's inode or the abstract name, never by connecting, so
 a one-shot listener is not disturbed).  tcp and vsock: a connect, closed at
@@ -18,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..address import (
+from . import procfs as _proc
+from .address import (
     SUN_PATH_MAX,
     Address,
     ExecAddress,
@@ -29,18 +34,17 @@ from ..address import (
     VsockAddress,
     family_for,
 )
-from ..capabilities import Capability
-from ..qemu.cstring import bounded_int
-from ..registry import FdPassing, transport_for
-from ..sockdiag import bound_to_file, bound_to_name
-from . import _proc
-from ._output import format_size
-from .describe import describe, sockaddr_text, summary
+from .capabilities import Capability
+from .descriptors import describe, sockaddr_text, summary
+from .qemu.cstring import bounded_int
+from .registry import transport_for
+from .sockdiag import bound_to_file, bound_to_name
+from .text import format_size
 
 _ASCII_DIGITS = "0123456789"
 _INT_MAX = (1 << 31) - 1
 
-__all__ = ["Reach", "capabilities", "check"]
+__all__ = ["CHECKS", "Reach", "capabilities", "check"]
 
 #: Words /bin/sh runs itself, so no PATH search is needed for them.
 _SH_BUILTINS = frozenset(
@@ -102,39 +106,13 @@ class Reach:
 
 
 def check(addr: Address, timeout: float) -> Reach:
-    """Check ``addr`` with the test its transport allows."""
-    transport = transport_for(addr)
-    test = _CHECKS.get(transport.name)
-    if test is None:
-        return Reach(False, f"{transport.name} is parsed but not supported by fdchannel")
-    return test(addr, timeout)
+    """Check ``addr`` with the test its transport supplies."""
+    return transport_for(addr).reach(addr, timeout)
 
 
 def capabilities(addr: Address, reach: Reach | None) -> list[str]:
-    """What a stream on ``addr`` can do: its transport's entry, or, for fd: and a
-    FIFO at a file: path, what the descriptor found turned out to be."""
-    transport = transport_for(addr)
-    facts = reach.facts if reach is not None else {}
-    if transport.fd_passing is FdPassing.BY_DESCRIPTOR:
-        found = facts.get("descriptor", {})
-        kind = found.get("kind")
-        caps = Capability.NONE
-        if kind == "socket":
-            caps = Capability.HALF_CLOSE
-            if found.get("family") == "AF_UNIX":
-                caps |= Capability.FD_PASSING
-            if found.get("listening"):
-                caps |= Capability.MULTI_ACCEPT
-        elif kind in ("pipe", "fifo"):
-            caps = Capability.HALF_CLOSE
-        elif kind == "file":
-            caps = Capability.SEEKABLE
-    elif facts.get("type") == "fifo":  # a file: path that is a FIFO
-        caps = Capability.HALF_CLOSE
-    else:
-        caps = transport.capabilities
-        if transport.multi_accept:
-            caps |= Capability.MULTI_ACCEPT
+    """What a stream on ``addr`` can do, as its transport says for what was found."""
+    caps = transport_for(addr).capabilities_for(reach.facts if reach is not None else {})
     return [flag.name for flag in Capability if flag in caps and flag.name]
 
 
@@ -344,7 +322,7 @@ def _fd(addr: FdAddress) -> Reach:
             return Reach(False, f"fd:{name[:24]}: larger than any descriptor number")
     else:
         # Imported here: the fd transport needs the event-loop layer.
-        from ..transports.fd import inherited_fds
+        from .transports.fd import inherited_fds
 
         inherited = inherited_fds()
         if name not in inherited:
@@ -360,8 +338,8 @@ def _fd(addr: FdAddress) -> Reach:
     return Reach(True, f"descriptor {fd}: {summary(found)}", facts)
 
 
-#: The reachability test of each transport, by name.
-_CHECKS: dict[str, Callable[[Any, float], Reach]] = {
+#: The reachability test of each transport, by name (``Transport.reach`` looks it up).
+CHECKS: dict[str, Callable[[Any, float], Reach]] = {
     "unix": _unix,
     "tcp": _tcp,
     "vsock": _vsock,
