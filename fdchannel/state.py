@@ -83,6 +83,8 @@ class FdState:
     #: The VMState subsections a QEMU 10.1+ sent after its descriptors (qemu
     #: codec only; ``fdchannel.codecs.qemu.Subsection``), written back as they came.
     qemu_subsections: tuple[Subsection, ...] = ()
+    #: Position of each (name, id), made by the first ``get``.
+    _index: dict[tuple[str, int], int] | None = None
     #: The codec it arrived in ("native" or "qemu"); None for a state built here.
     codec: str | None = None
 
@@ -138,12 +140,16 @@ class FdState:
         return len(self._columns[0])
 
     def get(self, name: str, id: int = 0) -> int:
-        """The descriptor registered as (name, id); KeyError if there is none."""
+        """The descriptor registered as (name, id); KeyError if there is none.
+
+        The first lookup indexes the entries (the state checked that no
+        (name, id) comes twice), so a lookup per entry stays linear overall.
+        """
         names, ids, fds = self._columns
-        for index, entry_name in enumerate(names):
-            if entry_name == name and ids[index] == id:
-                return fds[index]
-        raise KeyError((name, id))
+        if self._index is None:
+            pairs = zip(names, ids, strict=True)
+            self._index = {key: position for position, key in enumerate(pairs)}
+        return fds[self._index[(name, id)]]
 
     def close(self) -> None:
         """Close every descriptor of the state; closing twice closes nothing twice."""
