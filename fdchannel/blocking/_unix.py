@@ -8,16 +8,13 @@ transport's own functions; only the waiting differs.
 from __future__ import annotations
 
 import errno
-import os
-import socket
 import time
-from collections.abc import Callable
 
 from ..address import UnixAddress
 from ..credentials import CredentialPolicy, same_user_or_root
-from ..errors import ConnectError, TransportError
+from ..errors import ConnectError
 from ..sockets import tune_buffers
-from ..transports.unix import BACKLOG, BACKLOG_RETRY_DELAYS, clear_stale, sockaddr
+from ..transports.unix import BACKLOG, BACKLOG_RETRY_DELAYS, bind_listening, new_socket, sockaddr
 from ._deadline import Deadline
 from ._listener import SocketListener
 from ._stream import Stream
@@ -25,16 +22,12 @@ from ._stream import Stream
 __all__ = ["connect", "listen"]
 
 
-def _new_socket() -> socket.socket:
-    return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-
-
 def connect(address: UnixAddress, deadline: Deadline) -> Stream:
     """Connect to a listening unix socket."""
     target = sockaddr(address)
     delays = iter(BACKLOG_RETRY_DELAYS)
     while True:
-        sock = _new_socket()
+        sock = new_socket()
         try:
             tune_buffers(sock)
             sock.setblocking(False)
@@ -55,22 +48,6 @@ def connect(address: UnixAddress, deadline: Deadline) -> Stream:
             raise
 
 
-def _unlinker(path: bytes) -> Callable[[], None]:
-    """What removes the socket file at close: only if it is still the one we bound."""
-    st = os.lstat(path)
-    inode = (st.st_dev, st.st_ino)
-
-    def unlink() -> None:
-        try:
-            now = os.lstat(path)
-            if (now.st_dev, now.st_ino) == inode:
-                os.unlink(path)
-        except OSError:
-            pass
-
-    return unlink
-
-
 def listen(
     address: UnixAddress,
     *,
@@ -84,28 +61,11 @@ def listen(
     ``accept`` returns (None accepts everyone); a refused peer is closed
     unread and ``accept`` raises PeerCredentialsError.
     """
-    target = sockaddr(address)
-    sock = _new_socket()
-    bound = False
+    sock, unlink = bind_listening(address, mode=mode, backlog=backlog)
     try:
-        if not address.abstract:
-            clear_stale(address, target)
-            # Linux creates the file with the socket inode's mode minus the
-            # umask: set before bind, the file is never more open than ``mode``.
-            os.fchmod(sock.fileno(), mode)
-        try:
-            sock.bind(target)
-        except OSError as exc:
-            raise TransportError(f"cannot listen on {address}: {exc.strerror}", address) from exc
-        bound = not address.abstract
-        on_close = None
-        if bound:
-            on_close = _unlinker(target)
-            os.chmod(target, mode)  # the umask may have removed bits asked for
-        sock.listen(backlog)
-        return SocketListener(sock, address, policy=policy, on_close=on_close)
+        return SocketListener(sock, address, policy=policy, on_close=unlink)
     except BaseException:
         sock.close()
-        if bound:
-            os.unlink(target)
+        if unlink is not None:
+            unlink()
         raise

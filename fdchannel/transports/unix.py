@@ -7,10 +7,12 @@ peer's credentials (SO_PEERCRED) are checked before a byte of it is read.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
 import stat
+from collections.abc import Callable
 
 import anyio
 
@@ -26,11 +28,13 @@ __all__ = [
     "Bound",
     "Credentials",
     "CredentialPolicy",
+    "bind_listening",
     "binding",
     "bound_to_file",
     "bound_to_name",
     "connect",
     "listen",
+    "new_socket",
     "peer_credentials",
     "same_user_or_root",
     "sockaddr",
@@ -66,7 +70,8 @@ def sockaddr(address: UnixAddress) -> bytes:
     return raw
 
 
-def _new_socket() -> socket.socket:
+def new_socket() -> socket.socket:
+    """A close-on-exec AF_UNIX stream socket."""
     return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
 
 
@@ -75,7 +80,7 @@ async def connect(address: UnixAddress) -> UnixSocketStream:
     target = sockaddr(address)
     delays = iter(BACKLOG_RETRY_DELAYS)
     while True:
-        sock = _new_socket()
+        sock = new_socket()
         try:
             tune_buffers(sock)
             await async_connect(sock, target, address)
@@ -136,31 +141,54 @@ def clear_stale(address: UnixAddress, path: bytes) -> None:
         ) from exc
 
 
+def _unlinker(path: bytes) -> Callable[[], None]:
+    """What removes the socket file at close: only if it is still the one we bound."""
+    st = os.lstat(path)
+    inode = (st.st_dev, st.st_ino)
+
+    def unlink() -> None:
+        with contextlib.suppress(OSError):
+            now = os.lstat(path)
+            if (now.st_dev, now.st_ino) == inode:
+                os.unlink(path)
+
+    return unlink
+
+
+def bind_listening(
+    address: UnixAddress, *, mode: int, backlog: int
+) -> tuple[socket.socket, Callable[[], None] | None]:
+    """A listening socket on ``address``, and what removes its file at close
+    (None for an abstract name): the setup both the async and the blocking
+    listeners share.  A stale file is replaced; a live one never is."""
+    target = sockaddr(address)
+    sock = new_socket()
+    unlink: Callable[[], None] | None = None
+    try:
+        if not address.abstract:
+            clear_stale(address, target)
+            # Linux creates the file with the socket inode's mode minus the
+            # umask, so setting it before bind leaves no moment in which the
+            # file is more open than ``mode``.
+            os.fchmod(sock.fileno(), mode)
+        try:
+            sock.bind(target)
+        except OSError as exc:
+            raise TransportError(f"cannot listen on {address}: {exc.strerror}", address) from exc
+        if not address.abstract:
+            unlink = _unlinker(target)
+            os.chmod(target, mode)  # the umask may have removed bits asked for
+        sock.listen(backlog)
+        return sock, unlink
+    except BaseException:
+        sock.close()
+        if unlink is not None:
+            unlink()
+        raise
+
+
 class UnixListener(SocketListener):
     """A unix listener that checks each peer and removes its socket file on close."""
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        address: UnixAddress,
-        policy: CredentialPolicy | None,
-        inode: tuple[int, int] | None,
-    ) -> None:
-        super().__init__(sock, address, policy=policy, on_close=self._unlink)
-        self._inode = inode
-
-    def _unlink(self) -> None:
-        # Only remove the file if it is still the one we created.
-        if self._inode is None:
-            return
-        assert isinstance(self.address, UnixAddress)
-        path = os.fsencode(self.address.path)
-        try:
-            st = os.lstat(path)
-            if (st.st_dev, st.st_ino) == self._inode:
-                os.unlink(path)
-        except OSError:
-            pass
 
 
 async def listen(
@@ -176,28 +204,11 @@ async def listen(
     ``accept`` returns (None accepts everyone); a refused peer is closed and
     ``accept`` raises PeerCredentialsError.
     """
-    target = sockaddr(address)
-    sock = _new_socket()
-    inode = None
+    sock, unlink = bind_listening(address, mode=mode, backlog=backlog)
     try:
-        if not address.abstract:
-            clear_stale(address, target)
-            # Linux creates the file with the socket inode's mode minus the
-            # umask, so setting it before bind leaves no moment in which the
-            # file is more open than ``mode``.
-            os.fchmod(sock.fileno(), mode)
-        try:
-            sock.bind(target)
-        except OSError as exc:
-            raise TransportError(f"cannot listen on {address}: {exc.strerror}", address) from exc
-        if not address.abstract:
-            st = os.lstat(target)
-            inode = (st.st_dev, st.st_ino)
-            os.chmod(target, mode)  # the umask may have removed bits asked for
-        sock.listen(backlog)
-        return UnixListener(sock, address, policy, inode)
+        return UnixListener(sock, address, policy=policy, on_close=unlink)
     except BaseException:
         sock.close()
-        if inode is not None:
-            os.unlink(target)
+        if unlink is not None:
+            unlink()
         raise
