@@ -54,6 +54,9 @@ if TYPE_CHECKING:
         TransportError as TransportError,
         TransportTimeout as TransportTimeout,
         TruncatedFdsError as TruncatedFdsError,
+        UpgradeBusy as UpgradeBusy,
+        UpgradeError as UpgradeError,
+        UpgradeFailed as UpgradeFailed,
     )
     from .handoff import (
         Ack as Ack,

@@ -18,6 +18,9 @@ __all__ = [
     "TransportError",
     "TransportTimeout",
     "TruncatedFdsError",
+    "UpgradeBusy",
+    "UpgradeError",
+    "UpgradeFailed",
 ]
 
 
@@ -88,3 +91,18 @@ class HandoffError(FdChannelError):
 
 class HandoffTimeout(HandoffError, TimeoutError):
     """A handoff step did not finish before its deadline."""
+
+
+class UpgradeError(FdChannelError):
+    """A zero-downtime upgrade (fdchannel.upgrade) did not happen; the running
+    generation keeps serving."""
+
+
+class UpgradeBusy(UpgradeError):
+    """An upgrade was asked for while another one is under way (or before
+    this generation was ready)."""
+
+
+class UpgradeFailed(UpgradeError):
+    """The new generation did not take over: it could not start, exited,
+    reported a failure or timed out.  It was killed; the old one rolled back."""

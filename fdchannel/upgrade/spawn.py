@@ -1,0 +1,128 @@
+"""Start the next generation: ``posix_spawn`` with chosen descriptors, watched by a pidfd.
+
+Not ``subprocess`` nor the event loop's process API: the next generation
+must outlive us, and both of those kill (asyncio's transport on close) or
+warn about (``Popen.__del__``) a child that is still running when they let
+go of it.  A pidfd tells us, without reaping, when the child exits, and
+works with every event loop's ``wait_readable``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import signal
+from collections.abc import Mapping, Sequence
+
+import anyio
+
+from ..errors import UpgradeFailed
+
+__all__ = ["Child", "exit_text", "spawn"]
+
+#: Signals whose handlers the parent may have set: the child starts with the defaults.
+_DEFAULT_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE)
+
+
+#: The wait status of a child someone else reaped.
+UNKNOWN = -1
+
+
+def exit_text(status: int) -> str:
+    """A wait status in words: "exit status 3", "killed by SIGKILL"."""
+    if status == UNKNOWN:
+        return "status unknown"
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            return f"killed by {signal.Signals(number).name}"
+        except ValueError:
+            return f"killed by signal {number}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+class Child:
+    """A started generation: its pid and a pidfd that turns readable when it exits."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._pidfd: int | None = os.pidfd_open(pid)
+        #: The wait status once reaped.
+        self.status: int | None = None
+
+    def exited(self) -> bool:
+        """Whether it has exited (reaping it if so)."""
+        if self.status is not None:
+            return True
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else: gone, status unknown
+            pid, status = self.pid, UNKNOWN
+        if pid == 0:
+            return False
+        self.status = status
+        return True
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait for it to exit (True) or for ``timeout`` to pass (False)."""
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            while not self.exited():
+                assert self._pidfd is not None, "released"
+                await anyio.wait_readable(self._pidfd)
+        return self.status is not None
+
+    async def kill(self) -> None:
+        """SIGKILL it and reap it (the rollback)."""
+        if self.status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            with anyio.CancelScope(shield=True):
+                await self.wait()
+        self.release()
+
+    def release(self) -> None:
+        """Let it go (it serves now): close the pidfd; it is not ours to reap."""
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def describe(self) -> str:
+        """What became of it, for error messages."""
+        if self.exited():
+            assert self.status is not None
+            return f"pid {self.pid} exited ({exit_text(self.status)})"
+        return f"pid {self.pid} is still running"
+
+
+def spawn(argv: Sequence[str], env: Mapping[str, str], keep: Sequence[int]) -> Child:
+    """Start ``argv`` with ``env``; the descriptors ``keep`` stay open in it under
+    the same numbers (everything else close-on-exec stays closed)."""
+    if not argv:
+        raise UpgradeFailed("no command to start the new generation with")
+    program = argv[0] if "/" in argv[0] else shutil.which(argv[0])
+    if program is None:
+        raise UpgradeFailed(f"cannot start the new generation: {argv[0]!r} is not on PATH")
+    # dup2 of a descriptor onto itself clears its close-on-exec flag in the child only
+    # (POSIX 2024; glibc since 2.29, musl): nothing leaks into other children meanwhile.
+    actions = [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in keep]
+    try:
+        pid = os.posix_spawn(
+            program,
+            list(argv),
+            dict(env),
+            file_actions=actions,
+            setsigdef=_DEFAULT_SIGNALS,
+            setsigmask=(),
+        )
+    except OSError as exc:
+        raise UpgradeFailed(
+            f"cannot start the new generation {program}: {exc.strerror or exc}"
+        ) from exc
+    try:
+        return Child(pid)
+    except OSError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
