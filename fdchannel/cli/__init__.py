@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn, Protocol
@@ -171,6 +172,36 @@ def _add_recv(commands: argparse._SubParsersAction[_Parser], common: _Parser) ->
     _timeout(recv, "waiting for the peer and its state; default never")
 
 
+def _signal_name(text: str) -> str:
+    name = text.upper().removeprefix("SIG")
+    if name not in {s.name.removeprefix("SIG") for s in signal.Signals}:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a signal name (e.g. HUP, USR2)")
+    return name
+
+
+def _add_upgrade(commands: argparse._SubParsersAction[_Parser], common: _Parser) -> None:
+    upgrade = commands.add_parser(
+        "upgrade",
+        parents=[common],
+        help="ask a server under fdchannel.upgrade to upgrade, and wait for the outcome",
+        description="Ask a running server to start its next generation and hand it its "
+        "listeners: through its control socket, or by signalling the pid in its pidfile. "
+        "Waits for the outcome: exit status 0 when the new generation serves, 1 with the "
+        "reason when it did not (the old one still serves).",
+    )
+    upgrade.add_argument(
+        "target", metavar="PIDFILE|CONTROL-SOCKET", help="the server's pidfile or control socket"
+    )
+    upgrade.add_argument(
+        "--signal",
+        type=_signal_name,
+        default="HUP",
+        metavar="NAME",
+        help="the signal sent to a pidfile's process (HUP)",
+    )
+    _timeout(upgrade, "default 60")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = _Parser(
@@ -183,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="name", metavar="COMMAND", parser_class=_Parser)
     common = _common()
-    for add in (_add_probe, _add_relay, _add_send, _add_recv):
+    for add in (_add_probe, _add_relay, _add_send, _add_recv, _add_upgrade):
         add(commands, common)
     return parser
 
@@ -205,7 +236,8 @@ def _parse(args: list[str]) -> argparse.Namespace:
         return _probe_cpr_exec(options) if name == "probe" else options
     options = parser.parse_args(args)
     if options.name is None:
-        raise UsageError(f"a command is required: probe, relay, send or recv (see '{PROG} --help')")
+        commands = "probe, relay, send, recv or upgrade"
+        raise UsageError(f"a command is required: {commands} (see '{PROG} --help')")
     if options.name == "recv" and options.misplaced:
         raise UsageError(f"put the command after '--': {PROG} recv URI -- CMD", f"{PROG} recv")
     if options.name == "probe" and options.cpr_exec:

@@ -36,9 +36,12 @@ def notify(**fields: object) -> bool:
     address = notify_socket()
     if address is None:
         return False
-    if "RELOADING" in fields:
-        fields.setdefault("MONOTONIC_USEC", time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
-    message = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
+    lines = []
+    for key, value in fields.items():
+        lines.append(f"{key}={value}")
+        if key == "RELOADING" and "MONOTONIC_USEC" not in fields:
+            lines.append(f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+    message = "\n".join(lines).encode()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.sendto(message, address)

@@ -173,8 +173,7 @@ class Upgrader(anyio.abc.AsyncResource):
 
     async def __aexit__(self, *exc_info: Any) -> None:
         error = exc_info[1]
-        reason = None if error is None else (str(error) or type(error).__name__)
-        await self._close(failed=reason)
+        await self._close(failed=None if error is None else _reason(error))
 
     async def aclose(self) -> None:
         await self._close(failed=None)
@@ -336,7 +335,7 @@ class Upgrader(anyio.abc.AsyncResource):
             result = await self._upgrade(command)
         except BaseException as exc:
             self._phase = "ready"
-            reason = str(exc) or type(exc).__name__
+            reason = _reason(exc)
             systemd.notify(READY=1, STATUS=f"serving; the last upgrade failed: {reason}")
             self._record(attempt, False, reason)
             log.warning("generation %d: upgrade failed, still serving: %s", self.generation, reason)
@@ -557,6 +556,15 @@ class Upgrader(anyio.abc.AsyncResource):
                 _unlink_if_ours(fd)  # the last generation leaves no socket file behind
             os.close(fd)
         self._held.clear()
+
+
+def _reason(error: BaseException) -> str:
+    """One line for what made a generation give up (task groups unwrapped)."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(_reason(e) for e in error.exceptions)
+    return str(error) or type(error).__name__
 
 
 async def _fate(child: Child) -> str:

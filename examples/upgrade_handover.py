@@ -1,0 +1,397 @@
+"""Upgrades that hand the open connections over too, not only the listener.
+
+Protocol: each request is one byte; the answer is the serving pid and
+generation (two be32).  Requests never split, so connections move between
+generations at request boundaries: the Upgrader's ``pause`` hook stops
+accepting and stops every connection between requests, and hands them
+over; the new generation's ``ready()`` returns them and it serves them on:
+no client reconnects, and a request in flight is answered by whichever
+generation read it.
+
+Events go to stdout as JSON lines (every generation inherits the same
+stdout): ``{"event": "ready", "pid": ..., "generation": ..., "port": ...,
+"fds": [...]}`` and ``{"event": "exit", ...}``.  The tests of
+``fdchannel.upgrade`` run this server (tests/upgrade/).
+
+The pause, for ``python -m bench upgrade``: a generation that handed over
+says ``{"event": "paused", "generation": N, "at": T}`` once replaced, T
+being ``time.monotonic()`` when its ``pause`` hook was entered; the next
+says ``{"event": "serving", "generation": N + 1, "at": T, "handed": K}``
+once its tasks serve the K connections handed to it.  CLOCK_MONOTONIC is
+one clock for every process on the host: the pause is the difference.
+
+``--memory SIZE`` (``1G``, ``512M``, bytes): generation 0 fills a memfd of
+SIZE bytes with a known pattern, and every handover carries it next to the
+connections (a descriptor: nothing is copied).  Each later generation
+reads it all back, in a thread once it serves (so not during the pause),
+and says ``{"event": "memory", "generation": N, "memory_ok": true|false,
+"size": SIZE, "seconds": ...}``.
+
+Fault injection for those tests: ``--die-at STEP --die-once FLAG`` makes a
+new generation SIGKILL itself at STEP (one of the upgrader's NEW_STEPS, or
+"start"), once: the first to do so creates FLAG, later generations live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import signal
+import struct
+import sys
+import time
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import anyio.to_thread
+from anyio.abc import SocketAttribute
+
+# Names bound at start-up: fdchannel's first lazy attribute lookup costs
+# milliseconds, which must not fall inside a pause.
+from fdchannel import FdState, Listener, NamedFd, Stream
+from fdchannel.upgrade import Upgrader
+
+ANSWER = struct.Struct(">II")
+#: The memory is written and checked a block at a time.
+BLOCK = 1 << 20
+#: Every block: its index (be64), then this pattern.
+PATTERN = bytes(range(256)) * (BLOCK // 256)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def emit(event: str, **fields: Any) -> None:
+    # One write per line: every generation shares the pipe, and a write of
+    # less than PIPE_BUF bytes to a pipe is never interleaved with another.
+    os.write(1, json.dumps({"event": event, "pid": os.getpid(), **fields}).encode() + b"\n")
+
+
+def die_here(options: argparse.Namespace, step: str) -> None:
+    if step != options.die_at:
+        return
+    if step == "start" and "FDCHANNEL_UPGRADE" not in os.environ:
+        return  # the first generation is not the new one
+    try:
+        os.close(os.open(options.die_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hold(fifo: str) -> None:
+    """Wait for the test to open the FIFO for writing (a new generation that is slow to start)."""
+    with open(fifo, "rb"):
+        pass
+
+
+def parse_size(text: str) -> int:
+    """``4096``, ``64K``, ``512M``, ``1G`` (binary multiples; ``iB``/``B`` allowed)."""
+    digits = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = digits[-1:] if digits[-1:] in _UNITS else ""
+    number = digits.removesuffix(unit) if unit else digits
+    if not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 4096, 64K or 1G")
+    return int(number) * _UNITS[unit]
+
+
+def expected_block(index: int, length: int) -> bytes:
+    """What block ``index`` holds: its number, then the pattern (cut to ``length``)."""
+    return (struct.pack(">Q", index) + PATTERN[8:])[:length]
+
+
+def fill_memory(size: int) -> int:
+    """A memfd of ``size`` bytes holding the known pattern."""
+    fd = os.memfd_create("fdchannel-upgrade-state", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        for index, offset in enumerate(range(0, size, BLOCK)):
+            data = expected_block(index, min(BLOCK, size - offset))
+            if os.pwrite(fd, data, offset) != len(data):
+                raise OSError(f"short write at {offset}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_memory(fd: int, size: int) -> bool:
+    """Whether the memfd is ``size`` bytes long and holds the pattern everywhere."""
+    if os.fstat(fd).st_size != size:
+        return False
+    for index, offset in enumerate(range(0, size, BLOCK)):
+        length = min(BLOCK, size - offset)
+        if os.pread(fd, length, offset) != expected_block(index, length):
+            return False
+    return True
+
+
+class Connections:
+    """The accept loop and every open client connection; ``pause`` stops both
+    between requests for a handover, ``resume`` restarts them.
+
+    A connection's task waits for the socket to turn readable and only then,
+    unless paused, reads a request and answers it.  So ``pause`` waits only
+    for the requests being answered: a task still waiting will never read,
+    and is ended later (``close``, or ``resume``), outside the pause.
+    """
+
+    def __init__(self, generation: int, task_group: anyio.abc.TaskGroup) -> None:
+        self.generation = generation
+        self.task_group = task_group
+        self.streams: dict[int, Stream] = {}
+        self.scopes: dict[int, anyio.CancelScope] = {}
+        self.next_ident = 0
+        self.paused = False
+        #: Connection tasks running, and those of them answering a request now.
+        self.alive = 0
+        self.busy = 0
+        self.stopped = anyio.Event()
+        self.quiet = anyio.Event()
+        self.listener: Listener | None = None
+        self.accepting: anyio.CancelScope | None = None
+        self.accept_done = anyio.Event()
+        #: The memfd handed on with the connections (--memory), if any.
+        self.memory: int | None = None
+        #: time.monotonic() when pause() was last entered.
+        self.paused_at: float | None = None
+
+    def add(self, stream: Stream) -> None:
+        ident = self.next_ident
+        self.next_ident += 1
+        self.streams[ident] = stream
+        self.task_group.start_soon(self.serve, ident, name="serve")
+
+    def start_accepting(self, listener: Listener) -> None:
+        self.listener = listener
+        self.accept_done = anyio.Event()
+        self.task_group.start_soon(self.accept_all)
+
+    async def accept_all(self) -> None:
+        """Accept until paused or the listener is closed."""
+        assert self.listener is not None
+        try:
+            with anyio.CancelScope() as self.accepting:
+                while not self.paused:
+                    try:
+                        stream = await self.listener.accept()
+                    except anyio.ClosedResourceError:
+                        return
+                    self.add(stream)
+        finally:
+            self.accept_done.set()
+
+    async def serve(self, ident: int) -> None:
+        stream = self.streams[ident]
+        fd = stream.fileno()
+        answer = ANSWER.pack(os.getpid(), self.generation)
+        self.alive += 1
+        try:
+            while not self.paused:
+                with anyio.CancelScope() as scope:
+                    self.scopes[ident] = scope
+                    try:
+                        await anyio.wait_readable(fd)
+                    finally:
+                        del self.scopes[ident]
+                if scope.cancelled_caught or self.paused:
+                    return  # paused: the request stays in the socket, for the next generation
+                self.busy += 1  # from here on pause() waits for the answer
+                try:
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            await stream.receive(1)
+                        except (anyio.EndOfStream, anyio.BrokenResourceError):
+                            del self.streams[ident]  # first: aclose() lets other tasks run
+                            await stream.aclose()
+                            return
+                        await stream.send(answer)
+                finally:
+                    self.busy -= 1
+                    if not self.busy:
+                        self.quiet.set()
+        finally:
+            self.alive -= 1
+            if not self.alive:
+                self.stopped.set()
+
+    async def pause(self) -> FdState:
+        """Stop accepting and serving; what is returned goes to the next generation."""
+        self.paused_at = time.monotonic()
+        self.paused = True
+        if self.accepting is not None:
+            self.accepting.cancel()
+        await self.accept_done.wait()
+        if self.busy:
+            self.quiet = anyio.Event()
+            await self.quiet.wait()
+        entries = [NamedFd("conn", i, s.fileno()) for i, s in self.streams.items()]
+        if self.memory is not None:
+            entries.append(NamedFd("memory", 0, self.memory))
+        return FdState(entries)
+
+    async def stop_serving(self) -> None:
+        """End every connection task (they wait, none reads: paused)."""
+        self.paused = True
+        for scope in list(self.scopes.values()):
+            scope.cancel()
+        if self.alive:
+            self.stopped = anyio.Event()
+            await self.stopped.wait()
+
+    async def resume(self) -> None:
+        """The handover failed: serve everything again."""
+        await self.stop_serving()
+        self.paused = False
+        for ident in self.streams:
+            self.task_group.start_soon(self.serve, ident, name="serve")
+        if self.listener is not None:
+            self.start_accepting(self.listener)
+
+    async def close(self) -> None:
+        if self.accepting is not None:
+            self.accepting.cancel()
+        await self.stop_serving()
+        for stream in self.streams.values():
+            await stream.aclose()
+        self.streams.clear()
+        if self.memory is not None:
+            os.close(self.memory)
+            self.memory = None
+
+
+def own_descriptors(connections: Connections) -> list[str]:
+    """What this process's descriptors are, its clients' connections left out
+    ("socket", "pipe", "anon_inode:[eventpoll]", a path): the same in every generation."""
+    clients = {stream.fileno() for stream in connections.streams.values()}
+    kinds = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except FileNotFoundError:  # the descriptor listdir used
+            continue
+        if int(name) not in clients:
+            kinds.append(target.split(":[")[0] if target[:1] != "/" else target)
+    return sorted(kinds)
+
+
+async def verify_memory(fd: int, size: int, generation: int) -> None:
+    """Read the handed memory back in a thread (the event loop serves on) and say how it went."""
+    started = time.monotonic()
+    copy = os.dup(fd)  # the generation may close its own while this reads
+    try:
+        ok = await anyio.to_thread.run_sync(check_memory, copy, size)
+    except OSError:
+        ok = False
+    finally:
+        os.close(copy)
+    emit(
+        "memory",
+        generation=generation,
+        memory_ok=ok,
+        size=size,
+        seconds=round(time.monotonic() - started, 6),
+    )
+
+
+async def run(options: argparse.Namespace) -> None:
+    die_here(options, "start")
+    connections: Connections | None = None
+
+    async def pause() -> FdState | None:
+        assert connections is not None
+        return await connections.pause() if options.handover else None
+
+    async def resume() -> None:
+        assert connections is not None
+        await connections.resume()
+
+    upgrader = Upgrader(
+        pidfile=options.pidfile,
+        control=options.control,
+        pause=pause,
+        resume=resume,
+        progress=lambda step: die_here(options, step),
+        ready_timeout=options.ready_timeout,
+    )
+    async with upgrader as up, anyio.create_task_group() as tg:
+        connections = Connections(up.generation, tg)
+        if options.memory and not up.inherited:
+            connections.memory = fill_memory(options.memory)
+        listener = await up.listen("main", options.listen)
+        connections.start_accepting(listener)
+        if options.fail_before_ready and up.inherited:
+            raise RuntimeError("the health check failed")
+        if options.hold_ready and up.inherited:
+            emit("holding", generation=up.generation)
+            await anyio.to_thread.run_sync(hold, options.hold_ready)
+        # Whatever start-up allocated is there for good: a collection going
+        # through it all would stall the event loop, maybe in a pause.
+        gc.collect()
+        gc.freeze()
+        with await up.ready() as handed:
+            for entry in handed.fds:
+                if entry.name == "memory":
+                    connections.memory = os.dup(entry.fd)
+                else:
+                    connections.add(Stream.from_fd(os.dup(entry.fd)))
+        if up.inherited:
+            await anyio.lowlevel.checkpoint()  # every handed connection's task is serving
+            serving_at = time.monotonic()
+            emit("serving", generation=up.generation, at=serving_at, handed=len(handed.fds))
+            if options.memory:
+                memory = connections.memory
+                if memory is None:
+                    emit("memory", generation=up.generation, memory_ok=False, size=0, seconds=0)
+                else:
+                    tg.start_soon(verify_memory, memory, options.memory, up.generation)
+        elif connections.memory is not None:
+            emit("memory", generation=0, memory_ok=True, size=options.memory, seconds=0)
+        emit(
+            "ready",
+            generation=up.generation,
+            port=listener.extra(SocketAttribute.local_port, None),
+            fds=own_descriptors(connections),
+        )
+        await up.wait_replaced()
+        if connections.paused_at is not None:
+            emit("paused", generation=up.generation, at=connections.paused_at)
+        await listener.aclose()  # stop accepting: the new generation does
+        await connections.close()  # handed over already (or, without --handover, just closed)
+    emit("exit", generation=upgrader.generation)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--listen", default="tcp:127.0.0.1:0")
+    parser.add_argument("--pidfile")
+    parser.add_argument("--control")
+    parser.add_argument("--handover", action="store_true")
+    parser.add_argument("--backend", default="asyncio", choices=["asyncio", "uvloop", "trio"])
+    parser.add_argument("--die-at")
+    parser.add_argument("--die-once")
+    parser.add_argument("--fail-before-ready", action="store_true")
+    parser.add_argument("--ready-timeout", type=float, default=30)
+    parser.add_argument("--hold-ready", metavar="FIFO")
+    parser.add_argument(
+        "--memory",
+        type=parse_size,
+        metavar="SIZE",
+        help="hand over a memfd of SIZE bytes (1G, 512M) with a known pattern, checked by each",
+    )
+    options = parser.parse_args()
+    backend, backend_options = options.backend, {}
+    if backend == "uvloop":
+        import uvloop
+
+        backend, backend_options = "asyncio", {"loop_factory": uvloop.new_event_loop}
+    try:
+        anyio.run(run, options, backend=backend, backend_options=backend_options)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
