@@ -132,6 +132,7 @@ class Upgrader(anyio.abc.AsyncResource):
         self._lineage: lineage_env.Lineage | None = None
         self._received: dict[str, int] = {}  # handed to us, not claimed yet
         self._held: dict[str, int] = {}  # ours to hand on, by name
+        self._given: list[Listener] = []  # returned by listen(), closed with us
         self._phase = "new"  # entered, ready, upgrading, replaced, closed
         self._successor: int | None = None
         self._replaced: anyio.Event | None = None
@@ -218,7 +219,8 @@ class Upgrader(anyio.abc.AsyncResource):
 
         Each call returns a new Listener over its own duplicate: closing it
         stops this generation accepting; the socket itself lives on while
-        the upgrader (or the next generation) holds it.  ``policy`` applies
+        the upgrader (or the next generation) holds it.  Listeners still
+        open when the upgrader closes are closed with it.  ``policy`` applies
         to unix sockets (peers of our uid or root by default); ``mode`` and
         ``backlog`` to one bound here.
         """
@@ -235,10 +237,12 @@ class Upgrader(anyio.abc.AsyncResource):
             self._held[name] = fd
         copy = os.dup(fd)
         try:
-            return Listener.from_fd(copy, policy=policy)
+            listener = Listener.from_fd(copy, policy=policy)
         except BaseException:
             os.close(copy)
             raise
+        self._given.append(listener)
+        return listener
 
     def listening(self) -> dict[str, int]:
         """The descriptors held for each name (what the next generation gets)."""
@@ -547,6 +551,10 @@ class Upgrader(anyio.abc.AsyncResource):
         if self._tasks is not None:
             self._tasks.cancel_scope.cancel()
         await self._exit.aclose()  # the task group: exited in the task that entered it
+        with anyio.CancelScope(shield=True):
+            for listener in self._given:
+                await listener.aclose()
+        self._given.clear()
         self._close_lineage()
         for fd in self._received.values():
             os.close(fd)
