@@ -18,25 +18,23 @@ upgrades.  Around it:
 
 aiohttp runs on asyncio: ``--backend asyncio`` or ``uvloop``.  Each
 generation prints ``ready key=value ...`` once serving and ``exit
-key=value ...`` when it leaves (bench/upgrades.py reads them).
+key=value ...`` when it leaves (bench/upgrades.py reads them); that, the
+stop conditions and the options are upgrade_common.py's, shared with the
+anyio and uvicorn examples.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 
 import anyio
-import anyio.abc
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from anyio.abc import SocketAttribute
+from upgrade_common import Generation, parse_options, run_on_backend, url_of
 
-import fdchannel
 from fdchannel.transports import FdAttribute
-from fdchannel.upgrade import Upgrader
 
 #: How often the drain looks at aiohttp's open connections (aiohttp has no event for it).
 POLL = 0.01
@@ -93,45 +91,11 @@ def close_when_draining(draining: Draining) -> Middleware:
     return middleware
 
 
-def emit(event: str, **fields: object) -> None:
-    """One ``event key=value ...`` line: a single write, so generations sharing a pipe never mix."""
-    words = " ".join(f"{key}={value}" for key, value in fields.items())
-    os.write(1, f"{event} pid={os.getpid()} {words}\n".encode())
-
-
-def url_of(listener: fdchannel.Listener) -> str:
-    """``http://host:port/`` for a TCP listener, the socket's path for a unix one."""
-    local = listener.extra(SocketAttribute.local_address)
-    if isinstance(local, tuple):
-        host = f"[{local[0]}]" if ":" in local[0] else local[0]
-        return f"http://{host}:{local[1]}/"
-    return f"unix:{local}"
-
-
-async def wait_for_signal(
-    stop: anyio.Event, why: list[str], *, task_status: anyio.abc.TaskStatus[None]
-) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        task_status.started()
-        async for signum in signals:
-            why.append(signal.Signals(signum).name)
-            stop.set()
-            return
-
-
-async def wait_replaced(up: Upgrader, stop: anyio.Event, why: list[str]) -> None:
-    why.append(f"replaced-by-{await up.wait_replaced()}")
-    stop.set()
-
-
 async def run(options: argparse.Namespace) -> None:
-    stop = anyio.Event()
-    why: list[str] = []
+    generation = Generation(options, server="aiohttp")
     draining = Draining()
     left = 0
-    upgrader = Upgrader(pidfile=options.pidfile, control=options.control)
-    async with upgrader as up, anyio.create_task_group() as tasks:
-        await tasks.start(wait_for_signal, stop, why)
+    async with generation.running() as (up, _tasks):
         listener = await up.listen("http", options.listen)
         url = url_of(listener)
         # aiohttp's own duplicate: closing it (site.stop) stops this generation accepting.
@@ -144,18 +108,9 @@ async def run(options: argparse.Namespace) -> None:
             await runner.setup()
             site = web.SockSite(runner, sock)
             await site.start()
-            with await up.ready():  # nothing else is handed over: the listener came earlier
-                pass
-            emit(
-                "ready",
-                generation=up.generation,
-                server="aiohttp",
-                backend=options.backend,
-                url=url,
-            )
-            tasks.start_soon(wait_replaced, up, stop, why)
+            await generation.serving(url)  # up.ready(), then the ready line
 
-            await stop.wait()
+            await generation.stopped()  # replaced, or SIGTERM/SIGINT
             draining.on = True  # each connection closes after its next response
             await site.stop()  # stop accepting: the next generation (if any) does
             assert runner.server is not None
@@ -166,32 +121,11 @@ async def run(options: argparse.Namespace) -> None:
         finally:
             await runner.cleanup()  # closes what is still open (idle)
             sock.close()
-        tasks.cancel_scope.cancel()
-    emit(
-        "exit",
-        generation=upgrader.generation,
-        reason=why[0] if why else "?",
-        requests=draining.requests,
-        closed_idle=left,
-    )
+    generation.exited(requests=draining.requests, closed_idle=left)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--listen", default="tcp:127.0.0.1:8080", help="an fdchannel address")
-    parser.add_argument("--backend", default="asyncio", choices=["asyncio", "uvloop"])
-    parser.add_argument("--pidfile", help="names the serving generation")
-    parser.add_argument("--control", help="a unix socket taking upgrade requests")
-    parser.add_argument(
-        "--drain-timeout", type=float, default=10.0, help="close idle connections after (s)"
-    )
-    options = parser.parse_args()
-    backend_options = {}
-    if options.backend == "uvloop":
-        import uvloop
-
-        backend_options = {"loop_factory": uvloop.new_event_loop}
-    anyio.run(run, options, backend="asyncio", backend_options=backend_options)
+    run_on_backend(run, parse_options(__doc__, backends=["asyncio", "uvloop"]))
 
 
 if __name__ == "__main__":

@@ -18,34 +18,28 @@ The request parsing is minimal: the request line and the headers; a body
 announced by Content-Length is read and ignored.
 
 Each generation prints ``ready key=value ...`` once serving and ``exit
-key=value ...`` when it leaves (bench/upgrades.py reads them).
+key=value ...`` when it leaves (bench/upgrades.py reads them); that, the
+stop conditions and the options are upgrade_common.py's, shared with the
+uvicorn and aiohttp examples.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 
 import anyio
 import anyio.abc
-from anyio.abc import SocketAttribute
 from anyio.streams.buffered import BufferedByteReceiveStream
+from upgrade_common import Generation, parse_options, run_on_backend, url_of
 
 import fdchannel
-from fdchannel.upgrade import Upgrader
 
 #: Longest request head (request line and headers) taken.
 MAX_HEAD = 16 * 1024
 #: Largest request body read (and ignored).
 MAX_BODY = 1 << 20
-
-
-def emit(event: str, **fields: object) -> None:
-    """One ``event key=value ...`` line: a single write, so generations sharing a pipe never mix."""
-    words = " ".join(f"{key}={value}" for key, value in fields.items())
-    os.write(1, f"{event} pid={os.getpid()} {words}\n".encode())
 
 
 class BadRequest(Exception):
@@ -204,59 +198,17 @@ class HttpServer:
             await self.drained.wait()
 
 
-def url_of(listener: fdchannel.Listener) -> str:
-    """``http://host:port/`` for a TCP listener, the socket's path for a unix one."""
-    local = listener.extra(SocketAttribute.local_address)
-    if isinstance(local, tuple):
-        host = f"[{local[0]}]" if ":" in local[0] else local[0]
-        return f"http://{host}:{local[1]}/"
-    return f"unix:{local}"
-
-
-async def wait_for_signal(
-    stop: anyio.Event, why: list[str], *, task_status: anyio.abc.TaskStatus[None]
-) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        task_status.started()
-        async for signum in signals:
-            why.append(signal.Signals(signum).name)
-            stop.set()
-            return
-
-
-async def wait_replaced(up: Upgrader, stop: anyio.Event, why: list[str]) -> None:
-    pid = await up.wait_replaced()
-    why.append(f"replaced-by-{pid}")
-    stop.set()
-
-
 async def run(options: argparse.Namespace) -> None:
-    stop = anyio.Event()
-    why: list[str] = []
-    upgrader = Upgrader(pidfile=options.pidfile, control=options.control)
-    async with upgrader as up, anyio.create_task_group() as tasks:
-        await tasks.start(wait_for_signal, stop, why)
+    generation = Generation(options, server="anyio")
+    async with generation.running() as (up, tasks):
         server = HttpServer(up.generation, tasks)
         listener = await up.listen("http", options.listen)
         tasks.start_soon(server.accept_all, listener)
-        with await up.ready():  # nothing else is handed over: the listener came earlier
-            pass
-        emit(
-            "ready",
-            generation=up.generation,
-            server="anyio",
-            backend=options.backend,
-            url=url_of(listener),
-        )
-        tasks.start_soon(wait_replaced, up, stop, why)
-        await stop.wait()
+        await generation.serving(url_of(listener))  # up.ready(), then the ready line
+        await generation.stopped()  # replaced, or SIGTERM/SIGINT
         await listener.aclose()  # stop accepting: the next generation (if any) does
         await server.drain(options.drain_timeout)
-        tasks.cancel_scope.cancel()
-    emit(
-        "exit",
-        generation=upgrader.generation,
-        reason=why[0] if why else "?",
+    generation.exited(
         requests=server.requests,
         closed_after_request=server.closed_after_request,
         closed_idle=server.closed_idle,
@@ -264,21 +216,7 @@ async def run(options: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--listen", default="tcp:127.0.0.1:8080", help="an fdchannel address")
-    parser.add_argument("--backend", default="asyncio", choices=["asyncio", "uvloop", "trio"])
-    parser.add_argument("--pidfile", help="names the serving generation")
-    parser.add_argument("--control", help="a unix socket taking upgrade requests")
-    parser.add_argument(
-        "--drain-timeout", type=float, default=10.0, help="close idle connections after (s)"
-    )
-    options = parser.parse_args()
-    backend, backend_options = options.backend, {}
-    if backend == "uvloop":
-        import uvloop
-
-        backend, backend_options = "asyncio", {"loop_factory": uvloop.new_event_loop}
-    anyio.run(run, options, backend=backend, backend_options=backend_options)
+    run_on_backend(run, parse_options(__doc__, backends=["asyncio", "uvloop", "trio"]))
 
 
 if __name__ == "__main__":

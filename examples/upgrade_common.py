@@ -1,0 +1,151 @@
+"""What the upgrade examples (upgrade_anyio.py, upgrade_uvicorn.py, upgrade_aiohttp.py) share.
+
+* The event lines every generation writes on its stdout, each in a single
+  write (generations share the pipe), which bench/upgrades.py reads::
+
+      ready pid=... generation=... server=... backend=... url=http://127.0.0.1:PORT/
+      exit pid=... generation=... reason=replaced-by-PID|SIGTERM|SIGINT requests=... ...
+
+* The stop conditions: a generation serves until it is replaced by the
+  next one or gets SIGTERM or SIGINT, whichever comes first (the ``exit``
+  line's ``reason``); then it stops accepting and drains.  ``Generation``
+  runs that skeleton, the examples fill in the serving and the draining.
+
+* The command-line options they share (``--listen``, ``--backend``,
+  ``--pidfile``, ``--control``, ``--drain-timeout``), and running on the
+  event loop ``--backend`` names (uvloop is asyncio with uvloop's loop).
+
+The examples run as scripts, so this file's directory is on ``sys.path``
+and they import it as ``upgrade_common``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.abc import SocketAttribute
+
+import fdchannel
+from fdchannel.upgrade import Upgrader
+
+__all__ = ["Generation", "emit", "parse_options", "run_on_backend", "url_of"]
+
+
+def emit(event: str, **fields: object) -> None:
+    """One ``event key=value ...`` line: a single write, so generations sharing a pipe never mix."""
+    words = " ".join(f"{key}={value}" for key, value in fields.items())
+    os.write(1, f"{event} pid={os.getpid()} {words}\n".encode())
+
+
+def url_of(listener: fdchannel.Listener) -> str:
+    """``http://host:port/`` for a TCP listener, the socket's path for a unix one."""
+    local = listener.extra(SocketAttribute.local_address)
+    if isinstance(local, tuple):
+        host = f"[{local[0]}]" if ":" in local[0] else local[0]
+        return f"http://{host}:{local[1]}/"
+    return f"unix:{local}"
+
+
+class Generation:
+    """This process's generation, from its ``Upgrader`` to its ``exit`` line.
+
+    Each example's ``run`` has the same shape::
+
+        generation = Generation(options, server="anyio")
+        async with generation.running() as (up, tasks):
+            listener = await up.listen("http", options.listen)
+            ...  # serve on it
+            await generation.serving(url_of(listener))  # up.ready(), the ready line
+            await generation.stopped()  # replaced, or SIGTERM/SIGINT
+            ...  # stop accepting, drain
+        generation.exited(requests=..., closed_idle=...)
+    """
+
+    def __init__(self, options: argparse.Namespace, server: str) -> None:
+        self.options = options
+        self.server = server
+        self.upgrader = Upgrader(pidfile=options.pidfile, control=options.control)
+        #: Set once this generation is to stop; ``why`` says why (the first reason counts).
+        self.stop = anyio.Event()
+        self.why: list[str] = []
+        self._tasks: anyio.abc.TaskGroup | None = None
+
+    @property
+    def reason(self) -> str:
+        return self.why[0] if self.why else "?"
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[tuple[Upgrader, anyio.abc.TaskGroup]]:
+        """The entered Upgrader and a task group, SIGTERM/SIGINT watched; cancelled on leaving."""
+        async with self.upgrader as up, anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            await tasks.start(self._wait_for_signal)
+            yield up, tasks
+            tasks.cancel_scope.cancel()
+
+    async def serving(self, url: str) -> None:
+        """Tell the Upgrader this generation serves, print ``ready``, watch for a successor."""
+        assert self._tasks is not None, "inside running() only"
+        with await self.upgrader.ready():  # nothing else is handed over: the listener came earlier
+            pass
+        emit(
+            "ready",
+            generation=self.upgrader.generation,
+            server=self.server,
+            backend=self.options.backend,
+            url=url,
+        )
+        self._tasks.start_soon(self._wait_replaced)
+
+    async def stopped(self) -> None:
+        """Wait until this generation is replaced or gets SIGTERM or SIGINT."""
+        await self.stop.wait()
+
+    def exited(self, **fields: object) -> None:
+        """Print the ``exit`` line: the generation, why it stopped, then ``fields``."""
+        emit("exit", generation=self.upgrader.generation, reason=self.reason, **fields)
+
+    async def _wait_for_signal(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                self.why.append(signal.Signals(signum).name)
+                self.stop.set()
+                return
+
+    async def _wait_replaced(self) -> None:
+        self.why.append(f"replaced-by-{await self.upgrader.wait_replaced()}")
+        self.stop.set()
+
+
+def parse_options(doc: str, backends: Sequence[str]) -> argparse.Namespace:
+    """The shared options; the description is ``doc``'s first paragraph."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--listen", default="tcp:127.0.0.1:8080", help="an fdchannel address")
+    parser.add_argument("--backend", default="asyncio", choices=list(backends))
+    parser.add_argument("--pidfile", help="names the serving generation")
+    parser.add_argument("--control", help="a unix socket taking upgrade requests")
+    parser.add_argument(
+        "--drain-timeout", type=float, default=10.0, help="close idle connections after (s)"
+    )
+    return parser.parse_args()
+
+
+def run_on_backend(
+    run: Callable[[argparse.Namespace], Awaitable[None]], options: argparse.Namespace
+) -> None:
+    """``run(options)`` on ``options.backend``: asyncio, trio, or asyncio with uvloop's loop."""
+    backend: str = options.backend
+    backend_options: dict[str, Any] = {}
+    if backend == "uvloop":
+        import uvloop
+
+        backend, backend_options = "asyncio", {"loop_factory": uvloop.new_event_loop}
+    anyio.run(run, options, backend=backend, backend_options=backend_options)
