@@ -14,11 +14,15 @@ stdout): ``{"event": "ready", "pid": ..., "generation": ..., "port": ...,
 ``fdchannel.upgrade`` run this server (tests/upgrade/).
 
 The pause, for ``python -m bench upgrade``: a generation that handed over
-says ``{"event": "paused", "generation": N, "at": T}`` once replaced, T
-being ``time.monotonic()`` when its ``pause`` hook was entered; the next
-says ``{"event": "serving", "generation": N + 1, "at": T, "handed": K}``
-once its tasks serve the K connections handed to it.  CLOCK_MONOTONIC is
-one clock for every process on the host: the pause is the difference.
+says ``{"event": "paused", "generation": N, "at": T, ...}`` once replaced,
+T being ``time.monotonic()`` when its ``pause`` hook was entered; the next
+says ``{"event": "serving", "generation": N + 1, "at": T, "handed": K,
+...}`` once the task of each of the K connections handed to it waits for
+a request.  CLOCK_MONOTONIC is one clock for every process on the host:
+the pause is the difference.  The other times (``returned_at``: ``pause``
+returned; ``handed_at``: the old generation saw the acknowledgement;
+``acked_at``: the new one sent it; ``ready_at``: ``ready()`` returned;
+``wrapped_at``: each connection became a Stream) show where it goes.
 
 ``--memory SIZE`` (``1G``, ``512M``, bytes): generation 0 fills a memfd of
 SIZE bytes with a known pattern, and every handover carries it next to the
@@ -42,11 +46,11 @@ import signal
 import struct
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import SocketAttribute
 
@@ -56,8 +60,10 @@ from fdchannel import FdState, Listener, NamedFd, Stream
 from fdchannel.upgrade import Upgrader
 
 ANSWER = struct.Struct(">II")
-#: The memory is written and checked a block at a time.
+#: The memory is written a block at a time, and read back CHECK bytes at a
+#: time: few handovers of the GIL between the checking thread and the loop.
 BLOCK = 1 << 20
+CHECK = 8 * BLOCK
 #: Every block: its index (be64), then this pattern.
 PATTERN = bytes(range(256)) * (BLOCK // 256)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -97,9 +103,15 @@ def parse_size(text: str) -> int:
     return int(number) * _UNITS[unit]
 
 
-def expected_block(index: int, length: int) -> bytes:
-    """What block ``index`` holds: its number, then the pattern (cut to ``length``)."""
-    return (struct.pack(">Q", index) + PATTERN[8:])[:length]
+def expected_chunks(size: int) -> Iterator[tuple[int, bytes | bytearray]]:
+    """(offset, what is there) for each CHECK bytes of the memory: every block of
+    BLOCK bytes holds its number (be64), then the pattern."""
+    chunk = bytearray(PATTERN * (CHECK // BLOCK))
+    for offset in range(0, size, CHECK):
+        length = min(CHECK, size - offset)
+        for start in range(0, length, BLOCK):
+            chunk[start : start + 8] = struct.pack(">Q", (offset + start) // BLOCK)
+        yield offset, chunk if length == CHECK else chunk[:length]
 
 
 def fill_memory(size: int) -> int:
@@ -107,8 +119,7 @@ def fill_memory(size: int) -> int:
     fd = os.memfd_create("fdchannel-upgrade-state", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, size)
-        for index, offset in enumerate(range(0, size, BLOCK)):
-            data = expected_block(index, min(BLOCK, size - offset))
+        for offset, data in expected_chunks(size):
             if os.pwrite(fd, data, offset) != len(data):
                 raise OSError(f"short write at {offset}")
     except BaseException:
@@ -121,34 +132,29 @@ def check_memory(fd: int, size: int) -> bool:
     """Whether the memfd is ``size`` bytes long and holds the pattern everywhere."""
     if os.fstat(fd).st_size != size:
         return False
-    for index, offset in enumerate(range(0, size, BLOCK)):
-        length = min(BLOCK, size - offset)
-        if os.pread(fd, length, offset) != expected_block(index, length):
-            return False
-    return True
+    return all(os.pread(fd, len(data), offset) == data for offset, data in expected_chunks(size))
 
 
 class Connections:
     """The accept loop and every open client connection; ``pause`` stops both
     between requests for a handover, ``resume`` restarts them.
 
-    A connection's task waits for the socket to turn readable and only then,
+    A connection's task waits for its socket to turn readable and only then,
     unless paused, reads a request and answers it.  So ``pause`` waits only
-    for the requests being answered: a task still waiting will never read,
-    and is ended later (``close``, or ``resume``), outside the pause.
+    for the requests being answered: a task still waiting will never read.
+    Waiting tasks are left alone (no cancelling a hundred tasks in a pause):
+    the replaced generation ends them on its way out.
     """
 
     def __init__(self, generation: int, task_group: anyio.abc.TaskGroup) -> None:
         self.generation = generation
         self.task_group = task_group
         self.streams: dict[int, Stream] = {}
-        self.scopes: dict[int, anyio.CancelScope] = {}
         self.next_ident = 0
         self.paused = False
-        #: Connection tasks running, and those of them answering a request now.
-        self.alive = 0
+        #: The connections whose task runs, and how many of them answer a request now.
+        self.running: set[int] = set()
         self.busy = 0
-        self.stopped = anyio.Event()
         self.quiet = anyio.Event()
         self.listener: Listener | None = None
         self.accepting: anyio.CancelScope | None = None
@@ -157,11 +163,26 @@ class Connections:
         self.memory: int | None = None
         #: time.monotonic() when pause() was last entered.
         self.paused_at: float | None = None
+        #: Connections whose task has not started yet, and the event set once none is left.
+        self.starting: set[int] = set()
+        self.started = anyio.Event()
+
+    def add_all(self, streams: list[Stream]) -> anyio.Event:
+        """Serve ``streams``; the event is set once each one's task waits for a request."""
+        self.started = anyio.Event()
+        first = self.next_ident
+        self.starting = set(range(first, first + len(streams)))
+        if not streams:
+            self.started.set()
+        for stream in streams:
+            self.add(stream)
+        return self.started
 
     def add(self, stream: Stream) -> None:
         ident = self.next_ident
         self.next_ident += 1
         self.streams[ident] = stream
+        self.running.add(ident)
         self.task_group.start_soon(self.serve, ident, name="serve")
 
     def start_accepting(self, listener: Listener) -> None:
@@ -187,17 +208,18 @@ class Connections:
         stream = self.streams[ident]
         fd = stream.fileno()
         answer = ANSWER.pack(os.getpid(), self.generation)
-        self.alive += 1
+        if ident in self.starting:
+            self.starting.discard(ident)
+            if not self.starting:
+                self.started.set()
         try:
             while not self.paused:
-                with anyio.CancelScope() as scope:
-                    self.scopes[ident] = scope
-                    try:
-                        await anyio.wait_readable(fd)
-                    finally:
-                        del self.scopes[ident]
-                if scope.cancelled_caught or self.paused:
-                    return  # paused: the request stays in the socket, for the next generation
+                try:
+                    await anyio.wait_readable(fd)
+                except anyio.ClosedResourceError:
+                    return  # closed under us: close()
+                if self.paused:
+                    return  # the request stays in the socket, for the next generation
                 self.busy += 1  # from here on pause() waits for the answer
                 try:
                     with anyio.CancelScope(shield=True):
@@ -213,9 +235,7 @@ class Connections:
                     if not self.busy:
                         self.quiet.set()
         finally:
-            self.alive -= 1
-            if not self.alive:
-                self.stopped.set()
+            self.running.discard(ident)
 
     async def pause(self) -> FdState:
         """Stop accepting and serving; what is returned goes to the next generation."""
@@ -232,29 +252,23 @@ class Connections:
             entries.append(NamedFd("memory", 0, self.memory))
         return FdState(entries)
 
-    async def stop_serving(self) -> None:
-        """End every connection task (they wait, none reads: paused)."""
-        self.paused = True
-        for scope in list(self.scopes.values()):
-            scope.cancel()
-        if self.alive:
-            self.stopped = anyio.Event()
-            await self.stopped.wait()
-
     async def resume(self) -> None:
-        """The handover failed: serve everything again."""
-        await self.stop_serving()
+        """The handover failed: serve everything again (tasks still waiting just go on)."""
         self.paused = False
         for ident in self.streams:
-            self.task_group.start_soon(self.serve, ident, name="serve")
+            if ident not in self.running:
+                self.running.add(ident)
+                self.task_group.start_soon(self.serve, ident, name="serve")
         if self.listener is not None:
             self.start_accepting(self.listener)
 
     async def close(self) -> None:
+        """Close every connection (handed over already, or not: then the clients see it);
+        tasks still waiting on one are left to the task group's cancellation."""
+        self.paused = True
         if self.accepting is not None:
             self.accepting.cancel()
-        await self.stop_serving()
-        for stream in self.streams.values():
+        for stream in list(self.streams.values()):
             await stream.aclose()
         self.streams.clear()
         if self.memory is not None:
@@ -308,12 +322,18 @@ async def run(options: argparse.Namespace) -> None:
         assert connections is not None
         await connections.resume()
 
+    steps: dict[str, float] = {}  # when the upgrader reached each step (OLD_STEPS, NEW_STEPS)
+
+    def progress(step: str) -> None:
+        steps[step] = time.monotonic()
+        die_here(options, step)
+
     upgrader = Upgrader(
         pidfile=options.pidfile,
         control=options.control,
         pause=pause,
         resume=resume,
-        progress=lambda step: die_here(options, step),
+        progress=progress,
         ready_timeout=options.ready_timeout,
     )
     async with upgrader as up, anyio.create_task_group() as tg:
@@ -332,15 +352,26 @@ async def run(options: argparse.Namespace) -> None:
         gc.collect()
         gc.freeze()
         with await up.ready() as handed:
+            ready_at = time.monotonic()
+            streams = []
             for entry in handed.fds:
                 if entry.name == "memory":
                     connections.memory = os.dup(entry.fd)
                 else:
-                    connections.add(Stream.from_fd(os.dup(entry.fd)))
+                    streams.append(Stream.from_fd(os.dup(entry.fd)))
+        wrapped_at = time.monotonic()
+        started = connections.add_all(streams)
         if up.inherited:
-            await anyio.lowlevel.checkpoint()  # every handed connection's task is serving
-            serving_at = time.monotonic()
-            emit("serving", generation=up.generation, at=serving_at, handed=len(handed.fds))
+            await started.wait()  # every handed connection's task is serving
+            emit(
+                "serving",
+                generation=up.generation,
+                at=time.monotonic(),
+                handed=len(handed.fds),
+                acked_at=steps.get("serving"),  # the handover acknowledged
+                ready_at=ready_at,  # ready() returned it
+                wrapped_at=wrapped_at,  # each connection a Stream
+            )
             if options.memory:
                 memory = connections.memory
                 if memory is None:
@@ -357,9 +388,16 @@ async def run(options: argparse.Namespace) -> None:
         )
         await up.wait_replaced()
         if connections.paused_at is not None:
-            emit("paused", generation=up.generation, at=connections.paused_at)
+            emit(
+                "paused",
+                generation=up.generation,
+                at=connections.paused_at,
+                returned_at=steps.get("paused"),  # pause() returned
+                handed_at=steps.get("handed-over"),  # the new generation acknowledged
+            )
         await listener.aclose()  # stop accepting: the new generation does
         await connections.close()  # handed over already (or, without --handover, just closed)
+        tg.cancel_scope.cancel()  # the tasks still waiting on a connection
     emit("exit", generation=upgrader.generation)
 
 
