@@ -102,6 +102,13 @@ def add_arguments(parser: argparse._ArgumentGroup) -> None:
         help="client connections handed over in each upgrade (default 100)",
     )
     parser.add_argument(
+        "--upgrade-no-switch",
+        dest="upgrade_switch",
+        action="store_false",
+        help="stop serving the connections before handing them over, instead of handing "
+        "them over first and switching once replaced (examples/upgrade_handover.py --switch)",
+    )
+    parser.add_argument(
         "--upgrade-memory",
         type=parse_size,
         default=1 << 30,
@@ -195,6 +202,15 @@ PHASES = (
 )
 
 
+#: The same with ``--switch``: the connections travel before the pause, and the
+#: pause is the old generation stopping between requests, then its "go".
+SWITCH_PHASES = (
+    ("old: stop between requests (example)", "paused.at", "paused.switched_at"),
+    ('"go" on the switch socket', "paused.switched_at", "serving.switch_at"),
+    ("new: the gate opens (example)", "serving.switch_at", "serving.at"),
+)
+
+
 def phases(paused: dict[str, Any], serving: dict[str, Any]) -> dict[str, float]:
     """Milliseconds of each of PHASES in one upgrade (those whose times are missing left out).
 
@@ -208,7 +224,8 @@ def phases(paused: dict[str, Any], serving: dict[str, Any]) -> dict[str, float]:
         return float(value) if isinstance(value, int | float) else None
 
     out = {}
-    for label, start, end in PHASES:
+    table = SWITCH_PHASES if paused.get("switched_at") is not None else PHASES
+    for label, start, end in table:
         begun, ended = when(start), when(end)
         if begun is not None and ended is not None:
             out[label] = (ended - begun) * 1000
@@ -457,6 +474,7 @@ def measure_pause(options: argparse.Namespace, directory: Path) -> PauseRun:
     out = PauseRun()
     args = [
         "--handover",
+        *(["--switch"] if options.upgrade_switch else []),
         "--memory",
         str(options.upgrade_memory),
         "--backend",
@@ -483,10 +501,11 @@ def measure_pause(options: argparse.Namespace, directory: Path) -> PauseRun:
                 out.upgrade_ms.append(result["seconds"] * 1000)
                 out.memory_checked += 1
                 out.memory_ok += memory["memory_ok"] is True
-                if serving["handed"] != options.upgrade_clients + 1:
+                expected = options.upgrade_clients + 1 + options.upgrade_switch
+                if serving["handed"] != expected:
                     out.problems.append(
                         f"generation {generation} was handed {serving['handed']} descriptors, "
-                        f"not {options.upgrade_clients + 1}"
+                        f"not {expected}"
                     )
                 print(
                     f"  upgrade {generation:2}: pause {out.pauses_ms[-1]:.2f} ms, "

@@ -39,10 +39,12 @@ new generation SIGKILL itself at STEP (one of the upgrader's NEW_STEPS, or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import signal
+import socket
 import struct
 import sys
 import time
@@ -51,6 +53,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import SocketAttribute
 
@@ -166,6 +169,11 @@ class Connections:
         #: Connections whose task has not started yet, and the event set once none is left.
         self.starting: set[int] = set()
         self.started = anyio.Event()
+        #: --switch: handed connections wait for the old generation's "go" (the gate);
+        #: the old one keeps its end of the switch until it has paused.
+        self.gate: anyio.Event | None = None
+        self.switch: tuple[socket.socket, socket.socket] | None = None
+        self.switched_at: float | None = None
 
     def add_all(self, streams: list[Stream]) -> anyio.Event:
         """Serve ``streams``; the event is set once each one's task waits for a request."""
@@ -220,6 +228,8 @@ class Connections:
                     return  # closed under us: close()
                 if self.paused:
                     return  # the request stays in the socket, for the next generation
+                if self.gate is not None and not self.gate.is_set():
+                    await self.gate.wait()  # --switch: the old generation serves it until "go"
                 self.busy += 1  # from here on pause() waits for the answer
                 try:
                     with anyio.CancelScope(shield=True):
@@ -252,8 +262,39 @@ class Connections:
             entries.append(NamedFd("memory", 0, self.memory))
         return FdState(entries)
 
+    async def snapshot(self) -> FdState:
+        """--switch's pause hook: stop accepting only, and hand over copies of every
+        connection (still served here) with one end of the switch."""
+        if self.accepting is not None:
+            self.accepting.cancel()
+        await self.accept_done.wait()
+        self.switch = socket.socketpair()
+        entries = [NamedFd("conn", i, s.fileno()) for i, s in self.streams.items()]
+        if self.memory is not None:
+            entries.append(NamedFd("memory", 0, self.memory))
+        entries.append(NamedFd("switch", 0, self.switch[1].fileno()))
+        return FdState(entries)
+
+    async def switch_over(self) -> None:
+        """--switch, once replaced: wait (serving on) until the new generation watches
+        every connection ("set"), stop serving between requests, then say "go"."""
+        assert self.switch is not None
+        mine, theirs = self.switch
+        with mine, theirs:
+            theirs.close()
+            with anyio.move_on_after(10):  # a new generation that never says "set" is gone
+                await anyio.wait_readable(mine)
+            await self.pause()
+            with contextlib.suppress(OSError):
+                mine.send(b"go")
+        self.switched_at = time.monotonic()
+
     async def resume(self) -> None:
         """The handover failed: serve everything again (tasks still waiting just go on)."""
+        if self.switch is not None:
+            for end in self.switch:
+                end.close()
+            self.switch = None
         self.paused = False
         for ident in self.streams:
             if ident not in self.running:
@@ -310,12 +351,25 @@ async def verify_memory(fd: int, size: int, generation: int) -> None:
     )
 
 
+async def await_go(switch: Stream, gate: anyio.Event, when: list[float]) -> None:
+    """--switch: say "set" (every handed connection is watched), and open the gate on
+    the old generation's "go", or on its end closing: then it is gone."""
+    async with switch:
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+            await switch.send(b"set")
+            await switch.receive(2)
+    gate.set()  # from here on this generation serves every handed connection
+    when.append(time.monotonic())
+
+
 async def run(options: argparse.Namespace) -> None:
     die_here(options, "start")
     connections: Connections | None = None
 
     async def pause() -> FdState | None:
         assert connections is not None
+        if options.switch:
+            return await connections.snapshot()
         return await connections.pause() if options.handover else None
 
     async def resume() -> None:
@@ -354,15 +408,23 @@ async def run(options: argparse.Namespace) -> None:
         with await up.ready() as handed:
             ready_at = time.monotonic()
             streams = []
+            switch: Stream | None = None
             for entry in handed.fds:
                 if entry.name == "memory":
                     connections.memory = os.dup(entry.fd)
+                elif entry.name == "switch":
+                    switch = Stream.from_fd(os.dup(entry.fd))
                 else:
                     streams.append(Stream.from_fd(os.dup(entry.fd)))
         wrapped_at = time.monotonic()
+        switch_at: list[float] = []
+        gate = connections.gate = anyio.Event() if switch is not None else None
         started = connections.add_all(streams)
         if up.inherited:
-            await started.wait()  # every handed connection's task is serving
+            await started.wait()  # every handed connection has its task
+            if switch is not None and gate is not None:
+                await anyio.lowlevel.checkpoint()  # ... each waiting on its socket
+                await await_go(switch, gate, switch_at)
             emit(
                 "serving",
                 generation=up.generation,
@@ -371,6 +433,7 @@ async def run(options: argparse.Namespace) -> None:
                 acked_at=steps.get("serving"),  # the handover acknowledged
                 ready_at=ready_at,  # ready() returned it
                 wrapped_at=wrapped_at,  # each connection a Stream
+                switch_at=switch_at[0] if switch_at else None,  # --switch: "go" arrived
             )
             if options.memory:
                 memory = connections.memory
@@ -387,6 +450,8 @@ async def run(options: argparse.Namespace) -> None:
             fds=own_descriptors(connections),
         )
         await up.wait_replaced()
+        if connections.switch is not None:
+            await connections.switch_over()
         if connections.paused_at is not None:
             emit(
                 "paused",
@@ -394,6 +459,7 @@ async def run(options: argparse.Namespace) -> None:
                 at=connections.paused_at,
                 returned_at=steps.get("paused"),  # pause() returned
                 handed_at=steps.get("handed-over"),  # the new generation acknowledged
+                switched_at=connections.switched_at,  # --switch: "go" sent
             )
         await listener.aclose()  # stop accepting: the new generation does
         await connections.close()  # handed over already (or, without --handover, just closed)
@@ -407,6 +473,12 @@ def main() -> None:
     parser.add_argument("--pidfile")
     parser.add_argument("--control")
     parser.add_argument("--handover", action="store_true")
+    parser.add_argument(
+        "--switch",
+        action="store_true",
+        help="hand the connections over early, still serving them, and switch once "
+        "replaced: the pause is then only the switch",
+    )
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "uvloop", "trio"])
     parser.add_argument("--die-at")
     parser.add_argument("--die-once")

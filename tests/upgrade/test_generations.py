@@ -38,9 +38,17 @@ def started(tmp: Path, backend: str, *args: str, **kw: Any) -> tuple[Server, dic
     return server, server.expect("ready")
 
 
+#: How connections travel: stopped, then handed over; or handed over while the old
+#: generation serves them, which stops only to say "go" once replaced.
+HANDOVERS = [("--handover",), ("--handover", "--switch")]
+
+
+@pytest.mark.parametrize("handover", HANDOVERS, ids=["pause", "switch"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_upgrades_hand_over_listeners_and_connections(tmp: Path, backend: str) -> None:
-    with Server(tmp, backend, "--handover") as server:
+def test_upgrades_hand_over_listeners_and_connections(
+    tmp: Path, backend: str, handover: tuple[str, ...]
+) -> None:
+    with Server(tmp, backend, *handover) as server:
         first = server.expect("ready")
         clients = Clients(("127.0.0.1", first["port"]))
         with clients.running():
@@ -64,11 +72,18 @@ def test_upgrades_hand_over_listeners_and_connections(tmp: Path, backend: str) -
 STEPS = ["start", *NEW_STEPS[:-1]]  # "serving" is after the commit: the upgrade is done
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("backend", "handover"),
+    [(backend, ()) for backend in BACKENDS] + [("asyncio", ("--switch",))],
+    ids=[*BACKENDS, "asyncio-switch"],
+)
 @pytest.mark.parametrize("step", STEPS)
-def test_sigkill_at_each_step_rolls_back(tmp: Path, backend: str, step: str) -> None:
+def test_sigkill_at_each_step_rolls_back(
+    tmp: Path, backend: str, handover: tuple[str, ...], step: str
+) -> None:
     once = tmp / "died"
-    server, first = started(tmp, backend, "--die-at", step, "--die-once", str(once))
+    die = ("--die-at", step, "--die-once", str(once))
+    server, first = started(tmp, backend, *handover, *die)
     with server:
         clients = Clients(("127.0.0.1", first["port"]))
         with clients.running():
