@@ -37,3 +37,22 @@ def test_importing_the_package_loads_no_event_loop() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     assert done.stdout.split() == ["False", "False"]
+
+
+def test_the_line_scan_reads_what_ast_reads() -> None:
+    """fdchannel._exports scans the TYPE_CHECKING block line by line; ast is the truth."""
+    import ast
+
+    with open(fdchannel.__file__, encoding="utf-8") as source:
+        tree = ast.parse(source.read())
+    guard = next(
+        node for node in tree.body if isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+    )
+    truth = {
+        alias.name: "." * node.level + (node.module or "")
+        for node in guard.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert fdchannel._exports() == truth
+    assert len(truth) > 40
