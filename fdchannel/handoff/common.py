@@ -19,6 +19,7 @@ from ..errors import (
     HandoffTimeout,
     PeerCredentialsError,
 )
+from ..registry import transport_for
 from ..transports import Listener, Stream, connect
 from .machine import Event, Machine
 
@@ -26,6 +27,7 @@ __all__ = [
     "accept_admitted",
     "connect_retrying",
     "discard",
+    "load_transports",
     "parse_channels",
     "step",
 ]
@@ -43,6 +45,19 @@ def parse_channels(channels: Iterable[Channel | str]) -> tuple[Channel, Channel]
     main, cpr = validate_channels([parse_channel(c) for c in channels], mode="cpr-transfer")
     assert cpr is not None  # cpr-transfer mode guarantees it
     return main, cpr
+
+
+def load_transports(*channels: Channel) -> None:
+    """Import each channel's transport module now, not at its first connect or
+    listen: that one happens inside the handoff, while the service is paused.
+
+    A transport fdchannel does not support is left for that connect or
+    listen to report, as before.
+    """
+    for channel in channels:
+        transport = transport_for(channel.addr)
+        if transport.module is not None:
+            transport.load(channel.addr)
 
 
 @asynccontextmanager

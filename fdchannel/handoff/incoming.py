@@ -15,7 +15,7 @@ from ..errors import HandoffError
 from ..state import DEFAULT_LIMITS, FdState, Limits
 from ..transfer import Codec
 from ..transports import Listener, Stream, check_options, listen
-from .common import accept_admitted, discard, parse_channels, step
+from .common import accept_admitted, discard, load_transports, parse_channels, step
 from .cpr import ReceivedCpr, receive_cpr
 from .machine import INCOMING, Event, Machine, State
 
@@ -36,6 +36,8 @@ class Incoming(anyio.abc.AsyncResource):
     ``listen_main`` starts the main listener and *then* closes the cpr
     connection: that close tells the old process "I am listening".
     ``reject`` closes without listening (native codec: with a reason).
+    The channels' transports are loaded when the Incoming is made, not in
+    the middle of the handoff.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class Incoming(anyio.abc.AsyncResource):
         both.  An option a channel's transport does not take is an
         AddressError here, not in the middle of the handoff."""
         self.main, self.cpr = parse_channels(channels)
+        load_transports(self.main, self.cpr)
         self.limits = limits
         self._cpr_options = {**(listen_options or {}), **(cpr_options or {})}
         self._main_options = {**(listen_options or {}), **(main_options or {})}

@@ -14,7 +14,7 @@ from ..state import FdState
 from ..transfer import Codec, check_qemu_target
 from ..transports import Stream
 from . import cpr
-from .common import connect_retrying, discard, parse_channels, step
+from .common import connect_retrying, discard, load_transports, parse_channels, step
 from .cpr import Ack
 from .machine import OUTGOING, Event, Machine, State
 
@@ -29,6 +29,8 @@ class Outgoing(anyio.abc.AsyncResource):
     close: that close is the acknowledgement.  ``connect_main`` then connects the
     main channel.  Whatever fails, the descriptors in the state stay the
     caller's and open: the old process keeps running (the rollback).
+    The channels' transports are loaded when the Outgoing is made, not in
+    the middle of the handoff.
 
     ``qemu_target`` (codec "qemu" only) is the QEMU version of the new
     process, e.g. "10.0" or "11.1": the state is encoded for it (QEMU 10.0
@@ -45,6 +47,7 @@ class Outgoing(anyio.abc.AsyncResource):
         qemu_target: str | None = None,
     ) -> None:
         self.main, self.cpr = parse_channels(channels)
+        load_transports(self.main, self.cpr)
         self.codec = codec
         self.qemu_target = check_qemu_target(codec, qemu_target)
         self._machine = Machine(OUTGOING, "outgoing")

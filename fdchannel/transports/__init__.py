@@ -15,6 +15,11 @@ from ..capabilities import Capability
 from ..channel import Channel, ChannelType, parse_channel
 from ..errors import CapabilityError
 from ..registry import FdPassing, refuse_unknown_options, transport_for
+
+# Stream.from_fd and Listener.from_fd are the fd transport's: it is loaded with
+# them, not at their first call, which a process taking descriptors over makes
+# in the middle of its handoff.
+from . import fd as _fd  # noqa: F401
 from ._base import FdAttribute, Listener, Stream
 from ._socket import SocketListener, SocketStream, UnixSocketStream
 
