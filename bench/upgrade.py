@@ -38,6 +38,7 @@ import heapq
 import json
 import math
 import os
+import re
 import select
 import selectors
 import shutil
@@ -100,6 +101,13 @@ def add_arguments(parser: argparse._ArgumentGroup) -> None:
         default=100,
         metavar="N",
         help="client connections handed over in each upgrade (default 100)",
+    )
+    parser.add_argument(
+        "--demo-runs",
+        type=_positive,
+        default=5,
+        metavar="N",
+        help="runs of make demo's live upgrade whose pause is reported (default 5)",
     )
     parser.add_argument(
         "--upgrade-no-switch",
@@ -661,10 +669,55 @@ def run(options: argparse.Namespace) -> Figure:
     directory = Path(tempfile.mkdtemp(prefix="fdc-bench-upgrade-", dir="/tmp"))
     try:
         _pause_rows(figure, options, directory)
+        _demo_rows(figure, options)
         _latency_rows(figure, options, directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return figure
+
+
+DEMO = Path(__file__).resolve().parent.parent / "examples" / "live_upgrade.py"
+#: The demo's line with the pause, e.g. "pause (old stops serving -> new serving): 1.4 ms".
+DEMO_PAUSE = re.compile(r"^pause \(old stops serving -> new serving\): ([0-9.]+) ms$", re.M)
+
+
+def demo_pause_ms(output: str) -> float:
+    """The pause the demo (``make demo``) printed; ValueError if it printed none."""
+    found = DEMO_PAUSE.search(output)
+    if found is None:
+        raise ValueError(f"the demo printed no pause line; it ended: {output[-300:]!r}")
+    return float(found.group(1))
+
+
+def _demo_rows(figure: Figure, options: argparse.Namespace) -> None:
+    """``make demo``'s own pause figure (100 clients, 1 GiB), over a few runs."""
+    row = Row(("demo pause", "examples/live_upgrade.py, 100 clients + 1 GiB"), group="demo")
+    samples = []
+    try:
+        for run in range(options.demo_runs):
+            print(f"  demo run {run + 1}", file=sys.stderr, flush=True)
+            done = subprocess.run(
+                [sys.executable, str(DEMO)],
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT * 4,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"the demo failed (status {done.returncode}): {done.stdout[-300:]}"
+                )
+            samples.append(demo_pause_ms(done.stdout))
+    except Exception as exc:
+        figure.rows.append(dataclasses.replace(row, error=f"{type(exc).__name__}: {exc}"))
+        return
+    figure.rows.append(dataclasses.replace(row, samples=tuple(samples)))
+    median = statistics.median(samples)
+    figure.notes.append(
+        f"demo pause (make demo): median {median:.2f} ms over {len(samples)} runs, "
+        f"min {min(samples):.2f}, max {max(samples):.2f}: {verdict(median)} "
+        f"(bound: median <= {BOUND_MS:g} ms)"
+    )
 
 
 def _pause_rows(figure: Figure, options: argparse.Namespace, directory: Path) -> None:

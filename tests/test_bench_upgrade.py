@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.upgrade import BOUND_MS, PHASES, percentile, phases, summarize, verdict
+from bench.upgrade import BOUND_MS, PHASES, demo_pause_ms, percentile, phases, summarize, verdict
 
 
 @pytest.mark.parametrize(
@@ -62,3 +62,19 @@ def test_phases_leave_out_what_a_generation_did_not_say() -> None:
         "new: Stream.from_fd each (fdchannel)",
         "new: a task each, waiting (example, anyio)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("output", "ms"),
+    [
+        ("old server pid 1\npause (old stops serving -> new serving): 1.4 ms\nok\n", 1.4),
+        ("pause (old stops serving -> new serving): 23 ms", 23.0),
+    ],
+)
+def test_the_demo_pause_is_read_from_its_output(output: str, ms: float) -> None:
+    assert demo_pause_ms(output) == ms
+
+
+def test_a_demo_without_a_pause_line_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no pause line"):
+        demo_pause_ms("live upgrade: FAILED\n")
