@@ -395,7 +395,6 @@ async def run(options: argparse.Namespace) -> None:
         if options.memory and not up.inherited:
             connections.memory = fill_memory(options.memory)
         listener = await up.listen("main", options.listen)
-        connections.start_accepting(listener)
         if options.fail_before_ready and up.inherited:
             raise RuntimeError("the health check failed")
         if options.hold_ready and up.inherited:
@@ -419,6 +418,9 @@ async def run(options: argparse.Namespace) -> None:
         wrapped_at = time.monotonic()
         switch_at: list[float] = []
         gate = connections.gate = anyio.Event() if switch is not None else None
+        # Accept only now: a generation that dies before its commit must not
+        # take connections with it (the old one accepts until the commit).
+        connections.start_accepting(listener)
         started = connections.add_all(streams)
         if up.inherited:
             await started.wait()  # every handed connection has its task

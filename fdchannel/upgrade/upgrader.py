@@ -252,7 +252,11 @@ class Upgrader(anyio.abc.AsyncResource):
     # Ready: the health check.
 
     async def ready(self) -> FdState:
-        """Say this generation is healthy and serving.
+        """Say this generation is healthy and ready to serve.
+
+        Start accepting once it returns: in a new generation that is the
+        commit, and a generation killed before it must not have taken
+        connections with it (the old one accepts until the commit).
 
         The first generation writes its pidfile and tells systemd READY=1.
         A new generation tells the old one, which stops accepting and hands
