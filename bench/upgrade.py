@@ -744,7 +744,12 @@ def _pause_rows(figure: Figure, options: argparse.Namespace, directory: Path) ->
         dataclasses.replace(
             pause, samples=tuple(result.pauses_ms), error="; ".join(result.problems) or None
         ),
-        dataclasses.replace(ready, samples=tuple(result.ready_ms)),
+        # With the switch, ready() returns before the pause: the row means nothing then.
+        *(
+            []
+            if options.upgrade_switch
+            else [dataclasses.replace(ready, samples=tuple(result.ready_ms))]
+        ),
         dataclasses.replace(handover, samples=tuple(result.handover_ms)),
         *(
             Row(("pause phase", label), tuple(samples), group="phases")
