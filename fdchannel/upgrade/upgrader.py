@@ -33,7 +33,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from ..address import Address, TcpAddress, UnixAddress, parse_address
 from ..credentials import CredentialPolicy, same_user_or_root
 from ..errors import FdChannelError, UpgradeBusy, UpgradeError, UpgradeFailed
-from ..handoff.cpr import receive_cpr, send_cpr
+from ..handoff.cpr import ReceivedCpr, receive_cpr, send_cpr
 from ..sockdiag import bound_to_file
 from ..state import FdState, NamedFd
 from ..transports import FdAttribute, Listener, Stream, listen
@@ -181,15 +181,11 @@ class Upgrader(anyio.abc.AsyncResource):
 
     async def _inherit(self, lineage: lineage_env.Lineage) -> None:
         self.generation = lineage.generation
-        source = Listener.from_fd(lineage.cpr, policy=None)  # owns the descriptor now
-        try:
-            received = await receive_cpr(source, timeout=self.start_timeout)
-        except FdChannelError as exc:
-            raise UpgradeFailed(
-                f"the listeners did not arrive from pid {lineage.parent}: {exc}"
-            ) from exc
-        finally:
-            await source.aclose()
+        received = await _receive(
+            lineage.cpr,
+            self.start_timeout,
+            f"the listeners did not arrive from pid {lineage.parent}",
+        )
         with received.state as state:
             for entry in state.fds:
                 self._received[entry.name] = os.dup(entry.fd)
@@ -290,18 +286,13 @@ class Upgrader(anyio.abc.AsyncResource):
         return handed
 
     async def _take_over(self, lineage: lineage_env.Lineage) -> FdState:
-        control = Stream.from_fd(os.dup(lineage.control))
-        async with control:
-            await control.send(b'{"ready": true}\n')
+        await _tell(lineage.control, {"ready": True})
         self._progress("ready-sent")
-        source = Listener.from_fd(os.dup(lineage.handover), policy=None)
+        handover = os.dup(lineage.handover)
         self._close_lineage()
-        try:
-            received = await receive_cpr(source, timeout=self.handover_timeout)
-        except FdChannelError as exc:
-            raise UpgradeFailed(f"the handover from pid {lineage.parent} failed: {exc}") from exc
-        finally:
-            await source.aclose()
+        received = await _receive(
+            handover, self.handover_timeout, f"the handover from pid {lineage.parent} failed"
+        )
         self._progress("handover-received")
         try:
             await received.accept()  # the commit: from here on we serve
@@ -421,15 +412,7 @@ class Upgrader(anyio.abc.AsyncResource):
 
     async def _send_listeners(self, channel: socket.socket, child: Child) -> None:
         entries = [NamedFd(name, 0, fd) for name, fd in self._held.items()]
-        meta = json.dumps({"generation": self.generation + 1}).encode()
-        try:
-            await send_cpr(
-                f"fd:{channel.fileno()}", FdState(entries, meta), timeout=self.start_timeout
-            )
-        except FdChannelError as exc:
-            raise UpgradeFailed(
-                f"the new generation ({await _fate(child)}) did not take the listeners: {exc}"
-            ) from exc
+        await _send(channel, FdState(entries), self.start_timeout, child, "the listeners")
 
     async def _await_ready(self, channel: socket.socket, child: Child) -> None:
         stream = Stream.from_fd(os.dup(channel.fileno()))
@@ -461,12 +444,7 @@ class Upgrader(anyio.abc.AsyncResource):
         )
 
     async def _hand_over(self, channel: socket.socket, state: FdState, child: Child) -> None:
-        try:
-            await send_cpr(f"fd:{channel.fileno()}", state, timeout=self.handover_timeout)
-        except FdChannelError as exc:
-            raise UpgradeFailed(
-                f"the new generation ({await _fate(child)}) did not take the handover: {exc}"
-            ) from exc
+        await _send(channel, state, self.handover_timeout, child, "the handover")
 
     # ------------------------------------------------------------------
     # Triggers: a signal, the control socket.
@@ -585,14 +563,40 @@ async def _fate(child: Child) -> str:
     return child.describe()
 
 
+async def _send(
+    channel: socket.socket, state: FdState, timeout: float, child: Child, what: str
+) -> None:
+    """The old side of one cpr exchange with the new generation, on our end of a socketpair."""
+    try:
+        await send_cpr(f"fd:{channel.fileno()}", state, timeout=timeout)
+    except FdChannelError as exc:
+        raise UpgradeFailed(
+            f"the new generation ({await _fate(child)}) did not take {what}: {exc}"
+        ) from exc
+
+
+async def _receive(fd: int, timeout: float, failure: str) -> ReceivedCpr:
+    """The new side of one cpr exchange, on ``fd`` (ours from here on)."""
+    source = Listener.from_fd(fd, policy=None)
+    try:
+        return await receive_cpr(source, timeout=timeout)
+    except FdChannelError as exc:
+        raise UpgradeFailed(f"{failure}: {exc}") from exc
+    finally:
+        await source.aclose()
+
+
+async def _tell(control: int, message: dict[str, object]) -> None:
+    """One JSON line to the old generation on the control link."""
+    async with Stream.from_fd(os.dup(control)) as stream:
+        await stream.send(json.dumps(message).encode() + b"\n")
+
+
 async def _report_failure(control: int, reason: str) -> None:
     """Tell the old generation why this one will not be ready (best effort)."""
-    with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-        try:
-            async with Stream.from_fd(os.dup(control)) as stream:
-                await stream.send(json.dumps({"failed": reason}).encode() + b"\n")
-        except (OSError, FdChannelError, anyio.BrokenResourceError):
-            pass
+    quiet = contextlib.suppress(OSError, FdChannelError, anyio.BrokenResourceError)
+    with anyio.CancelScope(shield=True), anyio.move_on_after(1), quiet:
+        await _tell(control, {"failed": reason})
 
 
 def _from_socket_activation(name: str, address: Address) -> int | None:
