@@ -55,7 +55,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from ._peer import start_peer
 from ._report import Figure, Row, format_size, parse_size
@@ -251,10 +251,17 @@ class HandoverServer:
     ``close()`` signals only our generations and waits for each.
     """
 
-    def __init__(self, directory: Path, *args: str) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
+    ) -> None:
         self.pidfile = directory / "server.pid"
         self.control = directory / "control.sock"
         command = [
+            *prefix,
             sys.executable,
             str(SERVER),
             "--pidfile",
@@ -274,6 +281,7 @@ class HandoverServer:
             stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
+            env={**os.environ, **(env or {})},
         )
         self._reader = threading.Thread(target=self._read, name="handover-events", daemon=True)
         self._reader.start()
@@ -318,8 +326,20 @@ class HandoverServer:
             last = self.output[-lines:]
         return "".join(f"\n  | {line}" for line in last)
 
+    @property
+    def pids(self) -> set[int]:
+        """Every generation heard from, and generation 0."""
+        with self._changed:
+            return {self.process.pid, *self._pidfds}
+
     def close(self, timeout: float = 10.0) -> None:
-        """SIGTERM every generation still running, SIGKILL after ``timeout``; reap generation 0."""
+        """SIGTERM every generation still running, SIGKILL after ``timeout``; reap generation 0.
+
+        The pidfile's generation is included even if it never wrote an event."""
+        with contextlib.suppress(OSError, ValueError), self._changed:
+            serving = int(self.pidfile.read_text())
+            if serving not in self._pidfds:
+                self._pidfds[serving] = os.pidfd_open(serving)
         with self._changed:
             pidfds = [fd for fd in self._pidfds.values() if fd >= 0]
         try:
@@ -347,7 +367,7 @@ class HandoverServer:
                 assert self.process.stdout is not None
                 self.process.stdout.close()
 
-    def __enter__(self) -> HandoverServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,22 +8,17 @@ sockets: the server's event loop, not the test's, is what is under test.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import queue
 import select
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-SERVER = str(Path(__file__).parents[2] / "examples" / "upgrade_handover.py")
+from bench.upgrade import HandoverServer
+
 ANSWER = struct.Struct(">II")
 TIMEOUT = 30.0
 
@@ -40,8 +35,9 @@ def wait_gone(pid: int, timeout: float = TIMEOUT) -> bool:
         os.close(pidfd)
 
 
-class Server:
-    """Generation 0 started by the test, and every generation after it."""
+class Server(HandoverServer):
+    """The benchmark's runner of the generations, with the tests' way of waiting:
+    each event taken once, in order, those of other kinds kept for later."""
 
     def __init__(
         self,
@@ -51,72 +47,39 @@ class Server:
         env: dict[str, str] | None = None,
         prefix: Sequence[str] = (),
     ) -> None:
-        self.tmp = tmp
-        self.pidfile = tmp / "server.pid"
-        self.control = tmp / "control.sock"
-        command = [
-            *prefix,
-            sys.executable,
-            SERVER,
-            "--backend",
-            backend,
-            "--pidfile",
-            str(self.pidfile),
-            "--control",
-            str(self.control),
-            *args,
-        ]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
-        )
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.backlog: list[dict[str, Any]] = []
-        self.pids: set[int] = {self.process.pid}
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.events.put(json.loads(line))
+        super().__init__(tmp, "--backend", backend, *args, env=env, prefix=prefix)
+        self._taken: set[int] = set()
 
     def expect(self, event: str, timeout: float = TIMEOUT, **match: object) -> dict[str, Any]:
-        """The first event named ``event`` (with ``match``'s fields) not taken yet;
-        events of other kinds are kept for later (generations run concurrently)."""
-        for message in self.backlog:
-            if message["event"] == event and match.items() <= message.items():
-                self.backlog.remove(message)
-                return message
-        deadline = time.monotonic() + timeout
-        while True:
-            message = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
-            self.pids.add(message["pid"])
-            if message["event"] == event and match.items() <= message.items():
-                return message
-            self.backlog.append(message)
+        """The first event named ``event`` (with ``match``'s fields) not taken yet."""
+
+        def found() -> dict[str, Any] | None:
+            for message in self.events:
+                if (
+                    id(message) not in self._taken
+                    and message["event"] == event
+                    and match.items() <= message.items()
+                ):
+                    return message
+            return None
+
+        with self._changed:
+            self._changed.wait_for(lambda: found() is not None, timeout)
+            message = found()
+            if message is None:
+                raise TimeoutError(f"no {event!r} event {match or ''}{self.tail()}")
+            self._taken.add(id(message))
+        return message
 
     def serving(self) -> int:
         return int(self.pidfile.read_text())
 
-    def close(self) -> None:
-        """Kill every generation still running and wait for each to be gone."""
-        with contextlib.suppress(OSError, ValueError):
-            self.pids.add(self.serving())  # one the test never heard from
-        for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.process.wait(TIMEOUT)
-        for pid in self.pids:
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every generation, and check that each one is gone."""
+        pids = self.pids
+        super().close(timeout)
+        for pid in pids:
             assert wait_gone(pid), f"pid {pid} outlived SIGKILL"
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-        self.reader.join(TIMEOUT)
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Clients:
