@@ -56,6 +56,7 @@ import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import SocketAttribute
+from upgrade_common import run_on_backend
 
 # Names bound at start-up: fdchannel's first lazy attribute lookup costs
 # milliseconds, which must not fall inside a pause.
@@ -494,13 +495,8 @@ def main() -> None:
         help="hand over a memfd of SIZE bytes (1G, 512M) with a known pattern, checked by each",
     )
     options = parser.parse_args()
-    backend, backend_options = options.backend, {}
-    if backend == "uvloop":
-        import uvloop
-
-        backend, backend_options = "asyncio", {"loop_factory": uvloop.new_event_loop}
     try:
-        anyio.run(run, options, backend=backend, backend_options=backend_options)
+        run_on_backend(run, options)
     except KeyboardInterrupt:
         sys.exit(130)
 
