@@ -10,7 +10,8 @@ generation read it.
 
 Events go to stdout as JSON lines (every generation inherits the same
 stdout): ``{"event": "ready", "pid": ..., "generation": ..., "port": ...,
-"fds": [...]}`` and ``{"event": "exit", ...}``.  The tests of
+"fds": [...]}``, ``{"event": "closed", ...}`` when a client hangs up, and
+``{"event": "exit", ...}``.  The tests of
 ``fdchannel.upgrade`` run this server (tests/upgrade/).
 
 The pause, for ``python -m bench upgrade``: a generation that handed over
@@ -34,6 +35,10 @@ and says ``{"event": "memory", "generation": N, "memory_ok": true|false,
 Fault injection for those tests: ``--die-at STEP --die-once FLAG`` makes a
 new generation SIGKILL itself at STEP (one of the upgrader's NEW_STEPS, or
 "start"), once: the first to do so creates FLAG, later generations live.
+``--hold-ready FIFO`` holds a new generation before ``ready()``, and
+``--hold-handover FIFO`` (with ``--switch``) an old one between taking its
+snapshot and sending it, serving on, while FIFO exists and until the test
+opens it for writing (each says ``{"event": "holding", ...}``).
 """
 
 from __future__ import annotations
@@ -95,6 +100,13 @@ def hold(fifo: str) -> None:
     """Wait for the test to open the FIFO for writing (a new generation that is slow to start)."""
     with open(fifo, "rb"):
         pass
+
+
+def hold_handover(fifo: str, generation: int) -> None:
+    """--hold-handover: hold while FIFO exists (the test removes it for later generations)."""
+    if os.path.exists(fifo):
+        emit("holding", generation=generation, step="handover")
+        hold(fifo)
 
 
 def parse_size(text: str) -> int:
@@ -174,6 +186,8 @@ class Connections:
         #: the old one keeps its end of the switch until it has paused.
         self.gate: anyio.Event | None = None
         self.switch: tuple[socket.socket, socket.socket] | None = None
+        #: --switch: the copies of the connections handed over (closed once sent).
+        self.copies = FdState()
         self.switched_at: float | None = None
 
     def add_all(self, streams: list[Stream]) -> anyio.Event:
@@ -239,6 +253,7 @@ class Connections:
                         except (anyio.EndOfStream, anyio.BrokenResourceError):
                             del self.streams[ident]  # first: aclose() lets other tasks run
                             await stream.aclose()
+                            emit("closed", generation=self.generation, ident=ident)
                             return
                         await stream.send(answer)
                 finally:
@@ -270,7 +285,15 @@ class Connections:
             self.accepting.cancel()
         await self.accept_done.wait()
         self.switch = socket.socketpair()
-        entries = [NamedFd("conn", i, s.fileno()) for i, s in self.streams.items()]
+        # Copies, not the streams' own descriptors: a connection served on
+        # may close before the handover is sent, and its number be reused.
+        copies: list[NamedFd] = []
+        try:
+            for i, s in self.streams.items():
+                copies.append(NamedFd("conn", i, os.dup(s.fileno())))
+        finally:
+            self.copies = FdState(copies)  # ours to close, whatever happens
+        entries = list(copies)
         if self.memory is not None:
             entries.append(NamedFd("memory", 0, self.memory))
         entries.append(NamedFd("switch", 0, self.switch[1].fileno()))
@@ -280,6 +303,7 @@ class Connections:
         """--switch, once replaced: wait (serving on) until the new generation watches
         every connection ("set"), stop serving between requests, then say "go"."""
         assert self.switch is not None
+        self.copies.close()  # the new generation has its own by now
         mine, theirs = self.switch
         with mine, theirs:
             theirs.close()
@@ -292,6 +316,7 @@ class Connections:
 
     async def resume(self) -> None:
         """The handover failed: serve everything again (tasks still waiting just go on)."""
+        self.copies.close()
         if self.switch is not None:
             for end in self.switch:
                 end.close()
@@ -308,6 +333,7 @@ class Connections:
         """Close every connection (handed over already, or not: then the clients see it);
         tasks still waiting on one are left to the task group's cancellation."""
         self.paused = True
+        self.copies.close()
         if self.accepting is not None:
             self.accepting.cancel()
         for stream in list(self.streams.values()):
@@ -370,7 +396,11 @@ async def run(options: argparse.Namespace) -> None:
     async def pause() -> FdState | None:
         assert connections is not None
         if options.switch:
-            return await connections.snapshot()
+            state = await connections.snapshot()
+            if options.hold_handover:  # tests: serve on between the snapshot and its sending
+                fifo, generation = options.hold_handover, connections.generation
+                await anyio.to_thread.run_sync(hold_handover, fifo, generation)
+            return state
         return await connections.pause() if options.handover else None
 
     async def resume() -> None:
@@ -488,6 +518,11 @@ def main() -> None:
     parser.add_argument("--fail-before-ready", action="store_true")
     parser.add_argument("--ready-timeout", type=float, default=30)
     parser.add_argument("--hold-ready", metavar="FIFO")
+    parser.add_argument(
+        "--hold-handover",
+        metavar="FIFO",
+        help="--switch: while FIFO exists, wait for a writer between snapshot and handover",
+    )
     parser.add_argument(
         "--memory",
         type=parse_size,

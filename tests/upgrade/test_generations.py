@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -43,6 +44,29 @@ def started(tmp: Path, backend: str, *args: str, **kw: Any) -> tuple[Server, dic
 HANDOVERS = [("--handover",), ("--handover", "--switch")]
 
 
+class Asking:
+    """An upgrade asked for in a thread (the server holds it somewhere meanwhile)."""
+
+    def __init__(self, control: Path) -> None:
+        self.outcome: list[dict[str, Any] | Exception] = []
+        self.thread = threading.Thread(target=self._ask, args=(control,), daemon=True)
+        self.thread.start()
+
+    def _ask(self, control: Path) -> None:
+        try:
+            self.outcome.append(request_upgrade(control, timeout=TIMEOUT))
+        except Exception as exc:  # the test reads it
+            self.outcome.append(exc)
+
+    def result(self) -> dict[str, Any]:
+        """The reply, once the server is let go on: raises what the asking raised."""
+        self.thread.join(TIMEOUT)
+        assert self.outcome, "no answer"
+        if isinstance(self.outcome[0], Exception):
+            raise self.outcome[0]
+        return self.outcome[0]
+
+
 @pytest.mark.parametrize("handover", HANDOVERS, ids=["pause", "switch"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_upgrades_hand_over_listeners_and_connections(
@@ -67,6 +91,36 @@ def test_upgrades_hand_over_listeners_and_connections(
         # Each kept-alive connection moved on with the server, never reconnecting.
         assert clients.answered_by == [set(pids)] * len(clients.answered_by)
         assert sorted(os.listdir(tmp)) == ["control.sock", "server.pid", "server.pid.upgrade"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_switch_hands_over_a_connection_closed_meanwhile(tmp: Path, backend: str) -> None:
+    # With --switch the old generation serves on while its connections travel:
+    # one that closes between the snapshot and the send must not spoil the
+    # handover (it once did: EBADF, or worse, a reused descriptor number).
+    fifo = tmp / "hold"
+    os.mkfifo(fifo)
+    server, first = started(tmp, backend, "--switch", "--hold-handover", str(fifo))
+    with server, socket.create_connection(("127.0.0.1", first["port"]), TIMEOUT) as doomed:
+        doomed.settimeout(TIMEOUT)
+        doomed.sendall(b"+")
+        assert len(doomed.recv(64)) == 8  # accepted and served: part of the snapshot
+        clients = Clients(("127.0.0.1", first["port"]))
+        with clients.running():
+            asking = Asking(server.control)
+            server.expect("holding", step="handover")
+            doomed.shutdown(socket.SHUT_WR)
+            server.expect("closed", pid=first["pid"], ident=0)  # its first: doomed
+            ready, _, _ = select.select([doomed], [], [], 0)
+            assert not ready, "closed under the handover: nothing is left to hand over"
+            with open(fifo, "wb"):
+                pass  # let it send
+            os.unlink(fifo)  # the next generation does not hold
+            assert asking.result()["ok"] is True
+            assert server.expect("ready")["pid"] == server.serving() != first["pid"]
+            assert doomed.recv(64) == b""  # the new generation took it, read the end, closed it
+            clients.wait_rounds()
+        assert clients.errors == []
 
 
 STEPS = ["start", *NEW_STEPS[:-1]]  # "serving" is after the commit: the upgrade is done
@@ -117,18 +171,13 @@ def test_a_second_upgrade_is_refused_while_one_runs(tmp: Path, backend: str) -> 
     os.mkfifo(fifo)
     server, first = started(tmp, backend, "--hold-ready", str(fifo))
     with server:
-        outcome: list[object] = []
-        ask = threading.Thread(
-            target=lambda: outcome.append(request_upgrade(server.control, timeout=TIMEOUT))
-        )
-        ask.start()
+        asking = Asking(server.control)
         server.expect("holding")  # the new generation is starting: an upgrade is under way
         with pytest.raises(UpgradeBusy, match="already in progress"):
             request_upgrade(server.control, timeout=TIMEOUT)
         with open(fifo, "wb"):
             pass  # let it be ready
-        ask.join(TIMEOUT)
-        assert outcome and isinstance(outcome[0], dict) and outcome[0]["ok"] is True
+        assert asking.result()["ok"] is True
         assert server.expect("ready")["pid"] == server.serving() != first["pid"]
 
 
