@@ -79,7 +79,11 @@ def parse_event(line: str) -> Event | None:
 
 
 class Generations:
-    """Generation 0 of an example server, started here, and every generation after it."""
+    """Generation 0 of an example server, started here, and every generation after it.
+
+    ``options`` go on the example's command line after the shared ones
+    (``--die-at STEP --die-once FLAG``, say).
+    """
 
     def __init__(
         self,
@@ -89,6 +93,7 @@ class Generations:
         *,
         listen: str = "tcp:127.0.0.1:0",
         drain_timeout: float = 10.0,
+        options: tuple[str, ...] = (),
     ) -> None:
         if backend not in BACKENDS[server]:
             raise ValueError(f"{server} runs on {', '.join(BACKENDS[server])}, not {backend}")
@@ -109,6 +114,7 @@ class Generations:
             str(self.control),
             "--drain-timeout",
             str(drain_timeout),
+            *options,
         ]
         #: Everything the generations wrote (stdout and stderr), line by line.
         self.output: list[str] = []

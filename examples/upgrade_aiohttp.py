@@ -105,10 +105,13 @@ async def run(options: argparse.Namespace) -> None:
         app.middlewares.append(close_when_draining(draining))
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=options.drain_timeout)
         try:
-            await runner.setup()
+            await runner.setup()  # the application's on_startup: part of the health check
+            await generation.ready()
+            # Accept only once ready() returned (the commit): a new generation that
+            # dies before it must not take connections with it.
             site = web.SockSite(runner, sock)
             await site.start()
-            await generation.serving(url)  # up.ready(), then the ready line
+            generation.serving(url)
 
             await generation.stopped()  # replaced, or SIGTERM/SIGINT
             draining.on = True  # each connection closes after its next response

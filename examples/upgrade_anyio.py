@@ -203,10 +203,11 @@ async def run(options: argparse.Namespace) -> None:
     async with generation.running() as (up, tasks):
         server = HttpServer(up.generation, tasks)
         listener = await up.listen("http", options.listen)
-        await generation.serving(url_of(listener))  # up.ready(), then the ready line
+        await generation.ready()
         # Accept only once ready() returned (the commit): a new generation that dies
         # before it must not take connections with it; the old one accepts until then.
         tasks.start_soon(server.accept_all, listener)
+        generation.serving(url_of(listener))
         await generation.stopped()  # replaced, or SIGTERM/SIGINT
         await listener.aclose()  # stop accepting: the next generation (if any) does
         await server.drain(options.drain_timeout)

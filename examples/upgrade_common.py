@@ -12,8 +12,9 @@
   runs that skeleton, the examples fill in the serving and the draining.
 
 * The command-line options they share (``--listen``, ``--backend``,
-  ``--pidfile``, ``--control``, ``--drain-timeout``), and running on the
-  event loop ``--backend`` names (uvloop is asyncio with uvloop's loop).
+  ``--pidfile``, ``--control``, ``--drain-timeout``, and for the tests
+  ``--die-at STEP --die-once FLAG``), and running on the event loop
+  ``--backend`` names (uvloop is asyncio with uvloop's loop).
 
 The examples run as scripts, so this file's directory is on ``sys.path``
 and they import it as ``upgrade_common``.
@@ -35,13 +36,28 @@ from anyio.abc import SocketAttribute
 import fdchannel
 from fdchannel.upgrade import Upgrader
 
-__all__ = ["Generation", "emit", "parse_options", "run_on_backend", "url_of"]
+__all__ = ["Generation", "die_here", "emit", "parse_options", "run_on_backend", "url_of"]
 
 
 def emit(event: str, **fields: object) -> None:
     """One ``event key=value ...`` line: a single write, so generations sharing a pipe never mix."""
     words = " ".join(f"{key}={value}" for key, value in fields.items())
     os.write(1, f"{event} pid={os.getpid()} {words}\n".encode())
+
+
+def die_here(options: argparse.Namespace, step: str) -> None:
+    """Fault injection (``--die-at STEP --die-once FLAG``): a new generation SIGKILLs
+    itself at STEP (one of the upgrader's NEW_STEPS, or "start"), once: the first
+    to do so creates FLAG, and later generations live."""
+    if step != options.die_at:
+        return
+    if step == "start" and "FDCHANNEL_UPGRADE" not in os.environ:
+        return  # the first generation is not the new one
+    try:
+        os.close(os.open(options.die_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def url_of(listener: fdchannel.Listener) -> str:
@@ -61,8 +77,9 @@ class Generation:
         generation = Generation(options, server="anyio")
         async with generation.running() as (up, tasks):
             listener = await up.listen("http", options.listen)
-            ...  # serve on it
-            await generation.serving(url_of(listener))  # up.ready(), the ready line
+            await generation.ready()  # up.ready(): the commit, in a new generation
+            ...  # start accepting on it (only now: see Upgrader.ready)
+            generation.serving(url_of(listener))  # the ready line
             await generation.stopped()  # replaced, or SIGTERM/SIGINT
             ...  # stop accepting, drain
         generation.exited(requests=..., closed_idle=...)
@@ -71,7 +88,11 @@ class Generation:
     def __init__(self, options: argparse.Namespace, server: str) -> None:
         self.options = options
         self.server = server
-        self.upgrader = Upgrader(pidfile=options.pidfile, control=options.control)
+        self.upgrader = Upgrader(
+            pidfile=options.pidfile,
+            control=options.control,
+            progress=lambda step: die_here(options, step),
+        )
         #: Set once this generation is to stop; ``why`` says why (the first reason counts).
         self.stop = anyio.Event()
         self.why: list[str] = []
@@ -90,11 +111,18 @@ class Generation:
             yield up, tasks
             tasks.cancel_scope.cancel()
 
-    async def serving(self, url: str) -> None:
-        """Tell the Upgrader this generation serves, print ``ready``, watch for a successor."""
-        assert self._tasks is not None, "inside running() only"
+    async def ready(self) -> None:
+        """Tell the Upgrader this generation is healthy: in a new one, wait for the commit.
+
+        Start accepting only once it returns: a new generation killed before
+        the commit must not take connections with it.
+        """
         with await self.upgrader.ready():  # nothing else is handed over: the listener came earlier
             pass
+
+    def serving(self, url: str) -> None:
+        """Print ``ready`` (this generation accepts) and watch for a successor."""
+        assert self._tasks is not None, "inside running() only"
         emit(
             "ready",
             generation=self.upgrader.generation,
@@ -135,6 +163,8 @@ def parse_options(doc: str, backends: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--drain-timeout", type=float, default=10.0, help="close idle connections after (s)"
     )
+    parser.add_argument("--die-at", metavar="STEP", help="tests: a new generation dies at STEP")
+    parser.add_argument("--die-once", metavar="FLAG", help="tests: ... once, creating FLAG")
     return parser.parse_args()
 
 

@@ -48,7 +48,6 @@ import contextlib
 import gc
 import json
 import os
-import signal
 import socket
 import struct
 import sys
@@ -61,7 +60,7 @@ import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import SocketAttribute
-from upgrade_common import run_on_backend
+from upgrade_common import die_here, run_on_backend
 
 # Names bound at start-up: fdchannel's first lazy attribute lookup costs
 # milliseconds, which must not fall inside a pause.
@@ -82,18 +81,6 @@ def emit(event: str, **fields: Any) -> None:
     # One write per line: every generation shares the pipe, and a write of
     # less than PIPE_BUF bytes to a pipe is never interleaved with another.
     os.write(1, json.dumps({"event": event, "pid": os.getpid(), **fields}).encode() + b"\n")
-
-
-def die_here(options: argparse.Namespace, step: str) -> None:
-    if step != options.die_at:
-        return
-    if step == "start" and "FDCHANNEL_UPGRADE" not in os.environ:
-        return  # the first generation is not the new one
-    try:
-        os.close(os.open(options.die_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    except FileExistsError:
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def hold(fifo: str) -> None:

@@ -9,6 +9,10 @@ upgrades.  Around it:
 * the listening socket comes from ``Upgrader.listen`` (the previous
   generation's when there is one) and uvicorn serves a duplicate of it:
   ``uvicorn.Server(config).serve(sockets=[sock])``;
+* ``ReadyAtStartup`` completes the application's lifespan startup only
+  once ``Upgrader.ready()`` returns: uvicorn accepts right after that
+  startup, so a new generation accepts only once it has the commit (one
+  killed before it takes no connection with it);
 * once this generation is replaced (or gets SIGTERM/SIGINT), the
   ``CloseWhenDraining`` middleware adds ``connection: close`` to every
   response, uvicorn's listening sockets are closed (the new generation
@@ -116,6 +120,31 @@ class CloseWhenDraining:
         await self.app(scope, receive, send_closing)
 
 
+class ReadyAtStartup:
+    """ASGI middleware: the lifespan startup completes once the application's has and
+    ``ready()`` (the upgrader's health check and, in a new generation, the commit)
+    has returned; if it raises, the startup fails and uvicorn exits."""
+
+    def __init__(self, app: ASGIApp, ready: Callable[[], Awaitable[None]]) -> None:
+        self.app = app
+        self.ready = ready
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_when_ready(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                try:
+                    await self.ready()
+                except Exception as exc:
+                    message = {"type": "lifespan.startup.failed", "message": str(exc)}
+            await send(message)
+
+        await self.app(scope, receive, send_when_ready)
+
+
 class Server(uvicorn.Server):
     """uvicorn's server with the signals left to this program (it drains first)."""
 
@@ -142,7 +171,7 @@ async def run(options: argparse.Namespace) -> None:
         await listener.aclose()
         middleware = CloseWhenDraining(app)
         config = uvicorn.Config(
-            middleware,
+            ReadyAtStartup(middleware, generation.ready),
             lifespan="on",
             log_level="warning",
             access_log=False,
@@ -156,7 +185,7 @@ async def run(options: argparse.Namespace) -> None:
                 await anyio.sleep(POLL)
         if not server.started:
             raise RuntimeError("uvicorn did not start")
-        await generation.serving(url)  # up.ready(), then the ready line
+        generation.serving(url)  # ready() returned in the lifespan startup
 
         await generation.stopped()  # replaced, or SIGTERM/SIGINT
         middleware.draining = True  # each connection closes after its next response

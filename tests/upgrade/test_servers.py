@@ -11,12 +11,18 @@ by itself; everything is killed at the end.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from bench.load import describe, find_wrk, finish_wrk, start_wrk
 from bench.upgrades import Generations
+from fdchannel.errors import UpgradeFailed
 from fdchannel.upgrade import request_upgrade
 
 UPGRADES = 20
@@ -35,9 +41,10 @@ CASES = [
     ("aiohttp", "asyncio"),
 ]
 
-pytestmark = pytest.mark.skipif(find_wrk() is None, reason="wrk is not installed")
+needs_wrk = pytest.mark.skipif(find_wrk() is None, reason="wrk is not installed")
 
 
+@needs_wrk
 @pytest.mark.parametrize(("server", "backend"), CASES, ids=[f"{s}-{b}" for s, b in CASES])
 def test_upgrades_under_load_lose_nothing(sockdir: Path, server: str, backend: str) -> None:
     with Generations(server, backend, sockdir) as servers:
@@ -70,3 +77,78 @@ def test_upgrades_under_load_lose_nothing(sockdir: Path, server: str, backend: s
             assert event.fields["reason"] == f"replaced-by-{successor}"
             assert event.fields["closed_idle"] == "0", "an idle connection waited for the timeout"
     assert servers.running() == []
+
+
+class Reconnecting:
+    """Clients that open a new connection for every request (``Connection: close``),
+    from two threads: every accept the servers make is one of theirs."""
+
+    def __init__(self, url: str, threads: int = 2) -> None:
+        parts = urlsplit(url)
+        self.address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.errors: list[str] = []
+        self.answered = 0
+        self.stop = threading.Event()
+        self.progress = threading.Condition()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _request(self) -> None:
+        with socket.create_connection(self.address, TIMEOUT) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            response = b""
+            while chunk := sock.recv(65536):
+                response += chunk
+        if not response.startswith(b"HTTP/1.1 200"):
+            raise ConnectionError(f"answered {response[:40]!r}")
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self._request()
+            except OSError as exc:
+                self.errors.append(repr(exc))
+            with self.progress:
+                self.answered += 1
+                self.progress.notify_all()
+
+    def wait_answered(self, count: int) -> None:
+        """Wait until ``count`` more requests have been made."""
+        with self.progress:
+            target = self.answered + count
+            assert self.progress.wait_for(lambda: self.answered >= target, TIMEOUT)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Reconnecting]:
+        for thread in self.threads:
+            thread.start()
+        try:
+            yield self
+        finally:
+            self.stop.set()
+            for thread in self.threads:
+                thread.join(TIMEOUT)
+
+
+KILLED = [("anyio", "trio"), ("uvicorn", "asyncio"), ("aiohttp", "uvloop")]
+
+
+@pytest.mark.parametrize(("server", "backend"), KILLED, ids=[f"{s}-{b}" for s, b in KILLED])
+def test_a_generation_killed_before_its_commit_took_no_connection(
+    sockdir: Path, server: str, backend: str
+) -> None:
+    # A new generation that accepted before the commit would take those
+    # connections with it when killed: each would be reset or left unanswered.
+    once = sockdir / "died"
+    die = ("--die-at", "ready-sent", "--die-once", str(once))
+    with Generations(server, backend, sockdir, options=die) as servers:
+        first = servers.ready(0, TIMEOUT)
+        with Reconnecting(first.url).running() as clients:
+            clients.wait_answered(50)
+            with pytest.raises(UpgradeFailed, match="SIGKILL"):
+                request_upgrade(servers.control, timeout=TIMEOUT)
+            assert once.exists()
+            clients.wait_answered(50)
+            result = request_upgrade(servers.control, timeout=TIMEOUT)
+            assert servers.ready(1, TIMEOUT).pid == result["pid"]
+            clients.wait_answered(50)
+        assert clients.errors == []
