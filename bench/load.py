@@ -37,11 +37,16 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
+
+from typing_extensions import Unpack
 
 __all__ = [
     "ERROR_KINDS",
     "SCRIPT",
+    "TIMEOUT_S",
     "LoadResult",
+    "WrkOptions",
     "describe",
     "find_wrk",
     "finish_wrk",
@@ -60,6 +65,19 @@ ERROR_KINDS = ("connect", "read", "write", "status", "timeout")
 _MARK = "wrk_paced"
 #: How long after its run wrk may take to exit, on top of the run.
 _EXIT_GRACE = 30.0
+#: A response slower than this (s) counts as a timeout error, unless told otherwise.
+TIMEOUT_S = 2
+
+
+class WrkOptions(TypedDict, total=False):
+    """How wrk loads the server, beyond the rate and the duration."""
+
+    #: Open connections, kept alive (default 10): a multiple of ``threads``.
+    connections: int
+    #: wrk threads (default 1).
+    threads: int
+    #: A response slower than this many seconds counts as a timeout (default 2).
+    timeout_s: int
 
 
 @dataclass(frozen=True)
@@ -181,7 +199,7 @@ def wrk_command(
     seconds: int,
     connections: int = 10,
     threads: int = 1,
-    timeout_s: int = 2,
+    timeout_s: int = TIMEOUT_S,
     wrk: str | None = None,
 ) -> list[str]:
     """The wrk command line that ``start_wrk`` runs; raises ValueError for impossible options."""
@@ -214,13 +232,7 @@ def wrk_command(
 
 
 def start_wrk(
-    url: str,
-    *,
-    rate: float,
-    seconds: int,
-    connections: int = 10,
-    threads: int = 1,
-    timeout_s: int = 2,
+    url: str, *, rate: float, seconds: int, **options: Unpack[WrkOptions]
 ) -> subprocess.Popen[str]:
     """Start wrk on ``url`` at ``rate`` requests/s in total for ``seconds``, in the background.
 
@@ -228,14 +240,7 @@ def start_wrk(
     Collect the result with ``finish_wrk``; ``stop_wrk`` ends it without one.
     wrk exits at once (``finish_wrk`` raises) if nothing listens on ``url``.
     """
-    command = wrk_command(
-        url,
-        rate=rate,
-        seconds=seconds,
-        connections=connections,
-        threads=threads,
-        timeout_s=timeout_s,
-    )
+    command = wrk_command(url, rate=rate, seconds=seconds, **options)
     env = {key: value for key, value in os.environ.items() if key != "WRK_PACING"}
     return subprocess.Popen(
         command,
@@ -304,25 +309,10 @@ def stop_wrk(proc: subprocess.Popen[str]) -> None:
     proc.communicate()
 
 
-def run_wrk(
-    url: str,
-    *,
-    rate: float,
-    seconds: int,
-    connections: int = 10,
-    threads: int = 1,
-    timeout_s: int = 2,
-) -> LoadResult:
+def run_wrk(url: str, *, rate: float, seconds: int, **options: Unpack[WrkOptions]) -> LoadResult:
     """Run wrk on ``url`` at ``rate`` requests/s for ``seconds`` and return what it measured."""
-    proc = start_wrk(
-        url,
-        rate=rate,
-        seconds=seconds,
-        connections=connections,
-        threads=threads,
-        timeout_s=timeout_s,
-    )
-    return finish_wrk(proc, seconds + timeout_s + _EXIT_GRACE)
+    proc = start_wrk(url, rate=rate, seconds=seconds, **options)
+    return finish_wrk(proc, seconds + options.get("timeout_s", TIMEOUT_S) + _EXIT_GRACE)
 
 
 def describe(result: LoadResult) -> str:
@@ -348,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10, help="duration (default 10)")
     parser.add_argument("--connections", type=int, default=10, help="default 10")
     parser.add_argument("--threads", type=int, default=1, help="default 1")
-    parser.add_argument("--timeout", type=int, default=2, help="slow-response limit, s (2)")
+    parser.add_argument(
+        "--timeout", type=int, default=TIMEOUT_S, help=f"slow-response limit, s ({TIMEOUT_S})"
+    )
     options = parser.parse_args(argv)
     result = run_wrk(
         options.url,
