@@ -1,8 +1,11 @@
-"""Socket facts both stream layers share, the async one and the blocking one.
+"""Socket facts and steps both stream layers share, the async one and the blocking one.
 
 How big a buffer to ask for, how much to read by default, what a wait for
 the peer's close may keep, and which errno values mean "the peer is gone"
-rather than "we did something wrong".
+rather than "we did something wrong".  And what never waits: a listening
+socket's state and one accept attempt (``ListeningSocket``), one connect
+attempt per resolved address (``ConnectAttempts``).  Each layer adds only
+its way of waiting (the event loop, or poll under a deadline).
 """
 
 from __future__ import annotations
@@ -10,8 +13,28 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
-__all__ = ["BROKEN_ERRNOS", "BUFFER_SIZE", "DEFAULT_RECEIVE", "MAX_PENDING", "tune_buffers"]
+from .credentials import CredentialPolicy, check_peer
+from .errors import ConnectError, TransportError
+
+if TYPE_CHECKING:
+    from .address import Address
+
+__all__ = [
+    "BROKEN_ERRNOS",
+    "BUFFER_SIZE",
+    "DEFAULT_RECEIVE",
+    "MAX_PENDING",
+    "ConnectAttempts",
+    "ListeningSocket",
+    "tune_buffers",
+]
+
+T = TypeVar("T")
+#: For annotations in classes that have a ``socket`` attribute of their own.
+Socket = socket.socket
 
 #: Socket buffer size we ask for: a few MiB let one wake-up move a megabyte,
 #: which is what brings an event-loop stream to raw socket speed.
@@ -28,3 +51,116 @@ def tune_buffers(sock: socket.socket) -> None:
     for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         with contextlib.suppress(OSError):  # the kernel's cap is not a failure
             sock.setsockopt(socket.SOL_SOCKET, option, BUFFER_SIZE)
+
+
+class ListeningSocket:
+    """A listening stream socket's state, and the accept steps that do not wait.
+
+    On an AF_UNIX socket ``policy`` decides which peers are accepted (None
+    admits everyone): a refused peer is closed unread and PeerCredentialsError
+    raised.  ``on_accept`` sets up each accepted socket; ``on_close`` runs
+    once the socket is closed (a unix listener removes its file).
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: Address,
+        *,
+        policy: CredentialPolicy | None = None,
+        on_accept: Callable[[socket.socket], None] | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._where = address
+        self._closed = False
+        self.unix = sock.family == socket.AF_UNIX
+        #: Who may connect (AF_UNIX only; other families have no credentials).
+        self.policy = policy if self.unix else None
+        self._on_accept = on_accept
+        self._on_close = on_close
+
+    @property
+    def socket(self) -> socket.socket:
+        """The listening socket itself, for inspection."""
+        return self._sock
+
+    def _accept_now(self, wrap: Callable[[Socket], T]) -> T | None:
+        """The next waiting peer, set up and wrapped; None if none waits yet."""
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue  # the peer left before we accepted it
+                raise TransportError(
+                    f"accept on {self._where} failed: {exc.strerror}", self._where
+                ) from exc
+            break
+        try:
+            # accept4 gives a blocking, close-on-exec socket; the stream makes it non-blocking.
+            tune_buffers(conn)
+            # Before a byte is read: a refused peer is closed unread.
+            check_peer(conn, self.policy, self._where)
+            if self._on_accept is not None:
+                self._on_accept(conn)
+            return wrap(conn)
+        except OSError as exc:
+            conn.close()
+            raise TransportError(
+                f"accept on {self._where}: setting up the peer's socket failed: {exc.strerror}",
+                self._where,
+            ) from exc
+        except BaseException:
+            conn.close()
+            raise
+
+    def _close_listening(self, before: Callable[[Socket], None] | None = None) -> None:
+        """Close the socket once (``before`` first: wake its waiters), then ``on_close``."""
+        if self._closed:
+            return
+        self._closed = True
+        if before is not None:
+            before(self._sock)
+        self._sock.close()
+        if self._on_close is not None:
+            self._on_close()
+
+
+class ConnectAttempts:
+    """Connecting to each resolved address in turn until one answers::
+
+        attempts = ConnectAttempts(address)
+        for family, sockaddr in resolved:
+            with attempts.socket(family) as sock:
+                ...  # connect it (waiting as the layer does), return its stream
+        raise attempts.failure()
+
+    A ConnectError inside the ``with`` closes that socket and is kept for
+    ``failure()``; anything else closes it and propagates.
+    """
+
+    def __init__(self, address: Address) -> None:
+        self.address = address
+        self.errors: list[str] = []
+
+    @contextlib.contextmanager
+    def socket(self, family: socket.AddressFamily) -> Iterator[socket.socket]:
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            yield sock
+        except ConnectError as exc:
+            sock.close()
+            self.errors.append(str(exc.__cause__ or exc))
+        except BaseException:
+            sock.close()
+            raise
+
+    def failure(self) -> ConnectError:
+        """The error once every address failed: each one's reason."""
+        return ConnectError(
+            f"cannot connect to {self.address}: {'; '.join(self.errors)}", self.address
+        )

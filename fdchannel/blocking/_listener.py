@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import abc
-import errno
 import socket
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from ..capabilities import Capability
-from ..credentials import CredentialPolicy, check_peer
+from ..credentials import CredentialPolicy
 from ..errors import CapabilityError, TransportError
-from ..sockets import tune_buffers
+from ..sockets import ListeningSocket
 from ._deadline import READABLE, Deadline, wait_ready
 from ._stream import Stream
 
@@ -55,7 +54,7 @@ class Listener(abc.ABC):
         self.close()
 
 
-class SocketListener(Listener):
+class SocketListener(ListeningSocket, Listener):
     """A listening stream socket; ``accept`` returns one stream per peer.
 
     On an AF_UNIX socket ``policy`` decides which peers ``accept`` returns
@@ -74,23 +73,13 @@ class SocketListener(Listener):
         on_accept: Callable[[socket.socket], None] | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(address)
-        sock.setblocking(False)
-        self._sock = sock
-        self._closed = False
-        unix = sock.family == socket.AF_UNIX
-        self.stream_capabilities = Capability.HALF_CLOSE | (
-            Capability.FD_PASSING if unix else Capability.NONE
+        Listener.__init__(self, address)
+        ListeningSocket.__init__(
+            self, sock, address, policy=policy, on_accept=on_accept, on_close=on_close
         )
-        #: Who may connect (AF_UNIX only; other families have no credentials).
-        self.policy = policy if unix else None
-        self._on_accept = on_accept
-        self._on_close = on_close
-
-    @property
-    def socket(self) -> socket.socket:
-        """The listening socket itself, for inspection."""
-        return self._sock
+        self.stream_capabilities = Capability.HALF_CLOSE | (
+            Capability.FD_PASSING if self.unix else Capability.NONE
+        )
 
     def fileno(self) -> int:
         self._check_open()
@@ -100,43 +89,15 @@ class SocketListener(Listener):
         deadline = Deadline(timeout)
         while True:
             self._check_open()
-            try:
-                conn, _ = self._sock.accept()
-                break
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                if exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
-                    raise TransportError(
-                        f"accept on {self.address} failed: {exc.strerror}", self.address
-                    ) from exc
-                continue  # the peer left before we accepted it
+            stream = self._accept_now(lambda conn: Stream(conn, self.address))
+            if stream is not None:
+                return stream
             wait_ready(
                 self._sock.fileno(), READABLE, deadline, f"accept on {self.address}", self.address
             )
-        try:
-            tune_buffers(conn)
-            # Before a byte is read: a refused peer is closed unread.
-            check_peer(conn, self.policy, self.address)
-            if self._on_accept is not None:
-                self._on_accept(conn)
-            return Stream(conn, self.address)
-        except OSError as exc:
-            conn.close()
-            raise TransportError(
-                f"accept on {self.address}: setting up the peer's socket failed: {exc.strerror}",
-                self.address,
-            ) from exc
-        except BaseException:
-            conn.close()
-            raise
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._sock.close()
-            if self._on_close is not None:
-                self._on_close()
+        self._close_listening()
 
     def _check_open(self) -> None:
         if self._closed:

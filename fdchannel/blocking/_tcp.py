@@ -2,43 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 
-from ..address import InetAddress, TcpAddress, family_for
-from ..errors import AddressError, ConnectError, TransportError
-from ..transports.tcp import bind_socket, configure, port_number
+from ..address import InetAddress, TcpAddress
+from ..errors import ConnectError
+from ..sockets import ConnectAttempts
+from ..transports.tcp import PortSearch, Resolved, configure, lookup, resolving
 from ._deadline import WRITABLE, Deadline, wait_ready
 from ._listener import SocketListener
 from ._stream import Stream
 
 __all__ = ["connect", "listen"]
 
-Resolved = list[tuple[socket.AddressFamily, object]]
-
 
 def _resolve(address: InetAddress, port: str, passive: bool) -> Resolved:
     """getaddrinfo, as the async transport asks it (name lookups have no timeout)."""
-    flags = socket.AI_PASSIVE if passive else 0
-    if address.numeric:
-        flags |= socket.AI_NUMERICHOST
-    try:
-        infos = socket.getaddrinfo(
-            address.host or None,
-            port,
-            family=family_for(address),
-            type=socket.SOCK_STREAM,
-            flags=flags,
-        )
-    except socket.gaierror as exc:
-        error = TransportError if passive else ConnectError
-        raise error(f"cannot resolve {address}: {exc.strerror}", address) from exc
-    except UnicodeError as exc:
-        # The host name is encoded with IDNA first, which refuses some text.
-        raise AddressError(
-            f"{address}: host {address.host!r} is not a valid name: {exc}", str(address)
-        ) from exc
+    host, options = lookup(address, passive)
+    with resolving(address, passive):
+        infos = socket.getaddrinfo(host, port, **options)
     return [(info[0], info[4]) for info in infos]
 
 
@@ -62,39 +44,22 @@ def _connect_one(
 
 def connect(address: TcpAddress, deadline: Deadline) -> Stream:
     """Connect to the first of the host's addresses that answers."""
-    errors: list[str] = []
+    attempts = ConnectAttempts(address)
     for family, sockaddr in _resolve(address, address.port, passive=False):
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
+        with attempts.socket(family) as sock:
             configure(sock, address)
             _connect_one(sock, sockaddr, address, deadline)
             return Stream(sock, address)
-        except ConnectError as exc:
-            sock.close()
-            errors.append(str(exc.__cause__ or exc))
-        except BaseException:
-            sock.close()
-            raise
-    raise ConnectError(f"cannot connect to {address}: {'; '.join(errors)}", address)
+    raise attempts.failure()
 
 
 def listen(address: TcpAddress) -> SocketListener:
     """Listen on the first free port of PORT..TO; port 0 lets the kernel choose."""
-    first = port_number(address, address.port)
-    last = first if address.to is None or first == 0 else address.to
-    if last < first or last > 65535:
-        raise AddressError(
-            f"{address}: to={address.to} must be from {first} to 65535", str(address)
-        )
-    errors: list[str] = []
-    for port in range(first, last + 1):
-        for family, sockaddr in _resolve(address, str(port), passive=True):
-            try:
-                sock = bind_socket(family, sockaddr, address)
-            except OSError as exc:
-                errors.append(f"{sockaddr}: {exc.strerror}")
-                continue
-            host, bound_port = sock.getsockname()[:2]
-            actual = dataclasses.replace(address, host=host, port=str(bound_port), to=None)
-            return SocketListener(sock, actual, on_accept=lambda conn: configure(conn, address))
-    raise TransportError(f"cannot listen on {address}: {'; '.join(errors)}", address)
+    search = PortSearch(address)
+    for port in search.ports:
+        for family, sockaddr in _resolve(address, port, passive=True):
+            bound = search.bind(family, sockaddr)
+            if bound is not None:
+                sock, actual = bound
+                return SocketListener(sock, actual, on_accept=lambda conn: configure(conn, address))
+    raise search.failure()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
@@ -16,9 +15,9 @@ from anyio.abc import SocketAttribute
 
 from .. import fds as fdpass
 from ..capabilities import Capability
-from ..credentials import CredentialPolicy, check_peer, peer_credentials
-from ..errors import ConnectError, TransportError
-from ..sockets import tune_buffers
+from ..credentials import CredentialPolicy, peer_credentials
+from ..errors import ConnectError
+from ..sockets import ListeningSocket
 from ._base import DescriptorStream, FdAttribute, Listener, Stream
 
 if TYPE_CHECKING:
@@ -245,7 +244,7 @@ async def async_connect(sock: socket.socket, sockaddr: object, address: Address)
         raise ConnectError(f"cannot connect to {address}: {cause.strerror}", address) from cause
 
 
-class SocketListener(Listener):
+class SocketListener(ListeningSocket, Listener):
     """A listening stream socket; ``accept`` returns one stream per peer.
 
     On an AF_UNIX socket ``policy`` decides which peers ``accept`` returns
@@ -264,21 +263,11 @@ class SocketListener(Listener):
         on_accept: Callable[[socket.socket], None] | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(address)
-        sock.setblocking(False)
-        self._sock = sock
-        self._closed = False
-        unix = sock.family == socket.AF_UNIX
-        self.stream_capabilities = (UnixSocketStream if unix else SocketStream).capabilities
-        #: Who may connect (AF_UNIX only; other families have no credentials).
-        self.policy = policy if unix else None
-        self._on_accept = on_accept
-        self._on_close = on_close
-
-    @property
-    def socket(self) -> socket.socket:
-        """The listening socket itself, for inspection."""
-        return self._sock
+        Listener.__init__(self, address)
+        ListeningSocket.__init__(
+            self, sock, address, policy=policy, on_accept=on_accept, on_close=on_close
+        )
+        self.stream_capabilities = (UnixSocketStream if self.unix else SocketStream).capabilities
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -295,37 +284,15 @@ class SocketListener(Listener):
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
+            stream = self._accept_now(lambda conn: stream_for_socket(conn, self.address))
+            if stream is not None:
+                return stream
             try:
-                conn, _ = self._sock.accept()
-            except BlockingIOError:
-                try:
-                    await anyio.wait_readable(self._sock)
-                except anyio.ClosedResourceError:
-                    raise anyio.ClosedResourceError from None
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                    continue  # the peer left before we accepted it
-                raise TransportError(
-                    f"accept on {self.address} failed: {exc.strerror}", self.address
-                ) from exc
-            break
-        try:
-            # accept4 gives a blocking, close-on-exec socket; the stream makes it non-blocking.
-            tune_buffers(conn)
-            check_peer(conn, self.policy, self.address)
-            if self._on_accept is not None:
-                self._on_accept(conn)
-            return stream_for_socket(conn, self.address)
-        except BaseException:
-            conn.close()
-            raise
+                await anyio.wait_readable(self._sock)
+            except anyio.ClosedResourceError:
+                raise anyio.ClosedResourceError from None
 
     async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            anyio.notify_closing(self._sock)
-            self._sock.close()
-            if self._on_close is not None:
-                self._on_close()
+        # Wake any task waiting to accept before the descriptor can be reused.
+        self._close_listening(before=anyio.notify_closing)
         await anyio.lowlevel.checkpoint()

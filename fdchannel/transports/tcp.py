@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
+from collections.abc import Iterator
 
 import anyio
 
 from ..address import InetAddress, TcpAddress, family_for
 from ..errors import AddressError, ConnectError, TransportError
 from ..qemu.cstring import bounded_int
-from ..sockets import tune_buffers
+from ..sockets import ConnectAttempts, tune_buffers
 from ._socket import SocketListener, SocketStream, async_connect
 
 __all__ = ["connect", "listen"]
@@ -46,20 +48,26 @@ def configure(sock: socket.socket, address: InetAddress) -> None:
     tune_buffers(sock)
 
 
-async def _resolve(
-    address: InetAddress, port: str, passive: bool
-) -> list[tuple[socket.AddressFamily, object]]:
+Resolved = list[tuple[socket.AddressFamily, object]]
+
+
+def lookup(address: InetAddress, passive: bool) -> tuple[str | None, dict[str, int]]:
+    """The host and the getaddrinfo options both layers resolve ``address`` with."""
     flags = socket.AI_PASSIVE if passive else 0
     if address.numeric:
         flags |= socket.AI_NUMERICHOST
+    return address.host or None, {
+        "family": family_for(address),
+        "type": socket.SOCK_STREAM,
+        "flags": flags,
+    }
+
+
+@contextlib.contextmanager
+def resolving(address: InetAddress, passive: bool) -> Iterator[None]:
+    """Turn a failed name lookup into the transport's errors."""
     try:
-        infos = await anyio.getaddrinfo(
-            address.host or None,
-            port,
-            family=family_for(address),
-            type=socket.SOCK_STREAM,
-            flags=flags,
-        )
+        yield
     except socket.gaierror as exc:
         error = ConnectError if not passive else TransportError
         raise error(f"cannot resolve {address}: {exc.strerror}", address) from exc
@@ -68,25 +76,24 @@ async def _resolve(
         raise AddressError(
             f"{address}: host {address.host!r} is not a valid name: {exc}", str(address)
         ) from exc
+
+
+async def _resolve(address: InetAddress, port: str, passive: bool) -> Resolved:
+    host, options = lookup(address, passive)
+    with resolving(address, passive):
+        infos = await anyio.getaddrinfo(host, port, **options)
     return [(info[0], info[4]) for info in infos]
 
 
 async def connect(address: TcpAddress) -> SocketStream:
     """Connect to the first of the host's addresses that answers."""
-    errors: list[str] = []
+    attempts = ConnectAttempts(address)
     for family, sockaddr in await _resolve(address, address.port, passive=False):
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
+        with attempts.socket(family) as sock:
             configure(sock, address)
             await async_connect(sock, sockaddr, address)
             return SocketStream(sock, address)
-        except ConnectError as exc:
-            sock.close()
-            errors.append(str(exc.__cause__ or exc))
-        except BaseException:
-            sock.close()
-            raise
-    raise ConnectError(f"cannot connect to {address}: {'; '.join(errors)}", address)
+    raise attempts.failure()
 
 
 class TcpListener(SocketListener):
@@ -113,26 +120,56 @@ def bind_socket(
     return sock
 
 
+class PortSearch:
+    """Binding the first free port of PORT..TO (one port without ``to=``), for both layers::
+
+    search = PortSearch(address)
+    for port in search.ports:
+        for family, sockaddr in resolve(port):
+            bound = search.bind(family, sockaddr)
+            if bound is not None:
+                return Listener(*bound)
+    raise search.failure()
+    """
+
+    def __init__(self, address: TcpAddress) -> None:
+        self.address = address
+        first = port_number(address, address.port)
+        last = first if address.to is None or first == 0 else address.to
+        if last < first or last > 65535:
+            raise AddressError(
+                f"{address}: to={address.to} must be from {first} to 65535", str(address)
+            )
+        self.ports = [str(port) for port in range(first, last + 1)]
+        self.errors: list[str] = []
+
+    def bind(
+        self, family: socket.AddressFamily, sockaddr: object
+    ) -> tuple[socket.socket, TcpAddress] | None:
+        """A listening socket and the address it is bound to; None (kept) if it is taken."""
+        try:
+            sock = bind_socket(family, sockaddr, self.address)
+        except OSError as exc:
+            self.errors.append(f"{sockaddr}: {exc.strerror}")
+            return None
+        host, bound_port = sock.getsockname()[:2]
+        return sock, dataclasses.replace(self.address, host=host, port=str(bound_port), to=None)
+
+    def failure(self) -> TransportError:
+        return TransportError(
+            f"cannot listen on {self.address}: {'; '.join(self.errors)}", self.address
+        )
+
+
 async def listen(address: TcpAddress) -> TcpListener:
     """Listen on the first free port of PORT..TO (one port without ``to=``).
 
     Port 0 lets the kernel choose; ``listener.address`` reports the real port.
     """
-    first = port_number(address, address.port)
-    last = first if address.to is None or first == 0 else address.to
-    if last < first or last > 65535:
-        raise AddressError(
-            f"{address}: to={address.to} must be from {first} to 65535", str(address)
-        )
-    errors: list[str] = []
-    for port in range(first, last + 1):
-        for family, sockaddr in await _resolve(address, str(port), passive=True):
-            try:
-                sock = bind_socket(family, sockaddr, address)
-            except OSError as exc:
-                errors.append(f"{sockaddr}: {exc.strerror}")
-                continue
-            host, bound_port = sock.getsockname()[:2]
-            actual = dataclasses.replace(address, host=host, port=str(bound_port), to=None)
-            return TcpListener(sock, actual)
-    raise TransportError(f"cannot listen on {address}: {'; '.join(errors)}", address)
+    search = PortSearch(address)
+    for port in search.ports:
+        for family, sockaddr in await _resolve(address, port, passive=True):
+            bound = search.bind(family, sockaddr)
+            if bound is not None:
+                return TcpListener(*bound)
+    raise search.failure()
