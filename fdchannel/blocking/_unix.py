@@ -7,14 +7,11 @@ transport's own functions; only the waiting differs.
 
 from __future__ import annotations
 
-import errno
 import time
 
 from ..address import UnixAddress
 from ..credentials import CredentialPolicy, same_user_or_root
-from ..errors import ConnectError
-from ..sockets import tune_buffers
-from ..transports.unix import BACKLOG, BACKLOG_RETRY_DELAYS, bind_listening, new_socket, sockaddr
+from ..transports.unix import BACKLOG, Connecting, bind_listening
 from ._deadline import Deadline
 from ._listener import SocketListener
 from ._stream import Stream
@@ -24,28 +21,14 @@ __all__ = ["connect", "listen"]
 
 def connect(address: UnixAddress, deadline: Deadline) -> Stream:
     """Connect to a listening unix socket."""
-    target = sockaddr(address)
-    delays = iter(BACKLOG_RETRY_DELAYS)
+    connecting = Connecting(address)
     while True:
-        sock = new_socket()
-        try:
-            tune_buffers(sock)
-            sock.setblocking(False)
-            # A unix connect never waits for the peer: it succeeds or fails at
-            # once, EAGAIN when the listener's backlog is full.
-            sock.connect(target)
-            return Stream(sock, address)
-        except OSError as exc:
-            sock.close()
-            delay = next(delays, None) if exc.errno == errno.EAGAIN else None
-            left = deadline.left()
-            if delay is None or left == 0:
-                raise ConnectError(f"cannot connect to {address}: {exc.strerror}", address) from exc
-            # Back off while the listener drains its backlog (the async side does too).
-            time.sleep(delay if left is None else min(delay, left))
-        except BaseException:
-            sock.close()
-            raise
+        left = deadline.left()
+        connected = connecting.attempt(lambda sock: Stream(sock, address), retry=left != 0)
+        if isinstance(connected, Stream):
+            return connected
+        # Back off while the listener drains its backlog (the async side does too).
+        time.sleep(connected if left is None else min(connected, left))
 
 
 def listen(

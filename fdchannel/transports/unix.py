@@ -13,6 +13,7 @@ import os
 import socket
 import stat
 from collections.abc import Callable
+from typing import TypeVar
 
 import anyio
 
@@ -21,11 +22,12 @@ from ..credentials import CredentialPolicy, Credentials, peer_credentials, same_
 from ..errors import AddressError, ConnectError, TransportError
 from ..sockdiag import Binding, Bound, binding, bound_to_file, bound_to_name
 from ..sockets import tune_buffers
-from ._socket import SocketListener, UnixSocketStream, async_connect
+from ._socket import SocketListener, UnixSocketStream
 
 __all__ = [
     "Binding",
     "Bound",
+    "Connecting",
     "Credentials",
     "CredentialPolicy",
     "bind_listening",
@@ -43,6 +45,7 @@ __all__ = [
 #: How long connect retries while a full backlog makes the kernel answer EAGAIN.
 BACKLOG_RETRY_DELAYS = (0.001, 0.005, 0.02, 0.05)
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
+T = TypeVar("T")
 
 
 def sockaddr(address: UnixAddress) -> bytes:
@@ -75,29 +78,46 @@ def new_socket() -> socket.socket:
     return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
 
 
-async def connect(address: UnixAddress) -> UnixSocketStream:
-    """Connect to a listening unix socket."""
-    target = sockaddr(address)
-    delays = iter(BACKLOG_RETRY_DELAYS)
-    while True:
+class Connecting:
+    """Connect attempts to a unix socket, for both layers: each succeeds or fails at
+    once (a unix connect never waits for the peer), or asks to be retried after a
+    delay while the listener's full backlog makes the kernel answer EAGAIN."""
+
+    def __init__(self, address: UnixAddress) -> None:
+        self.address = address
+        self.target = sockaddr(address)
+        self._delays = iter(BACKLOG_RETRY_DELAYS)
+
+    def attempt(self, wrap: Callable[[socket.socket], T], *, retry: bool = True) -> T | float:
+        """The stream ``wrap`` makes of a connected socket, or how long to back off
+        before the next attempt; ConnectError once there is nothing left to try."""
         sock = new_socket()
         try:
             tune_buffers(sock)
-            await async_connect(sock, target, address)
-            return UnixSocketStream(sock, address)
-        except ConnectError as exc:
+            sock.setblocking(False)
+            sock.connect(self.target)
+            return wrap(sock)
+        except OSError as exc:
             sock.close()
-            # A unix socket whose listener's backlog is full answers EAGAIN
-            # at once instead of queueing a non-blocking connect: back off.
-            if isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.EAGAIN:
-                delay = next(delays, None)
-                if delay is not None:
-                    await anyio.sleep(delay)
-                    continue
-            raise
+            delay = next(self._delays, None) if exc.errno == errno.EAGAIN and retry else None
+            if delay is None:
+                raise ConnectError(
+                    f"cannot connect to {self.address}: {exc.strerror}", self.address
+                ) from exc
+            return delay
         except BaseException:
             sock.close()
             raise
+
+
+async def connect(address: UnixAddress) -> UnixSocketStream:
+    """Connect to a listening unix socket."""
+    connecting = Connecting(address)
+    while True:
+        connected = connecting.attempt(lambda sock: UnixSocketStream(sock, address))
+        if isinstance(connected, UnixSocketStream):
+            return connected
+        await anyio.sleep(connected)  # the listener drains its backlog meanwhile
 
 
 def clear_stale(address: UnixAddress, path: bytes) -> None:

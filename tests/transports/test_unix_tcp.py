@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 import fdchannel
+from fdchannel import blocking
 from fdchannel.address import TcpAddress, UnixAddress
 from fdchannel.errors import AddressError, ConnectError, TransportError
 from fdchannel.transports import unix
@@ -82,6 +83,35 @@ async def test_connect_to_missing_socket(sockdir: Path) -> None:
     with pytest.raises(ConnectError) as info:
         await fdchannel.connect(UnixAddress(str(sockdir / "missing")))
     assert info.value.address == UnixAddress(str(sockdir / "missing"))
+
+
+@pytest.mark.parametrize("layer", ["async", "blocking"])
+async def test_connect_to_a_full_backlog_fails(sockdir: Path, layer: str) -> None:
+    # A unix listener whose backlog is full makes a non-blocking connect fail
+    # with EAGAIN at once: connect backs off, then raises.  (The async layer
+    # once took EAGAIN for a TCP-style connect in progress and returned an
+    # unconnected stream, whose first send failed.)
+    address = UnixAddress(str(sockdir / "s"))
+    connected: list[fdchannel.transports.Stream | blocking.Stream] = []
+    async with await fdchannel.listen(address, backlog=1):
+        try:
+            with pytest.raises(ConnectError, match="temporarily unavailable"):  # noqa: PT012
+                for _ in range(8):  # the kernel queues backlog + 1 of them
+                    if layer == "async":
+                        connected.append(await fdchannel.connect(address))
+                    else:
+                        connected.append(blocking.connect(address, timeout=TIMEOUT))
+            assert 1 <= len(connected) <= 3
+            for stream in connected:
+                assert isinstance(stream.fileno(), int)
+                with socket.socket(fileno=os.dup(stream.fileno())) as sock:
+                    assert sock.getpeername() == str(sockdir / "s")  # connected, every one
+        finally:
+            for stream in connected:
+                if isinstance(stream, blocking.Stream):
+                    stream.close()
+                else:
+                    await stream.aclose()
 
 
 async def test_peer_credentials_are_reported(sockdir: Path) -> None:
