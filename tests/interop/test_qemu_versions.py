@@ -9,7 +9,8 @@ routes need both.  Sockets live in the roots' /tmp.
 fdchannel's side is the async API, except in the rows named "blocking":
 there ``fdchannel.blocking.Incoming`` or ``Outgoing`` faces QEMU, each of
 its calls that may wait runs in a worker thread (``anyio.to_thread``) under
-its own timeout, so that the test's deadline still holds.
+its own timeout, so that the test's deadline still holds.  Both kinds of row
+run the same test body, made once per ``Api``.
 
 What QEMU does, from migration/migration.c, cpr.c and cpr-transfer.c and
 seen here (10.0.13 and 11.1.3 alike unless said):
@@ -45,17 +46,18 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple, Protocol, TypeAlias
 
 import anyio
 import anyio.to_thread
 import pytest
 
 import fdchannel
-from fdchannel import FdState, blocking
+from fdchannel import Ack, Channel, FdState, blocking
 from fdchannel.codecs.qemu import VFIO_DEVICES
 
 from .matrix import row
@@ -68,6 +70,7 @@ from .qemu import (
     PATTERN_ADDR,
     PATTERN_SIZE,
     RAM_SIZE,
+    AnyStream,
     ChrootQemu,
     Place,
     check_cpr_state,
@@ -152,6 +155,10 @@ ROUTES = (
 )
 
 
+#: Makes a fresh directory in a version's root (the fixture ``places``).
+Places: TypeAlias = Callable[[QemuVersion], Place]
+
+
 def version_params() -> list[object]:
     return [pytest.param(v, id=v.label, marks=v.skip) for v in VERSIONS]
 
@@ -185,7 +192,7 @@ def roots() -> Iterator[dict[QemuVersion, Path]]:
 
 
 @pytest.fixture
-def places(roots: dict[QemuVersion, Path]) -> Iterator[Callable[[QemuVersion], Place]]:
+def places(roots: dict[QemuVersion, Path]) -> Iterator[Places]:
     """Make fresh directories in a version's root's /tmp; all removed afterwards."""
     with ExitStack() as made:
 
@@ -216,7 +223,7 @@ def check_subsections(state: FdState, version: tuple[int, int]) -> None:
     assert (vfio.name, vfio.version_id, vfio.devices) == (VFIO_DEVICES, 1, ())
 
 
-def cpr_channels(place: Place) -> list[fdchannel.Channel]:
+def cpr_channels(place: Place) -> list[Channel]:
     """Our main and cpr channels on ``main.sock`` and ``cpr.sock`` in ``place``."""
     return [place.channel("main", "main.sock"), place.channel("cpr", "cpr.sock")]
 
@@ -232,75 +239,162 @@ def vector_size(version: tuple[int, int]) -> int:
 
 
 # --------------------------------------------------------------------------
-# QEMU -> fdchannel.Incoming
+# Either API, driven from async code: one test body serves both.
 
 
-@row("QEMU → Incoming")
-@pytest.mark.parametrize("version", version_params())
-async def test_qemu_hands_its_state_to_incoming(
-    version: QemuVersion, places: Callable[[QemuVersion], Place]
-) -> None:
-    """Our Incoming takes QEMU's memfds, acks by closing, and gets QEMU's main stream."""
-    place = places(version)
-    pattern = os.urandom(PATTERN_SIZE)
-    with anyio.fail_after(TEST_TIMEOUT):
-        async with (
-            start_chroot_qemu(place, "src") as src,
-            fdchannel.Incoming(cpr_channels(place)) as incoming,
-        ):
-            await connect(src, version)
-            assert (await src.qmp.execute("query-status"))["status"] == "prelaunch"
-            await incoming.listen_cpr()  # before migrate: QEMU connects once
-            await start_cpr_transfer(src.qmp, place)
-            with await incoming.receive_cpr() as state:
-                assert incoming.codec == "qemu"
-                check_subsections(state, src.version)
-                ram = check_cpr_state(state, ordered=src.version == (10, 0))
-                # The memfd is the running guest's RAM, not a copy of it.
-                os.pwrite(ram, pattern, PATTERN_ADDR)
-                assert await guest_memory(src.qmp, place, "src.mem") == pattern
-            await incoming.listen_main()  # closes cpr: QEMU's ack
-            # The main stream is QEMU's own, not fdchannel's length-prefixed one.
-            async with await incoming.accept_main() as main:
-                data = await relay_stream(main, None)
-            assert migration_header(data) == (MIGRATION_MAGIC, MIGRATION_VERSION)
-            info = await src.qmp.wait_migration()
-            assert info["ram"]["total"] == 0  # every RAM block travelled as a memfd
-            assert (await src.qmp.execute("query-status"))["status"] == "postmigrate"
-            await src.quit()
+class IncomingSide(Protocol):
+    """What the tests do with an Incoming; ``fdchannel.Incoming`` is one as it is."""
+
+    @property
+    def codec(self) -> str | None: ...
+
+    @property
+    def state(self) -> blocking.State: ...
+
+    async def listen_cpr(self) -> object: ...
+
+    async def receive_cpr(self) -> FdState: ...
+
+    async def listen_main(self) -> object: ...
+
+    async def accept_main(self) -> AnyStream: ...
+
+
+class OutgoingSide(Protocol):
+    """What the tests do with an Outgoing; ``fdchannel.Outgoing`` is one as it is."""
+
+    async def send_cpr(self, state: FdState) -> Ack: ...
+
+    async def connect_main(self) -> AnyStream: ...
+
+
+class ThreadedIncoming(AbstractAsyncContextManager["ThreadedIncoming"]):
+    """``blocking.Incoming`` as an IncomingSide: each call that may wait runs in a
+    worker thread under its own timeout, so that the test's deadline still holds."""
+
+    def __init__(self, channels: list[Channel]) -> None:
+        self.incoming = blocking.Incoming(channels)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.incoming.close()
+
+    @property
+    def codec(self) -> str | None:
+        return self.incoming.codec
+
+    @property
+    def state(self) -> blocking.State:
+        return self.incoming.state
+
+    async def listen_cpr(self) -> None:
+        self.incoming.listen_cpr()  # never waits
+
+    async def receive_cpr(self) -> FdState:
+        return await anyio.to_thread.run_sync(self.incoming.receive_cpr, DEFAULT_TIMEOUT)
+
+    async def listen_main(self) -> None:
+        await anyio.to_thread.run_sync(self.incoming.listen_main, DEFAULT_TIMEOUT)
+
+    async def accept_main(self) -> blocking.Stream:
+        return await anyio.to_thread.run_sync(self.incoming.accept_main, DEFAULT_TIMEOUT)
+
+
+class ThreadedOutgoing(AbstractAsyncContextManager["ThreadedOutgoing"]):
+    """``blocking.Outgoing(codec="qemu")`` as an OutgoingSide, its waits in worker threads."""
+
+    def __init__(self, channels: list[Channel], target: str | None) -> None:
+        self.outgoing = blocking.Outgoing(channels, codec="qemu", qemu_target=target)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.outgoing.close()
+
+    async def send_cpr(self, state: FdState) -> Ack:
+        return await anyio.to_thread.run_sync(self.outgoing.send_cpr, state, DEFAULT_TIMEOUT)
+
+    async def connect_main(self) -> blocking.Stream:
+        return await anyio.to_thread.run_sync(self.outgoing.connect_main, DEFAULT_TIMEOUT)
+
+
+def async_outgoing(channels: list[Channel], target: str | None) -> fdchannel.Outgoing:
+    """``fdchannel.Outgoing(codec="qemu")`` with ``target``: the async API's OutgoingSide."""
+    return fdchannel.Outgoing(channels, codec="qemu", qemu_target=target)
+
+
+@dataclass(frozen=True)
+class Api:
+    """fdchannel's async API or its blocking one, as a test drives it."""
+
+    #: What the matrix's rows call it: nothing, or "blocking ".
+    prefix: str
+    incoming: Callable[[list[Channel]], AbstractAsyncContextManager[IncomingSide]]
+    #: An Outgoing with codec "qemu" and the given ``qemu_target``.
+    outgoing: Callable[[list[Channel], str | None], AbstractAsyncContextManager[OutgoingSide]]
+
+
+ASYNC = Api("", fdchannel.Incoming, async_outgoing)
+BLOCKING = Api("blocking ", ThreadedIncoming, ThreadedOutgoing)
+
+#: A test made for one Api; the matrix names its row after the Api, hence
+#: one test function per Api rather than a parameter.
+VersionTest = Callable[[QemuVersion, Places], Awaitable[None]]
+RouteTest = Callable[[Route, Places], Awaitable[None]]
+
+
+@asynccontextmanager
+async def closing(stream: AnyStream) -> AsyncIterator[AnyStream]:
+    """``stream``, closed on the way out, whichever API made it."""
+    try:
+        yield stream
+    finally:
+        if isinstance(stream, blocking.Stream):
+            stream.close()
+        else:
+            await stream.aclose()
+
+
+async def wait_peer_closed(stream: AnyStream) -> None:
+    """Wait until the peer has closed ``stream`` (a blocking one: in a worker thread, bounded)."""
+    if isinstance(stream, blocking.Stream):
+        await anyio.to_thread.run_sync(stream.wait_peer_closed, DEFAULT_TIMEOUT)
+    else:
+        await stream.wait_peer_closed()
 
 
 # --------------------------------------------------------------------------
-# QEMU -> fdchannel.blocking.Incoming, each call that waits in a worker thread
+# QEMU -> Incoming, async or blocking
 
 
-@row("QEMU → blocking Incoming")
-@pytest.mark.parametrize("version", version_params())
-async def test_qemu_hands_its_state_to_blocking_incoming(
-    version: QemuVersion, places: Callable[[QemuVersion], Place]
-) -> None:
-    """The same with ``fdchannel.blocking.Incoming``: its close is QEMU's ack."""
-    place = places(version)
-    pattern = os.urandom(PATTERN_SIZE)
-    with anyio.fail_after(TEST_TIMEOUT):
-        async with start_chroot_qemu(place, "src") as src:
-            with blocking.Incoming(cpr_channels(place)) as incoming:
+def qemu_to_incoming(api: Api) -> VersionTest:
+    """The test of row "QEMU → Incoming" with ``api``'s Incoming."""
+
+    @row(f"QEMU → {api.prefix}Incoming")
+    @pytest.mark.parametrize("version", version_params())
+    async def test(version: QemuVersion, places: Places) -> None:
+        """Our Incoming takes QEMU's memfds, acks by closing, and gets QEMU's main stream."""
+        place = places(version)
+        pattern = os.urandom(PATTERN_SIZE)
+        with anyio.fail_after(TEST_TIMEOUT):
+            async with (
+                start_chroot_qemu(place, "src") as src,
+                api.incoming(cpr_channels(place)) as incoming,
+            ):
                 await connect(src, version)
-                incoming.listen_cpr()  # before migrate: QEMU connects once; never waits
+                assert (await src.qmp.execute("query-status"))["status"] == "prelaunch"
+                await incoming.listen_cpr()  # before migrate: QEMU connects once
                 await start_cpr_transfer(src.qmp, place)
-                received = anyio.to_thread.run_sync(incoming.receive_cpr, DEFAULT_TIMEOUT)
-                with await received as state:
+                with await incoming.receive_cpr() as state:
                     assert incoming.codec == "qemu"
                     check_subsections(state, src.version)
                     ram = check_cpr_state(state, ordered=src.version == (10, 0))
+                    # The memfd is the running guest's RAM, not a copy of it.
                     os.pwrite(ram, pattern, PATTERN_ADDR)
                     assert await guest_memory(src.qmp, place, "src.mem") == pattern
                 # Until our close QEMU waits: the state is out, main not even connected.
                 assert (await src.qmp.execute("query-migrate"))["status"] == "setup"
-                await anyio.to_thread.run_sync(incoming.listen_main, DEFAULT_TIMEOUT)
-                assert incoming.state is blocking.State.LISTENING_MAIN  # cpr closed: the ack
-                accepted = anyio.to_thread.run_sync(incoming.accept_main, DEFAULT_TIMEOUT)
-                with await accepted as main:
+                await incoming.listen_main()
+                assert incoming.state is blocking.State.LISTENING_MAIN  # cpr closed: QEMU's ack
+                # The main stream is QEMU's own, not fdchannel's length-prefixed one.
+                async with closing(await incoming.accept_main()) as main:
                     data = await relay_stream(main, None)
                 assert migration_header(data) == (MIGRATION_MAGIC, MIGRATION_VERSION)
                 info = await src.qmp.wait_migration()
@@ -308,91 +402,63 @@ async def test_qemu_hands_its_state_to_blocking_incoming(
                 assert (await src.qmp.execute("query-status"))["status"] == "postmigrate"
                 await src.quit()
 
+    return test
+
+
+test_qemu_hands_its_state_to_incoming = qemu_to_incoming(ASYNC)
+test_qemu_hands_its_state_to_blocking_incoming = qemu_to_incoming(BLOCKING)
+
 
 # --------------------------------------------------------------------------
-# QEMU -> fdchannel.Incoming, fdchannel.Outgoing(codec="qemu") -> a new QEMU,
-# with the async Outgoing, then the blocking one
+# QEMU -> fdchannel.Incoming, Outgoing(codec="qemu") -> a new QEMU, with the
+# async Outgoing or the blocking one
 
 
-@row("Outgoing → QEMU")
-@pytest.mark.parametrize("route", route_params())
-async def test_outgoing_hands_on_to_a_new_qemu(
-    route: Route, places: Callable[[QemuVersion], Place]
-) -> None:
-    """A live update carried by fdchannel: the new QEMU runs on the memfds we passed."""
+class LiveUpdate(NamedTuple):
+    """A route's two QEMUs and our two sides, the old QEMU's cpr-transfer under way."""
+
+    src: ChrootQemu
+    dst: ChrootQemu
+    #: The new QEMU's directory.
+    there: Place
+    incoming: fdchannel.Incoming
+    outgoing: OutgoingSide
+
+
+@asynccontextmanager
+async def live_update(route: Route, api: Api, places: Places) -> AsyncIterator[LiveUpdate]:
+    """Start both QEMUs, our Incoming and ``api``'s Outgoing, then the old QEMU's migrate."""
     here, there = places(route.src), places(route.dst)
-    pattern = os.urandom(PATTERN_SIZE)
-    with anyio.fail_after(TEST_TIMEOUT):
-        async with (
-            start_chroot_qemu(here, "src", machine=route.machine) as src,
-            # Waits for its state on cpr.sock before anything else.
-            start_chroot_qemu(there, "dst", *incoming_args(there), machine=route.machine) as dst,
-            fdchannel.Incoming(cpr_channels(here)) as incoming,
-            fdchannel.Outgoing(
-                cpr_channels(there), codec="qemu", qemu_target=route.target
-            ) as outgoing,
-        ):
-            await connect(src, route.src)
-            await incoming.listen_cpr()
-            await start_cpr_transfer(src.qmp, here)
-            with await incoming.receive_cpr() as state:
-                check_subsections(state, src.version)
-                os.pwrite(check_cpr_state(state, ordered=False), pattern, PATTERN_ADDR)
-                async with anyio.create_task_group() as tg:
-                    # QEMU answers QMP only once it has read the state, and
-                    # acks the state only once migrate-incoming listens.
-                    tg.start_soon(outgoing.send_cpr, state)
-                    await connect(dst, route.dst)
-                    assert (await dst.qmp.execute("query-status"))["status"] == "inmigrate"
-                    await start_incoming(dst.qmp, there, "main.sock")
-            # Acked: the new QEMU holds its own copies of the descriptors.
-            async with await outgoing.connect_main() as to_dst:
-                await incoming.listen_main()  # the old QEMU may go on now
-                async with await incoming.accept_main() as from_src:
-                    await relay_stream(from_src, to_dst)
-                await dst.qmp.wait_migration()
-                await to_dst.wait_peer_closed()
-            await src.qmp.wait_migration()
-            # Guest RAM the main stream never carried: only the memfd brought it.
-            assert await guest_memory(dst.qmp, there, "dst.mem") == pattern
-            # The source never ran, so neither does the destination.
-            assert (await dst.qmp.execute("query-status"))["status"] == "prelaunch"
-            await src.quit()
-            await dst.quit()
+    async with (
+        start_chroot_qemu(here, "src", machine=route.machine) as src,
+        # Waits for its state on cpr.sock before anything else.
+        start_chroot_qemu(there, "dst", *incoming_args(there), machine=route.machine) as dst,
+        fdchannel.Incoming(cpr_channels(here)) as incoming,
+        api.outgoing(cpr_channels(there), route.target) as outgoing,
+    ):
+        await connect(src, route.src)
+        await incoming.listen_cpr()
+        await start_cpr_transfer(src.qmp, here)
+        yield LiveUpdate(src, dst, there, incoming, outgoing)
 
 
-@row("blocking Outgoing → QEMU")
-@pytest.mark.parametrize("route", route_params())
-async def test_blocking_outgoing_hands_on_to_a_new_qemu(
-    route: Route, places: Callable[[QemuVersion], Place]
-) -> None:
-    """The same live update with ``fdchannel.blocking.Outgoing``, driven from worker threads."""
-    here, there = places(route.src), places(route.dst)
-    pattern = os.urandom(PATTERN_SIZE)
-    acks: list[blocking.Ack] = []
-    with anyio.fail_after(TEST_TIMEOUT):
-        async with (
-            start_chroot_qemu(here, "src", machine=route.machine) as src,
-            # Waits for its state on cpr.sock before anything else.
-            start_chroot_qemu(there, "dst", *incoming_args(there), machine=route.machine) as dst,
-            fdchannel.Incoming(cpr_channels(here)) as incoming,
-        ):
-            with blocking.Outgoing(
-                cpr_channels(there), codec="qemu", qemu_target=route.target
-            ) as outgoing:
-                await connect(src, route.src)
-                await incoming.listen_cpr()
-                await start_cpr_transfer(src.qmp, here)
+def outgoing_to_qemu(api: Api) -> RouteTest:
+    """The test of row "Outgoing → QEMU" with ``api``'s Outgoing (our Incoming is async)."""
+
+    @row(f"{api.prefix}Outgoing → QEMU")
+    @pytest.mark.parametrize("route", route_params())
+    async def test(route: Route, places: Places) -> None:
+        """A live update carried by fdchannel: the new QEMU runs on the memfds we passed."""
+        pattern = os.urandom(PATTERN_SIZE)
+        acks: list[Ack] = []
+        with anyio.fail_after(TEST_TIMEOUT):
+            async with live_update(route, api, places) as (src, dst, there, incoming, outgoing):
                 with await incoming.receive_cpr() as state:
                     check_subsections(state, src.version)
                     os.pwrite(check_cpr_state(state, ordered=False), pattern, PATTERN_ADDR)
 
                     async def send_cpr() -> None:
-                        acks.append(
-                            await anyio.to_thread.run_sync(
-                                outgoing.send_cpr, state, DEFAULT_TIMEOUT
-                            )
-                        )
+                        acks.append(await outgoing.send_cpr(state))
 
                     async with anyio.create_task_group() as tg:
                         # QEMU answers QMP only once it has read the state, and
@@ -402,13 +468,12 @@ async def test_blocking_outgoing_hands_on_to_a_new_qemu(
                         assert (await dst.qmp.execute("query-status"))["status"] == "inmigrate"
                         await start_incoming(dst.qmp, there, "main.sock")
                 # Acked: the new QEMU holds its own copies of the descriptors.
-                connected = anyio.to_thread.run_sync(outgoing.connect_main, DEFAULT_TIMEOUT)
-                with await connected as to_dst:
+                async with closing(await outgoing.connect_main()) as to_dst:
                     await incoming.listen_main()  # the old QEMU may go on now
                     async with await incoming.accept_main() as from_src:
                         await relay_stream(from_src, to_dst)
                     await dst.qmp.wait_migration()
-                    await anyio.to_thread.run_sync(to_dst.wait_peer_closed, DEFAULT_TIMEOUT)
+                    await wait_peer_closed(to_dst)
                 await src.qmp.wait_migration()
                 # Guest RAM the main stream never carried: only the memfd brought it.
                 assert await guest_memory(dst.qmp, there, "dst.mem") == pattern
@@ -416,8 +481,14 @@ async def test_blocking_outgoing_hands_on_to_a_new_qemu(
                 assert (await dst.qmp.execute("query-status"))["status"] == "prelaunch"
                 await src.quit()
                 await dst.quit()
-    (ack,) = acks
-    assert (ack.codec, ack.descriptors, ack.kind) == ("qemu", len(CPR_ENTRIES), "closed")
+        (ack,) = acks
+        assert (ack.codec, ack.descriptors, ack.kind) == ("qemu", len(CPR_ENTRIES), "closed")
+
+    return test
+
+
+test_outgoing_hands_on_to_a_new_qemu = outgoing_to_qemu(ASYNC)
+test_blocking_outgoing_hands_on_to_a_new_qemu = outgoing_to_qemu(BLOCKING)
 
 
 # --------------------------------------------------------------------------
@@ -426,9 +497,7 @@ async def test_blocking_outgoing_hands_on_to_a_new_qemu(
 
 @row("relay QEMU → QEMU")
 @pytest.mark.parametrize("version", version_params())
-async def test_relay_carries_a_cpr_transfer(
-    version: QemuVersion, places: Callable[[QemuVersion], Place]
-) -> None:
+async def test_relay_carries_a_cpr_transfer(version: QemuVersion, places: Places) -> None:
     """Two ``fdchannel relay`` processes carry the cpr and main channels between two QEMUs."""
     place = places(version)
     pattern = os.urandom(PATTERN_SIZE)
@@ -472,9 +541,7 @@ async def test_relay_carries_a_cpr_transfer(
 
 @row("probe --listen ← QEMU")
 @pytest.mark.parametrize("version", version_params())
-async def test_probe_listen_describes_qemus_state(
-    version: QemuVersion, places: Callable[[QemuVersion], Place]
-) -> None:
+async def test_probe_listen_describes_qemus_state(version: QemuVersion, places: Places) -> None:
     """probe lists QEMU's memfds, and its close is the ack: QEMU then sends main."""
     place = places(version)
     with anyio.fail_after(TEST_TIMEOUT):
@@ -511,21 +578,10 @@ async def test_probe_listen_describes_qemus_state(
 
 @row("no target: 10.0 refuses 11.1's state")
 @pytest.mark.parametrize("route", route_params((Route(QEMU11, QEMU10, None),)))
-async def test_qemu10_refuses_a_state_with_subsections(
-    route: Route, places: Callable[[QemuVersion], Place]
-) -> None:
+async def test_qemu10_refuses_a_state_with_subsections(route: Route, places: Places) -> None:
     """Without ``qemu_target="10.0"`` QEMU 10.0 reads 11.1's subsection, fails and exits."""
-    here, there = places(route.src), places(route.dst)
     with anyio.fail_after(TEST_TIMEOUT):
-        async with (
-            start_chroot_qemu(here, "src", machine=route.machine) as src,
-            start_chroot_qemu(there, "dst", *incoming_args(there), machine=route.machine) as dst,
-            fdchannel.Incoming(cpr_channels(here)) as incoming,
-            fdchannel.Outgoing(cpr_channels(there), codec="qemu") as outgoing,
-        ):
-            await connect(src, route.src)
-            await incoming.listen_cpr()
-            await start_cpr_transfer(src.qmp, here)
+        async with live_update(route, ASYNC, places) as (src, dst, _, incoming, outgoing):
             with await incoming.receive_cpr() as state:
                 check_subsections(state, src.version)
                 # QEMU's exit closes the connection: to us it may look like the
