@@ -9,7 +9,6 @@ available here yet.
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import stat
@@ -17,7 +16,7 @@ import stat
 from ..address import FdAddress
 from ..credentials import CredentialPolicy, same_user_or_root
 from ..errors import CapabilityError, ConnectError, TransportError
-from ..transports.fd import duplicate
+from ..transports.fd import duplicate, file_mode, is_listening
 from ._listener import Listener, OneStreamListener, SocketListener
 from ._stream import Stream
 
@@ -26,22 +25,14 @@ __all__ = ["connect", "listen"]
 
 def _socket_of(fd: int, address: FdAddress, error: type[TransportError]) -> socket.socket:
     """The socket object over ``fd``; CapabilityError for what is no socket."""
-    label = f"fd:{address.name}"
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError as exc:
-        raise error(f"{label}: descriptor {fd} is not usable: {exc.strerror}", address) from exc
+    mode = file_mode(fd, address, error)
     if not stat.S_ISSOCK(mode):
         raise CapabilityError(
-            f"{label} is not a socket (type {stat.filemode(mode)[0]!r}): pipes and files "
-            "are not available in fdchannel.blocking yet; use the async API"
+            f"fd:{address.name} is not a socket (type {stat.filemode(mode)[0]!r}): pipes and "
+            "files are not available in fdchannel.blocking yet; use the async API"
         )
     # With fileno= the family, type and protocol are read from the descriptor.
-    sock = socket.socket(fileno=fd)
-    if sock.type != socket.SOCK_STREAM:
-        sock.detach()
-        raise error(f"{label} is a {sock.type.name} socket; a stream socket is needed", address)
-    return sock
+    return socket.socket(fileno=fd)
 
 
 def _open(
@@ -51,7 +42,6 @@ def _open(
     incoming: bool,
     policy: CredentialPolicy | None,
 ) -> Stream | Listener:
-    label = f"fd:{address.name}"
     dup = duplicate(address, error)
     try:
         sock = _socket_of(dup, address, error)
@@ -59,22 +49,8 @@ def _open(
         os.close(dup)
         raise
     try:
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            if not incoming:
-                raise error(
-                    f"{label} is a listening socket: it serves the incoming side "
-                    "(listen), it cannot connect",
-                    address,
-                )
+        if is_listening(sock, address, error, incoming=incoming):
             return SocketListener(sock, address, policy=policy)
-        try:
-            sock.getpeername()
-        except OSError as exc:
-            if exc.errno != errno.ENOTCONN:
-                raise error(f"{label}: {exc.strerror}", address) from exc
-            raise error(
-                f"{label} is a socket that is neither connected nor listening", address
-            ) from None
         stream = Stream(sock, address)
         return OneStreamListener(stream, address) if incoming else stream
     except BaseException:

@@ -175,6 +175,44 @@ def duplicate(address: FdAddress, error: type[TransportError]) -> int:
         raise error(f"fd:{address.name}: cannot duplicate {fd}: {exc.strerror}", address) from exc
 
 
+def file_mode(fd: int, address: FdAddress, error: type[TransportError]) -> int:
+    """``fd``'s st_mode: what kind of file it is (the transport's error if none)."""
+    try:
+        return os.fstat(fd).st_mode
+    except OSError as exc:
+        raise error(
+            f"fd:{address.name}: descriptor {fd} is not usable: {exc.strerror}", address
+        ) from exc
+
+
+def is_listening(
+    sock: socket.socket, address: FdAddress, error: type[TransportError], *, incoming: bool
+) -> bool:
+    """Whether a socket handed over as ``fd:`` listens (else it is connected): both
+    layers' check.  The transport's error for a socket that is no stream socket,
+    neither listens nor is connected, or listens on the outgoing side."""
+    label = f"fd:{address.name}"
+    if sock.type != socket.SOCK_STREAM:
+        raise error(f"{label} is a {sock.type.name} socket; a stream socket is needed", address)
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        if not incoming:
+            raise error(
+                f"{label} is a listening socket: it serves the incoming side "
+                "(listen), it cannot connect",
+                address,
+            )
+        return True
+    try:
+        sock.getpeername()
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise error(f"{label}: {exc.strerror}", address) from exc
+        raise error(
+            f"{label} is a socket that is neither connected nor listening", address
+        ) from None
+    return False
+
+
 def _open_socket(
     fd: int,
     address: FdAddress,
@@ -183,28 +221,11 @@ def _open_socket(
     incoming: bool,
     policy: CredentialPolicy | None,
 ) -> Stream | Listener:
-    label = f"fd:{address.name}"
     # With fileno= the family, type and protocol are read from the descriptor.
     sock = socket.socket(fileno=fd)
     try:
-        if sock.type != socket.SOCK_STREAM:
-            raise error(f"{label} is a {sock.type.name} socket; a stream socket is needed", address)
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            if not incoming:
-                raise error(
-                    f"{label} is a listening socket: it serves the incoming side "
-                    "(listen), it cannot connect",
-                    address,
-                )
+        if is_listening(sock, address, error, incoming=incoming):
             return SocketListener(sock, address, policy=policy)
-        try:
-            sock.getpeername()
-        except OSError as exc:
-            if exc.errno != errno.ENOTCONN:
-                raise
-            raise error(
-                f"{label} is a socket that is neither connected nor listening", address
-            ) from None
         return stream_for_socket(sock, address)
     except BaseException:
         sock.detach()  # the descriptor stays the caller's
@@ -222,10 +243,7 @@ def _wrap(
     """The stream or listener ``fd``'s kind calls for; on success it owns ``fd``,
     on failure ``fd`` is left open."""
     label = f"fd:{address.name}"
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError as exc:
-        raise error(f"{label}: descriptor {fd} is not usable: {exc.strerror}", address) from exc
+    mode = file_mode(fd, address, error)
     if stat.S_ISSOCK(mode):
         return _open_socket(fd, address, error, incoming=incoming, policy=policy)
     if stat.S_ISFIFO(mode):
