@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -13,8 +14,10 @@ import pytest
 import fdchannel
 from fdchannel import blocking
 from fdchannel.address import TcpAddress, UnixAddress
+from fdchannel.blocking._listener import SocketListener as blocking_SocketListener
 from fdchannel.errors import AddressError, ConnectError, TransportError
 from fdchannel.transports import unix
+from fdchannel.transports._socket import SocketListener
 
 pytestmark = pytest.mark.anyio
 TIMEOUT = 10
@@ -211,3 +214,26 @@ async def test_tcp_connection_refused() -> None:
         port = s.getsockname()[1]
     with pytest.raises(ConnectError, match=str(port)):
         await fdchannel.connect(TcpAddress("127.0.0.1", str(port)))
+
+
+def _failing_setup(conn: socket.socket) -> None:
+    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+
+@pytest.mark.parametrize("layer", ["async", "blocking"])
+async def test_accept_setup_failure_is_a_transport_error(layer: str) -> None:
+    # Fault injection: the kernel rarely refuses a socket option on a fresh
+    # peer, but when it does, accept raises the transport's error (not a bare
+    # OSError) and the peer's socket is closed (the fd check sees to that).
+    server = socket.create_server(("127.0.0.1", 0))
+    address = TcpAddress("127.0.0.1", str(server.getsockname()[1]))
+    with socket.create_connection(server.getsockname()[:2], TIMEOUT):
+        if layer == "async":
+            listener = SocketListener(server, address, on_accept=_failing_setup)
+            with anyio.fail_after(TIMEOUT), pytest.raises(TransportError, match="setting up"):
+                await listener.accept()
+            await listener.aclose()
+        else:
+            refused = pytest.raises(TransportError, match="setting up")
+            with blocking_SocketListener(server, address, on_accept=_failing_setup) as lst, refused:
+                lst.accept(timeout=TIMEOUT)
