@@ -168,9 +168,7 @@ def receive_state_and_codec(
             if decoder.done and stream.at_eof:
                 break  # the EOF came with the last read: no trip back for it
         state = decoder.finish()
-        codec: Codec = "native" if decoder.codec == "native" else "qemu"
-        state.codec = codec
-        return state, codec
+        return state, "native" if state.codec == "native" else "qemu"
     except BaseException:
         decoder.close()
         raise

@@ -112,7 +112,8 @@ class Decoder:
         return frames
 
     def finish(self) -> FdState:
-        """The state, once the stream ended; ProtocolError if it ended early."""
+        """The state, once the stream ended (its ``codec`` says which); ProtocolError
+        if it ended early."""
         if self._result is None and self._may_end():
             self._resume(True)  # a qemu state ends with its stream
         if self._result is None:
@@ -122,6 +123,7 @@ class Decoder:
                 "byte(s), before its end marker"
             )
         result, self._result = self._result, None
+        result.codec = self.codec
         return result
 
     def close(self) -> None:
