@@ -18,21 +18,14 @@ holds the last descriptor, the cases taking turns round by round.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import gc
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Literal
 
 from . import _loops, _report, fdrate
-from ._peer import Peer, PeerError, start_peer
 from ._report import Figure, Row
 from .fdrate import Ready, Received, Transfer
 
@@ -46,14 +39,45 @@ Kind = Literal["stdlib", "blocking", "async"]
 
 @dataclass(frozen=True)
 class Case:
-    """One row: who sends and receives; ``loop`` for the async API only."""
+    """One row: who sends and receives; ``loop`` for the async API only.
+
+    What fdrate's harness needs of a case (``fdrate.Measured``).
+    """
 
     kind: Kind
     loop: _loops.Loop | None = None
 
     @property
-    def label(self) -> str:
-        return f"{self.kind:8} {self.loop or 'none':8}"
+    def name(self) -> str:
+        return f"{self.kind}-{self.loop or 'none'}"
+
+    def row(self) -> Row:
+        labels = (
+            {"stdlib": "stdlib", "blocking": "fdchannel.blocking", "async": "fdchannel"}[self.kind],
+            self.loop or "none",
+            str(fdrate.PER_MESSAGE),
+        )
+        return Row(labels, baseline=self.kind == "stdlib")
+
+    def progress(self, row: Row) -> str:
+        return f"{self.kind:8} {self.loop or 'none':8} {row.error or 'ok'}"
+
+    def send(self, transfer: Transfer, memfds: list[int]) -> int:
+        if self.kind == "stdlib":
+            return fdrate._send_stdlib(transfer, memfds)
+        if self.kind == "blocking":
+            return _send_blocking(transfer, memfds)
+        assert self.loop is not None
+        return _loops.run(self.loop, fdrate._send_state, "native", transfer, memfds)
+
+    def receive(self, conn: Connection, transfer: Transfer, repeat: int) -> None:
+        if self.kind == "stdlib":
+            fdrate._receive_stdlib(conn, transfer, repeat)
+        elif self.kind == "blocking":
+            _receive_blocking(conn, transfer, repeat)
+        else:
+            assert self.loop is not None
+            _loops.run(self.loop, fdrate._receive_state, conn, transfer, repeat)
 
 
 def cases() -> list[Case]:
@@ -69,54 +93,18 @@ def run(options: argparse.Namespace) -> Figure:
     """Measure every case and return the table, with blocking-to-async ratios in its notes."""
     count: int = getattr(options, "fds", 10_000)
     repeat = max(options.repeat, fdrate.MIN_ROUNDS)
-    figure = Figure(
-        name=NAME,
-        title=f"blocking: {count} memfds between two processes, native codec",
-        columns=("implementation", "loop", "per message"),
-        unit="fds/s",
-        ratio_heading="vs stdlib",
-        value_format="{:,.0f}",
-        paired=True,
-        parameters={"fds": count, "repeat": repeat},
-        notes=[
-            "timed from the sender's first send until the receiver holds the last descriptor, "
-            "after an unmeasured warm-up transfer; ratios are medians of per-round ratios",
-        ],
+    figure = fdrate.new_figure(
+        NAME,
+        f"blocking: {count} memfds between two processes, native codec",
+        count,
+        repeat,
+        f"{fdrate.TIMED}; ratios are medians of per-round ratios",
     )
     too_many = fdrate.raise_fd_limit(count)
-    sockdir = tempfile.mkdtemp(prefix="fdchblk-")
-    memfds: list[int] = []
-    affinity = os.sched_getaffinity(0)
     cpus = fdrate.split_cpus() if getattr(options, "pin", True) else None
-    if cpus is not None:
-        os.sched_setaffinity(0, {cpus[0]})
-        figure.notes.append(f"the sender runs on CPU {cpus[0]}, every receiver on CPU {cpus[1]}")
-    try:
-        if too_many is None:
-            memfds.extend(os.memfd_create(f"blk{i}", os.MFD_CLOEXEC) for i in range(count))
-        gc.collect()
-        gc.freeze()  # the harness's objects out of the collector's way (see fdrate)
-        receiver_cpu = None if cpus is None else cpus[1]
-        if too_many is None:
-            figure.rows.extend(measure(memfds, repeat, sockdir, receiver_cpu))
-        else:
-            figure.rows.extend(dataclasses.replace(_row(c), error=too_many) for c in cases())
-    finally:
-        for fd in memfds:
-            os.close(fd)
-        shutil.rmtree(sockdir, ignore_errors=True)
-        os.sched_setaffinity(0, affinity)
+    fdrate.measure_figure(figure, cases(), count, repeat, cpus, too_many)
     figure.notes.extend(_blocking_ratios(figure))
     return figure
-
-
-def _row(case: Case) -> Row:
-    labels = (
-        {"stdlib": "stdlib", "blocking": "fdchannel.blocking", "async": "fdchannel"}[case.kind],
-        case.loop or "none",
-        str(fdrate.PER_MESSAGE),
-    )
-    return Row(labels, baseline=case.kind == "stdlib")
 
 
 def _blocking_ratios(figure: Figure) -> list[str]:
@@ -136,83 +124,7 @@ def _blocking_ratios(figure: Figure) -> list[str]:
     return notes
 
 
-def measure(memfds: list[int], repeat: int, sockdir: str, cpu: int | None) -> list[Row]:
-    """``repeat`` transfers per case, taking turns round by round (as fdrate does)."""
-    rows = {case: _row(case) for case in cases()}
-    samples: dict[Case, list[float]] = {case: [] for case in cases()}
-    timeout = 60.0 + len(memfds) / 1000
-    with contextlib.ExitStack() as stack:
-        peers: dict[Case, tuple[Peer, Transfer]] = {}
-        for case in cases():
-            if case.loop is not None and (why := _loops.missing(case.loop)) is not None:
-                rows[case] = dataclasses.replace(rows[case], error=why)
-                continue
-            path = os.path.join(sockdir, f"{case.kind}-{case.loop or 'none'}.sock")
-            transfer = Transfer(path, len(memfds), timeout, cpu)
-            try:
-                rounds = fdrate.WARM_UP + repeat
-                peer = stack.enter_context(start_peer(_receiver, case, transfer, rounds))
-                peer.expect(Ready, fdrate.START_TIMEOUT)
-            except Exception as exc:
-                rows[case] = fdrate._failed(rows[case], exc)
-                continue
-            peers[case] = (peer, transfer)
-        for round_ in range(fdrate.WARM_UP + repeat):
-            for case, (peer, transfer) in list(peers.items()):
-                try:
-                    received, start_ns = _one_transfer(peer, case, transfer, memfds)
-                    if received.count != len(memfds):
-                        raise PeerError(f"the receiver got {received.count} of {len(memfds)}")
-                except Exception as exc:
-                    rows[case] = fdrate._failed(rows[case], exc)
-                    del peers[case]
-                    continue
-                if round_ >= fdrate.WARM_UP:
-                    samples[case].append(received.count / ((received.end_ns - start_ns) / 1e9))
-    for case, row in rows.items():
-        if row.error is None:
-            rows[case] = dataclasses.replace(row, samples=tuple(samples[case]))
-        print(f"  {case.label} {row.error or 'ok'}", file=sys.stderr, flush=True)
-    return list(rows.values())
-
-
-def _one_transfer(
-    peer: Peer, case: Case, transfer: Transfer, memfds: list[int]
-) -> tuple[Received, int]:
-    try:
-        if case.kind == "stdlib":
-            start_ns = fdrate._send_stdlib(transfer, memfds)
-        elif case.kind == "blocking":
-            start_ns = _send_blocking(transfer, memfds)
-        else:
-            assert case.loop is not None
-            start_ns = _loops.run(case.loop, fdrate._send_state, "native", transfer, memfds)
-    except Exception as exc:
-        raise peer.explain(exc) from exc
-    return peer.expect(Received, transfer.timeout), start_ns
-
-
 # --- the receiving child -------------------------------------------------------------------
-
-
-def _receiver(conn: Connection, case: Case, transfer: Transfer, repeat: int) -> None:
-    """Child process: listen, then take ``repeat`` transfers, reporting each."""
-    if transfer.cpu is not None:
-        os.sched_setaffinity(0, {transfer.cpu})
-    too_many = fdrate.raise_fd_limit(transfer.count)
-    if too_many is not None:
-        raise RuntimeError(too_many)
-    try:
-        if case.kind == "stdlib":
-            fdrate._receive_stdlib(conn, transfer, repeat)
-        elif case.kind == "blocking":
-            _receive_blocking(conn, transfer, repeat)
-        else:
-            assert case.loop is not None
-            _loops.run(case.loop, fdrate._receive_state, conn, transfer, repeat)
-    finally:
-        if os.path.lexists(transfer.path):
-            os.unlink(transfer.path)
 
 
 def _receive_blocking(conn: Connection, transfer: Transfer, repeat: int) -> None:

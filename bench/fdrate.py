@@ -30,9 +30,10 @@ import struct
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Literal
+from typing import Literal, Protocol
 
 import anyio
 
@@ -58,6 +59,38 @@ WARM_UP = 1
 MIN_ROUNDS = 41
 #: How long a child may take to import and start listening.
 START_TIMEOUT = 60.0
+#: What measure() times, for a figure's notes.
+TIMED = (
+    "timed from the sender's first send until the receiver holds the last descriptor, "
+    "after an unmeasured warm-up transfer"
+)
+
+
+class Measured(Protocol):
+    """A case as the harness here runs it: this figure's ``Case`` and ``bench.blocking``'s.
+
+    Hashable, and picklable for the receiving child.
+    """
+
+    @property
+    def loop(self) -> _loops.Loop | None:
+        """The event loop its transfers run on; None for none."""
+
+    @property
+    def name(self) -> str:
+        """Its socket file's name, unique among the figure's cases."""
+
+    def row(self) -> Row:
+        """Its row of the table, before any measurement."""
+
+    def progress(self, row: Row) -> str:
+        """The line that reports the measured (or failed) ``row``."""
+
+    def send(self, transfer: Transfer, memfds: list[int]) -> int:
+        """Sender: connect, pass every memfd; the monotonic_ns() of the first send."""
+
+    def receive(self, conn: Connection, transfer: Transfer, repeat: int) -> None:
+        """Receiver (in the child): listen, say Ready, take ``repeat`` transfers."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +99,33 @@ class Case:
 
     implementation: Implementation
     loop: _loops.Loop | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.implementation}-{self.loop or 'blocking'}"
+
+    def row(self) -> Row:
+        per_message = "1" if self.implementation == "qemu" else str(PER_MESSAGE)
+        labels = (self.implementation, self.loop or "blocking", per_message)
+        return Row(labels, baseline=self.implementation == "stdlib")
+
+    def progress(self, row: Row) -> str:
+        done = " ".join(f"{s:,.0f}" for s in row.samples) if row.error is None else row.error
+        return f"{self.implementation:7} {self.loop or 'blocking':8} {done}"
+
+    def send(self, transfer: Transfer, memfds: list[int]) -> int:
+        if self.implementation == "stdlib":
+            return _send_stdlib(transfer, memfds)
+        assert self.loop is not None
+        codec: Codec = self.implementation
+        return _loops.run(self.loop, _send_state, codec, transfer, memfds)
+
+    def receive(self, conn: Connection, transfer: Transfer, repeat: int) -> None:
+        if self.implementation == "stdlib":
+            _receive_stdlib(conn, transfer, repeat)
+        else:
+            assert self.loop is not None
+            _loops.run(self.loop, _receive_state, conn, transfer, repeat)
 
 
 @dataclass(frozen=True)
@@ -164,21 +224,14 @@ def run(options: argparse.Namespace) -> Figure:
     # A transfer lasts milliseconds, as long as this machine's hiccups: take
     # enough of them for the median to see past one.
     repeat: int = max(options.repeat, MIN_ROUNDS)
-    figure = Figure(
-        name=NAME,
-        title=f"fdrate: {count} memfds between two processes",
-        columns=("implementation", "loop", "per message"),
-        unit="fds/s",
-        ratio_heading="vs stdlib",
-        value_format="{:,.0f}",
-        paired=True,
-        parameters={"fds": count, "repeat": repeat},
-        notes=[
-            "timed from the sender's first send until the receiver holds the last descriptor, "
-            "after an unmeasured warm-up transfer",
-            "ratio: the median over rounds of each transfer's rate over the stdlib transfer of "
-            "the same round; target for native: at least 0.80",
-        ],
+    figure = new_figure(
+        NAME,
+        f"fdrate: {count} memfds between two processes",
+        count,
+        repeat,
+        TIMED,
+        "ratio: the median over rounds of each transfer's rate over the stdlib transfer of "
+        "the same round; target for native: at least 0.80",
     )
     too_many = raise_fd_limit(count)
     # The sender's window follows its (now raised) descriptor limit.
@@ -187,17 +240,52 @@ def run(options: argparse.Namespace) -> Figure:
     window = native.default_window()
     figure.parameters["native_window"] = window
     figure.notes.append(f"native: the receiver acknowledges every {window} descriptors")
+    cpus = split_cpus() if options.pin else None
+    figure.parameters["pinned"] = cpus is not None
+    measure_figure(figure, cases(), count, repeat, cpus, too_many)
+    return figure
+
+
+def new_figure(name: str, title: str, count: int, repeat: int, *notes: str) -> Figure:
+    """An empty table of fds/s, its rows paired round by round with the stdlib baseline's."""
+    return Figure(
+        name=name,
+        title=title,
+        columns=("implementation", "loop", "per message"),
+        unit="fds/s",
+        ratio_heading="vs stdlib",
+        value_format="{:,.0f}",
+        paired=True,
+        parameters={"fds": count, "repeat": repeat},
+        notes=list(notes),
+    )
+
+
+def measure_figure(
+    figure: Figure,
+    cases: Sequence[Measured],
+    count: int,
+    repeat: int,
+    cpus: tuple[int, int] | None,
+    too_many: str | None,
+) -> None:
+    """Add a row per case to ``figure``: ``repeat`` transfers of ``count`` memfds each.
+
+    ``cpus``: the sender's and the receivers' (see split_cpus), or None to
+    leave them unpinned; ``too_many``: why ``count`` descriptors cannot fit
+    (see raise_fd_limit), every row's error then.
+    """
     sockdir = tempfile.mkdtemp(prefix="fdchbench-")
     memfds: list[int] = []
     affinity = os.sched_getaffinity(0)
-    cpus = split_cpus() if options.pin else None
     if cpus is not None:
         os.sched_setaffinity(0, {cpus[0]})
         figure.notes.append(f"the sender runs on CPU {cpus[0]}, every receiver on CPU {cpus[1]}")
-    figure.parameters["pinned"] = cpus is not None
     try:
         if too_many is None:
-            memfds.extend(os.memfd_create(f"fdrate{i}", os.MFD_CLOEXEC) for i in range(count))
+            memfds.extend(
+                os.memfd_create(f"{figure.name}{i}", os.MFD_CLOEXEC) for i in range(count)
+            )
         # The harness's own objects (10,000 descriptors and their states) out
         # of the collector's way: a full collection walking them would land
         # in whichever transfer happens to trigger it.
@@ -205,25 +293,18 @@ def run(options: argparse.Namespace) -> Figure:
         gc.freeze()
         if too_many is None:
             receiver_cpu = None if cpus is None else cpus[1]
-            figure.rows.extend(measure(cases(), memfds, repeat, sockdir, receiver_cpu))
+            figure.rows.extend(measure(cases, memfds, repeat, sockdir, receiver_cpu))
         else:
-            figure.rows.extend(dataclasses.replace(_row(c), error=too_many) for c in cases())
+            figure.rows.extend(dataclasses.replace(c.row(), error=too_many) for c in cases)
     finally:
         for fd in memfds:
             os.close(fd)
         shutil.rmtree(sockdir, ignore_errors=True)
         os.sched_setaffinity(0, affinity)
-    return figure
-
-
-def _row(case: Case) -> Row:
-    per_message = "1" if case.implementation == "qemu" else str(PER_MESSAGE)
-    labels = (case.implementation, case.loop or "blocking", per_message)
-    return Row(labels, baseline=case.implementation == "stdlib")
 
 
 def measure(
-    cases: list[Case], memfds: list[int], repeat: int, sockdir: str, cpu: int | None = None
+    cases: Sequence[Measured], memfds: list[int], repeat: int, sockdir: str, cpu: int | None = None
 ) -> list[Row]:
     """``repeat`` transfers of every memfd per case, as fds/s samples.
 
@@ -231,17 +312,17 @@ def measure(
     drifts by tens of percent within seconds, and turns give every case,
     the baseline included, the same share of fast and slow moments.
     """
-    rows = {case: _row(case) for case in cases}
-    samples: dict[Case, list[float]] = {case: [] for case in cases}
+    rows = {case: case.row() for case in cases}
+    samples: dict[Measured, list[float]] = {case: [] for case in cases}
     # Generous: a hang is a failure, a slow run is a number.
     timeout = 60.0 + len(memfds) / 1000
     with contextlib.ExitStack() as stack:
-        peers: dict[Case, tuple[Peer, Transfer]] = {}
+        peers: dict[Measured, tuple[Peer, Transfer]] = {}
         for case in cases:
             if case.loop is not None and (why := _loops.missing(case.loop)) is not None:
                 rows[case] = dataclasses.replace(rows[case], error=why)
                 continue
-            path = os.path.join(sockdir, f"{case.implementation}-{case.loop or 'blocking'}.sock")
+            path = os.path.join(sockdir, f"{case.name}.sock")
             transfer = Transfer(path, len(memfds), timeout, cpu)
             try:
                 peer = stack.enter_context(start_peer(_receiver, case, transfer, WARM_UP + repeat))
@@ -264,12 +345,10 @@ def measure(
                 if round_ >= WARM_UP:
                     samples[case].append(received.count / ((received.end_ns - start_ns) / 1e9))
     for case in cases:
-        label = f"{case.implementation:7} {case.loop or 'blocking':8}"
         row = rows[case]
-        done = " ".join(f"{s:,.0f}" for s in samples[case]) if row.error is None else row.error
-        print(f"  {label} {done}", file=sys.stderr, flush=True)
         if row.error is None:
-            rows[case] = dataclasses.replace(row, samples=tuple(samples[case]))
+            rows[case] = row = dataclasses.replace(row, samples=tuple(samples[case]))
+        print(f"  {case.progress(row)}", file=sys.stderr, flush=True)
     return [rows[case] for case in cases]
 
 
@@ -278,15 +357,10 @@ def _failed(row: Row, exc: Exception) -> Row:
 
 
 def _one_transfer(
-    peer: Peer, case: Case, transfer: Transfer, memfds: list[int]
+    peer: Peer, case: Measured, transfer: Transfer, memfds: list[int]
 ) -> tuple[Received, int]:
     try:
-        if case.implementation == "stdlib":
-            start_ns = _send_stdlib(transfer, memfds)
-        else:
-            assert case.loop is not None
-            codec: Codec = case.implementation
-            start_ns = _loops.run(case.loop, _send_state, codec, transfer, memfds)
+        start_ns = case.send(transfer, memfds)
     except Exception as exc:
         raise peer.explain(exc) from exc
     return peer.expect(Received, transfer.timeout), start_ns
@@ -303,7 +377,7 @@ def _kernel_timeout(sock: socket.socket, seconds: float) -> None:
 # --- the receiving child -------------------------------------------------------------------
 
 
-def _receiver(conn: Connection, case: Case, transfer: Transfer, repeat: int) -> None:
+def _receiver(conn: Connection, case: Measured, transfer: Transfer, repeat: int) -> None:
     """Child process: listen, then take ``repeat`` transfers, reporting each."""
     if transfer.cpu is not None:
         os.sched_setaffinity(0, {transfer.cpu})
@@ -311,11 +385,7 @@ def _receiver(conn: Connection, case: Case, transfer: Transfer, repeat: int) -> 
     if too_many is not None:
         raise RuntimeError(too_many)
     try:
-        if case.implementation == "stdlib":
-            _receive_stdlib(conn, transfer, repeat)
-        else:
-            assert case.loop is not None
-            _loops.run(case.loop, _receive_state, conn, transfer, repeat)
+        case.receive(conn, transfer, repeat)
     finally:
         # A stdlib listener leaves its socket file behind (fdchannel's removes it).
         if os.path.lexists(transfer.path):
