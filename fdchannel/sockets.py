@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
+from .capabilities import Capability
 from .credentials import CredentialPolicy, check_peer
 from .errors import ConnectError, TransportError
 
@@ -54,13 +55,17 @@ def tune_buffers(sock: socket.socket) -> None:
 
 
 class ListeningSocket:
-    """A listening stream socket's state, and the accept steps that do not wait.
+    """A listening stream socket's state, and the accept steps that do not wait:
+    the base of both layers' SocketListener, which add how they wait.
 
-    On an AF_UNIX socket ``policy`` decides which peers are accepted (None
-    admits everyone): a refused peer is closed unread and PeerCredentialsError
-    raised.  ``on_accept`` sets up each accepted socket; ``on_close`` runs
-    once the socket is closed (a unix listener removes its file).
+    On an AF_UNIX socket ``policy`` decides which peers ``accept`` returns
+    (None admits everyone): a refused peer is closed unread and ``accept``
+    raises PeerCredentialsError.  ``on_accept`` sets up each accepted socket;
+    ``on_close`` runs once the socket is closed (a unix listener removes its file).
     """
+
+    #: What the accepted streams can do: (another family's, AF_UNIX's).
+    stream_kinds: tuple[Capability, Capability]
 
     def __init__(
         self,
@@ -73,9 +78,12 @@ class ListeningSocket:
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
-        self._where = address
+        #: The address actually listened on (e.g. the port the kernel chose): all
+        #: that either layer's Listener.__init__ sets, which is not called.
+        self.address = address
         self._closed = False
         self.unix = sock.family == socket.AF_UNIX
+        self.stream_capabilities = self.stream_kinds[self.unix]
         #: Who may connect (AF_UNIX only; other families have no credentials).
         self.policy = policy if self.unix else None
         self._on_accept = on_accept
@@ -97,22 +105,22 @@ class ListeningSocket:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue  # the peer left before we accepted it
                 raise TransportError(
-                    f"accept on {self._where} failed: {exc.strerror}", self._where
+                    f"accept on {self.address} failed: {exc.strerror}", self.address
                 ) from exc
             break
         try:
             # accept4 gives a blocking, close-on-exec socket; the stream makes it non-blocking.
             tune_buffers(conn)
             # Before a byte is read: a refused peer is closed unread.
-            check_peer(conn, self.policy, self._where)
+            check_peer(conn, self.policy, self.address)
             if self._on_accept is not None:
                 self._on_accept(conn)
             return wrap(conn)
         except OSError as exc:
             conn.close()
             raise TransportError(
-                f"accept on {self._where}: setting up the peer's socket failed: {exc.strerror}",
-                self._where,
+                f"accept on {self.address}: setting up the peer's socket failed: {exc.strerror}",
+                self.address,
             ) from exc
         except BaseException:
             conn.close()

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import abc
-import socket
-from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from ..capabilities import Capability
-from ..credentials import CredentialPolicy
 from ..errors import CapabilityError, TransportError
 from ..sockets import ListeningSocket
 from ._deadline import READABLE, Deadline, wait_ready
@@ -55,31 +52,11 @@ class Listener(abc.ABC):
 
 
 class SocketListener(ListeningSocket, Listener):
-    """A listening stream socket; ``accept`` returns one stream per peer.
-
-    On an AF_UNIX socket ``policy`` decides which peers ``accept`` returns
-    (None admits everyone): a refused peer is closed unread and ``accept``
-    raises PeerCredentialsError.
-    """
+    """A listening stream socket; ``accept`` returns one stream per peer (see
+    ListeningSocket for its arguments: the policy, the setup and close hooks)."""
 
     capabilities = Capability.MULTI_ACCEPT
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        address: Address,
-        *,
-        policy: CredentialPolicy | None = None,
-        on_accept: Callable[[socket.socket], None] | None = None,
-        on_close: Callable[[], None] | None = None,
-    ) -> None:
-        Listener.__init__(self, address)
-        ListeningSocket.__init__(
-            self, sock, address, policy=policy, on_accept=on_accept, on_close=on_close
-        )
-        self.stream_capabilities = Capability.HALF_CLOSE | (
-            Capability.FD_PASSING if self.unix else Capability.NONE
-        )
+    stream_kinds = (Capability.HALF_CLOSE, Capability.HALF_CLOSE | Capability.FD_PASSING)
 
     def fileno(self) -> int:
         self._check_open()

@@ -15,7 +15,7 @@ from anyio.abc import SocketAttribute
 
 from .. import fds as fdpass
 from ..capabilities import Capability
-from ..credentials import CredentialPolicy, peer_credentials
+from ..credentials import peer_credentials
 from ..errors import ConnectError
 from ..sockets import ListeningSocket
 from ._base import DescriptorStream, FdAttribute, Listener, Stream
@@ -245,29 +245,11 @@ async def async_connect(sock: socket.socket, sockaddr: object, address: Address)
 
 
 class SocketListener(ListeningSocket, Listener):
-    """A listening stream socket; ``accept`` returns one stream per peer.
-
-    On an AF_UNIX socket ``policy`` decides which peers ``accept`` returns
-    (None admits everyone): a refused peer is closed unread and ``accept``
-    raises PeerCredentialsError.
-    """
+    """A listening stream socket; ``accept`` returns one stream per peer (see
+    ListeningSocket for its arguments: the policy, the setup and close hooks)."""
 
     capabilities = Capability.MULTI_ACCEPT
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        address: Address,
-        *,
-        policy: CredentialPolicy | None = None,
-        on_accept: Callable[[socket.socket], None] | None = None,
-        on_close: Callable[[], None] | None = None,
-    ) -> None:
-        Listener.__init__(self, address)
-        ListeningSocket.__init__(
-            self, sock, address, policy=policy, on_accept=on_accept, on_close=on_close
-        )
-        self.stream_capabilities = (UnixSocketStream if self.unix else SocketStream).capabilities
+    stream_kinds = (SocketStream.capabilities, UnixSocketStream.capabilities)
 
     def fileno(self) -> int:
         return self._sock.fileno()
