@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
+from . import fds as fdpass
 from .capabilities import Capability
 from .credentials import CredentialPolicy, check_peer
 from .errors import ConnectError, TransportError
@@ -30,6 +31,8 @@ __all__ = [
     "MAX_PENDING",
     "ConnectAttempts",
     "ListeningSocket",
+    "drain_queued",
+    "keep_until_closed",
     "tune_buffers",
 ]
 
@@ -52,6 +55,44 @@ def tune_buffers(sock: socket.socket) -> None:
     for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         with contextlib.suppress(OSError):  # the kernel's cap is not a failure
             sock.setsockopt(socket.SOL_SOCKET, option, BUFFER_SIZE)
+
+
+def keep_until_closed(pending: bytearray, data: bytes, what: str, address: Address | None) -> bool:
+    """One read of a wait for the peer's close: True at EOF, else keep ``data``
+    in ``pending`` for later receives, up to MAX_PENDING bytes."""
+    if not data:
+        return True
+    if len(pending) + len(data) > MAX_PENDING:
+        raise TransportError(
+            f"{what}: peer sent more than {MAX_PENDING} bytes while we waited for it to close",
+            address,
+        )
+    pending += data
+    return False
+
+
+def drain_queued(
+    sock: socket.socket,
+    data: bytes,
+    fds: list[int],
+    max_bytes: int,
+    maxfds: int,
+    max_messages: int,
+    translate: Callable[[OSError], Exception],
+) -> tuple[bytes, bool]:
+    """``data`` (a first receive's) and what more is already queued, without waiting;
+    the descriptors join ``fds``, and True says EOF came.  On an error every
+    descriptor in ``fds`` is closed and ``translate``'s error raised."""
+    chunks = [data]
+    try:
+        eof = fdpass.drain_fds(sock, chunks, fds, max_bytes - len(data), maxfds, max_messages - 1)
+    except OSError as exc:
+        fdpass.close_all(fds)
+        raise translate(exc) from exc
+    except BaseException:
+        fdpass.close_all(fds)
+        raise
+    return b"".join(chunks), eof
 
 
 class ListeningSocket:

@@ -22,7 +22,7 @@ from .. import fds as fdpass
 from ..capabilities import Capability
 from ..credentials import Credentials, peer_credentials
 from ..errors import CapabilityError, ConnectionLostError, TransportError
-from ..sockets import BROKEN_ERRNOS, DEFAULT_RECEIVE, MAX_PENDING
+from ..sockets import BROKEN_ERRNOS, DEFAULT_RECEIVE, drain_queued, keep_until_closed
 from ._deadline import READABLE, WRITABLE, Deadline, wait_ready
 
 if TYPE_CHECKING:
@@ -209,18 +209,10 @@ class Stream:
         data, fds = self._receive_fds(max_bytes, maxfds, Deadline(timeout))
         if not data or len(data) >= max_bytes or max_messages <= 1 or self._pending:
             return data, fds
-        chunks = [data]
-        try:
-            self._eof_seen = fdpass.drain_fds(
-                self._sock, chunks, fds, max_bytes - len(data), maxfds, max_messages - 1
-            )
-        except OSError as exc:
-            fdpass.close_all(fds)
-            raise self._translate(exc) from exc
-        except BaseException:
-            fdpass.close_all(fds)
-            raise
-        return b"".join(chunks), fds
+        data, self._eof_seen = drain_queued(
+            self._sock, data, fds, max_bytes, maxfds, max_messages, self._translate
+        )
+        return data, fds
 
     def peek(self, size: int, timeout: float | None = None) -> bytes:
         """Up to ``size`` bytes without consuming them (``b""`` at EOF).
@@ -250,16 +242,7 @@ class Stream:
                 deadline,
                 "waiting for the peer to close",
             )
-            if not data:
-                self._eof_seen = True
-                break
-            if len(self._pending) + len(data) > MAX_PENDING:
-                raise TransportError(
-                    f"{self._describe()}: peer sent more than {MAX_PENDING} bytes "
-                    "while we waited for it to close",
-                    self.address,
-                )
-            self._pending += data
+            self._eof_seen = keep_until_closed(self._pending, data, self._describe(), self.address)
 
     def _receive_with(
         self, max_bytes: int, op: Callable[[], tuple[bytes, list[int]]], deadline: Deadline

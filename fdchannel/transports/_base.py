@@ -24,7 +24,7 @@ import anyio.lowlevel
 from ..capabilities import Capability
 from ..credentials import CredentialPolicy, Credentials, same_user_or_root
 from ..errors import CapabilityError, PeerCredentialsError, TransportError
-from ..sockets import BROKEN_ERRNOS, DEFAULT_RECEIVE, MAX_PENDING
+from ..sockets import BROKEN_ERRNOS, DEFAULT_RECEIVE, keep_until_closed
 
 if TYPE_CHECKING:
     from ..address import Address
@@ -233,16 +233,7 @@ class DescriptorStream(Stream):
     async def wait_peer_closed(self) -> None:
         while not self._eof_seen:
             data = await self._retry(lambda: self._read_once(DEFAULT_RECEIVE), readable=True)
-            if not data:
-                self._eof_seen = True
-                break
-            if len(self._pending) + len(data) > MAX_PENDING:
-                raise TransportError(
-                    f"{self._describe()}: peer sent more than {MAX_PENDING} bytes "
-                    "while we waited for it to close",
-                    self.address,
-                )
-            self._pending += data
+            self._eof_seen = keep_until_closed(self._pending, data, self._describe(), self.address)
 
     async def aclose(self) -> None:
         if not self._closed:

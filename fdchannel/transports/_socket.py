@@ -17,7 +17,7 @@ from .. import fds as fdpass
 from ..capabilities import Capability
 from ..credentials import peer_credentials
 from ..errors import ConnectError
-from ..sockets import ListeningSocket
+from ..sockets import ListeningSocket, drain_queued
 from ._base import DescriptorStream, FdAttribute, Listener, Stream
 
 if TYPE_CHECKING:
@@ -118,19 +118,11 @@ class UnixSocketStream(SocketStream):
         before its byte.
         """
         data, fds = await self.receive_fds(max_bytes, maxfds)
-        chunks = [data]
         if len(data) < max_bytes and max_messages > 1 and not self._pending:
-            try:
-                self._eof_seen = fdpass.drain_fds(
-                    self._sock, chunks, fds, max_bytes - len(data), maxfds, max_messages - 1
-                )
-            except OSError as exc:
-                fdpass.close_all(fds)
-                raise self._translate(exc) from exc
-            except BaseException:
-                fdpass.close_all(fds)
-                raise
-        return b"".join(chunks), fds
+            data, self._eof_seen = drain_queued(
+                self._sock, data, fds, max_bytes, maxfds, max_messages, self._translate
+            )
+        return data, fds
 
     async def peek(self, size: int) -> bytes:
         """Wait for data and return up to ``size`` bytes without consuming them.
