@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from ..channel import Channel
 from ..codecs import native
 from ..codecs.main import MainReader
 from ..errors import ConnectionLostError, HandoffError
-from ..handoff.common import parse_channels
-from ..handoff.machine import INCOMING, Event, Machine, State
-from ..state import DEFAULT_LIMITS, FdState, Limits
+from ..handoff.machine import Event, State
+from ..handoff.sides import IncomingSide
+from ..state import FdState
 from ..transfer import Codec
+from ._closing import Closing
 from ._deadline import Deadline
 from ._handoff import accept_admitted, log_refused, step
 from ._listener import Listener
@@ -24,7 +23,7 @@ from ._transfer import receive_state_and_codec
 __all__ = ["Incoming"]
 
 
-class Incoming:
+class Incoming(IncomingSide, Closing):
     """Drive the incoming side of a cpr-transfer handoff, in QEMU's order, without an event loop.
 
     As ``fdchannel.Incoming``: ``receive_cpr`` listens on the cpr channel
@@ -35,35 +34,16 @@ class Incoming:
     with a reason).
     """
 
-    def __init__(
-        self,
-        channels: Iterable[Channel | str],
-        *,
-        limits: Limits = DEFAULT_LIMITS,
-        cpr_options: dict[str, Any] | None = None,
-        main_options: dict[str, Any] | None = None,
-        listen_options: dict[str, Any] | None = None,
-    ) -> None:
-        """Options go to each channel's ``listen`` (``mode``, ``policy``, ...) as on
-        the async side; one a transport does not take is an AddressError here."""
-        self.main, self.cpr = parse_channels(channels)
-        self.limits = limits
-        self._cpr_options = {**(listen_options or {}), **(cpr_options or {})}
-        self._main_options = {**(listen_options or {}), **(main_options or {})}
-        check_listen_options(self.cpr, self._cpr_options)
-        check_listen_options(self.main, self._main_options)
-        self._machine = Machine(INCOMING, "incoming")
-        self._cpr_listener: Listener | None = None
-        self._cpr_stream: Stream | None = None
-        self._main_listener: Listener | None = None
-        self._main_stream: Stream | None = None
-        #: The codec the old process used (known once the state arrived).
-        self.codec: Codec | None = None
+    _cpr_listener: Listener | None = None
+    _cpr_stream: Stream | None = None
+    _main_listener: Listener | None = None
+    _main_stream: Stream | None = None
+    #: The codec the old process used (known once the state arrived).
+    codec: Codec | None = None
 
-    @property
-    def state(self) -> State:
-        """Where the handoff stands."""
-        return self._machine.state
+    @staticmethod
+    def _check_listen_options(channel: Channel, options: dict[str, Any]) -> None:
+        check_listen_options(channel, options)
 
     def listen_cpr(self) -> Listener:
         """Start listening on the cpr channel (``receive_cpr`` does it if needed)."""
@@ -181,11 +161,3 @@ class Incoming:
     def close(self) -> None:
         """``abort``: leaving ``with`` gives up whatever is not finished."""
         self.abort()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import abc
-from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 from ..capabilities import Capability
 from ..errors import CapabilityError, TransportError
 from ..sockets import ListeningSocket
+from ._closing import Closing
 from ._deadline import READABLE, Deadline, wait_ready
 from ._stream import Stream
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["Listener", "OneStreamListener", "SocketListener"]
 
 
-class Listener(abc.ABC):
+class Listener(Closing):
     """The incoming side of a transport: ``with`` it and ``accept(timeout)`` peers."""
 
     #: MULTI_ACCEPT if more than one peer can be accepted.
@@ -41,14 +41,6 @@ class Listener(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Stop listening; idempotent."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class SocketListener(ListeningSocket, Listener):

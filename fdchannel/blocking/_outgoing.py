@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
-from types import TracebackType
-from typing import Self
 
-from ..channel import Channel
 from ..codecs import main as main_channel
 from ..codecs.encoder import Encoder
-from ..handoff.common import now, parse_channels
+from ..handoff.common import now
 from ..handoff.cpr import Ack
-from ..handoff.machine import OUTGOING, Event, Machine, State
+from ..handoff.machine import Event, State
+from ..handoff.sides import OutgoingSide
 from ..state import FdState
-from ..transfer import Codec, check_qemu_target
+from ._closing import Closing
 from ._handoff import connect_retrying, step
 from ._stream import Stream
 from ._transfer import await_verdict, send_with
@@ -22,7 +19,7 @@ from ._transfer import await_verdict, send_with
 __all__ = ["Outgoing"]
 
 
-class Outgoing:
+class Outgoing(OutgoingSide, Closing):
     """Drive the outgoing side of a cpr-transfer handoff, without an event loop.
 
     As ``fdchannel.Outgoing``: ``send_cpr`` connects the cpr channel (retrying
@@ -33,24 +30,8 @@ class Outgoing:
     timeout (HandoffTimeout); every other failure is a HandoffError.
     """
 
-    def __init__(
-        self,
-        channels: Iterable[Channel | str],
-        *,
-        codec: Codec = "native",
-        qemu_target: str | None = None,
-    ) -> None:
-        self.main, self.cpr = parse_channels(channels)
-        self.codec = codec
-        self.qemu_target = check_qemu_target(codec, qemu_target)
-        self._machine = Machine(OUTGOING, "outgoing")
-        self._cpr_stream: Stream | None = None
-        self._main_stream: Stream | None = None
-
-    @property
-    def state(self) -> State:
-        """Where the handoff stands."""
-        return self._machine.state
+    _cpr_stream: Stream | None = None
+    _main_stream: Stream | None = None
 
     def send_cpr(self, state: FdState, timeout: float | None = 10) -> Ack:
         """Send ``state`` on the cpr channel and wait for the close-as-ack."""
@@ -135,14 +116,6 @@ class Outgoing:
     def close(self) -> None:
         """``abort``: leaving ``with`` gives up whatever is not finished."""
         self.abort()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def _renamed(old: str, new: str) -> None:

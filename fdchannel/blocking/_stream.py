@@ -15,14 +15,14 @@ import functools
 import logging
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .. import fds as fdpass
 from ..capabilities import Capability
 from ..credentials import Credentials, peer_credentials
 from ..errors import CapabilityError, ConnectionLostError, TransportError
 from ..sockets import BROKEN_ERRNOS, DEFAULT_RECEIVE, drain_queued, keep_until_closed
+from ._closing import Closing
 from ._deadline import READABLE, WRITABLE, Deadline, wait_ready
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ _MSG_NOSIGNAL = int(socket.MSG_NOSIGNAL)
 _MSG_PEEK = int(socket.MSG_PEEK)
 
 
-class Stream:
+class Stream(Closing):
     """A connected stream socket: unix (bytes and descriptors), tcp, or an ``fd:`` one.
 
     ``receive`` returns ``b""`` at the end of the stream, as sockets do.
@@ -97,14 +97,6 @@ class Stream:
         if not self._closed:
             self._closed = True
             self._sock.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd {self._sock.fileno()}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 import anyio
@@ -12,12 +11,13 @@ import anyio.abc
 from ..channel import Channel
 from ..codecs.main import MainReader
 from ..errors import HandoffError
-from ..state import DEFAULT_LIMITS, FdState, Limits
+from ..state import FdState
 from ..transfer import Codec
 from ..transports import Listener, Stream, check_options, listen
-from .common import accept_admitted, discard, load_transports, parse_channels, step
+from .common import accept_admitted, discard, step
 from .cpr import ReceivedCpr, receive_cpr
-from .machine import INCOMING, Event, Machine, State
+from .machine import Event, State
+from .sides import IncomingSide
 
 __all__ = ["Incoming"]
 
@@ -28,7 +28,7 @@ def _log_refused(exc: Exception) -> None:
     log.warning("%s", exc)
 
 
-class Incoming(anyio.abc.AsyncResource):
+class Incoming(IncomingSide, anyio.abc.AsyncResource):
     """Drive the incoming side of a cpr-transfer handoff, in QEMU's order.
 
     ``receive_cpr`` listens on the cpr channel (first of all), accepts one
@@ -40,38 +40,17 @@ class Incoming(anyio.abc.AsyncResource):
     the middle of the handoff.
     """
 
-    def __init__(
-        self,
-        channels: Iterable[Channel | str],
-        *,
-        limits: Limits = DEFAULT_LIMITS,
-        cpr_options: dict[str, Any] | None = None,
-        main_options: dict[str, Any] | None = None,
-        listen_options: dict[str, Any] | None = None,
-    ) -> None:
-        """``cpr_options`` and ``main_options`` go to each channel's ``listen``
-        (e.g. ``mode``, ``policy`` for a unix socket); ``listen_options`` to
-        both.  An option a channel's transport does not take is an
-        AddressError here, not in the middle of the handoff."""
-        self.main, self.cpr = parse_channels(channels)
-        load_transports(self.main, self.cpr)
-        self.limits = limits
-        self._cpr_options = {**(listen_options or {}), **(cpr_options or {})}
-        self._main_options = {**(listen_options or {}), **(main_options or {})}
-        check_options("listen", self.cpr, self._cpr_options)
-        check_options("listen", self.main, self._main_options)
-        self._machine = Machine(INCOMING, "incoming")
-        self._cpr_listener: Listener | None = None
-        self._received: ReceivedCpr | None = None
-        self._main_listener: Listener | None = None
-        self._main_stream: Stream | None = None
-        #: The codec the old process used (known once the state arrived).
-        self.codec: Codec | None = None
+    _load_transports = True
+    _cpr_listener: Listener | None = None
+    _received: ReceivedCpr | None = None
+    _main_listener: Listener | None = None
+    _main_stream: Stream | None = None
+    #: The codec the old process used (known once the state arrived).
+    codec: Codec | None = None
 
-    @property
-    def state(self) -> State:
-        """Where the handoff stands."""
-        return self._machine.state
+    @staticmethod
+    def _check_listen_options(channel: Channel, options: dict[str, Any]) -> None:
+        check_options("listen", channel, options)
 
     async def listen_cpr(self) -> Listener:
         """Start listening on the cpr channel (``receive_cpr`` does it if needed)."""

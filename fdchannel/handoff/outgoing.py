@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
 
 import anyio
 import anyio.abc
 
-from ..channel import Channel
 from ..codecs import main as main_channel
 from ..state import FdState
-from ..transfer import Codec, check_qemu_target
 from ..transports import Stream
 from . import cpr
-from .common import connect_retrying, discard, load_transports, parse_channels, step
+from .common import connect_retrying, discard, step
 from .cpr import Ack
-from .machine import OUTGOING, Event, Machine, State
+from .machine import Event, State
+from .sides import OutgoingSide
 
 __all__ = ["Ack", "Outgoing"]
 
 
-class Outgoing(anyio.abc.AsyncResource):
+class Outgoing(OutgoingSide, anyio.abc.AsyncResource):
     """Drive the outgoing side of a cpr-transfer handoff.
 
     ``send_cpr`` connects the cpr channel (retrying until the new process
@@ -32,31 +30,11 @@ class Outgoing(anyio.abc.AsyncResource):
     The channels' transports are loaded when the Outgoing is made, not in
     the middle of the handoff.
 
-    ``qemu_target`` (codec "qemu" only) is the QEMU version of the new
-    process, e.g. "10.0" or "11.1": the state is encoded for it (QEMU 10.0
-    fails on the subsections 10.1 and later send).  None sends what the
-    state carries, i.e. what the QEMU it came from sent.  An unknown
-    version is a StateError here, before anything is connected.
+    ``codec`` and ``qemu_target``: see ``OutgoingSide``.
     """
 
-    def __init__(
-        self,
-        channels: Iterable[Channel | str],
-        *,
-        codec: Codec = "native",
-        qemu_target: str | None = None,
-    ) -> None:
-        self.main, self.cpr = parse_channels(channels)
-        load_transports(self.main, self.cpr)
-        self.codec = codec
-        self.qemu_target = check_qemu_target(codec, qemu_target)
-        self._machine = Machine(OUTGOING, "outgoing")
-        self._main_stream: Stream | None = None
-
-    @property
-    def state(self) -> State:
-        """Where the handoff stands."""
-        return self._machine.state
+    _load_transports = True
+    _main_stream: Stream | None = None
 
     async def send_cpr(self, state: FdState, timeout: float | None = 10) -> Ack:
         """Send ``state`` on the cpr channel and wait for the close-as-ack."""
