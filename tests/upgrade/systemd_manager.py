@@ -14,13 +14,15 @@ systemd, the pidfile and the upgrader report).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["Manager", "unavailable"]
+__all__ = ["Manager", "cannot_start", "unavailable"]
 
 SYSTEMD = Path("/lib/systemd/systemd")
 CGROUP = Path("/sys/fs/cgroup")
@@ -87,8 +89,27 @@ def _fresh_cgroups(name: str) -> list[Path]:
     return made
 
 
+@functools.cache
+def cannot_start() -> str | None:
+    """Why a manager does not start here (a sandbox without namespaces or cgroup
+    mounts, say), tried once with an empty target; None if it does."""
+    why = unavailable()
+    if why is not None:
+        return why
+    target = "fdchannel-probe.target"
+    with tempfile.TemporaryDirectory(prefix="fdc-", dir="/tmp") as directory:
+        try:
+            with Manager(
+                Path(directory), {target: "[Unit]\nDefaultDependencies=no\n"}, target
+            ) as m:
+                m.wait_for(target, ActiveState="active")
+        except (OSError, RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
+            return f"a systemd manager does not start here: {exc}"
+    return None
+
+
 def unavailable() -> str | None:
-    """Why a manager cannot run here, or None."""
+    """Why a manager cannot run here, or None (what can be known without starting one)."""
     if os.geteuid() != 0:
         return "needs root (namespaces, cgroups)"
     if not SYSTEMD.exists():
