@@ -133,8 +133,25 @@ class Manager:
         for name, text in units.items():
             (unit_dir / name).write_text(text)
         self.log = (directory / "manager.log").open("wb")
-        self.cgroups = _fresh_cgroups(f"fdchannel-test-{os.getpid()}-{time.monotonic_ns()}")
-        self.process = subprocess.Popen(
+        try:
+            self.cgroups = _fresh_cgroups(f"fdchannel-test-{os.getpid()}-{time.monotonic_ns()}")
+            try:
+                self.process = self._start(layout, unit_dir, default)
+            except BaseException:
+                for cgroup in self.cgroups:
+                    cgroup.rmdir()
+                raise
+        except BaseException:
+            self.log.close()
+            raise
+        try:
+            self.pid1 = self._first_child()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, layout: str, unit_dir: Path, default: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 "unshare",
                 "--pid",
@@ -158,11 +175,6 @@ class Manager:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        try:
-            self.pid1 = self._first_child()
-        except BaseException:
-            self.close()
-            raise
 
     def _first_child(self) -> int:
         """The host pid of the namespace's PID 1: unshare's only child."""
