@@ -32,17 +32,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import heapq
-import json
 import math
 import os
 import re
-import select
 import selectors
 import shutil
-import signal
 import socket
 import statistics
 import struct
@@ -55,12 +51,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from ._peer import start_peer
 from ._report import Figure, Row, format_size, parse_size
 from .fdrate import Ready, Received, _positive
 from .load import LoadResult
+from .upgrades import Generations
 
 __all__ = [
     "BOUND_MS",
@@ -243,137 +240,6 @@ def phases(paused: dict[str, Any], serving: dict[str, Any]) -> dict[str, float]:
 # --- the handover example's generations ----------------------------------------------------
 
 
-class HandoverServer:
-    """examples/upgrade_handover.py's generation 0, started here, and every one after it.
-
-    Every generation writes JSON events to the one stdout pipe; a thread reads
-    them.  A pidfd is opened for each generation at its first event, so that
-    ``close()`` signals only our generations and waits for each.
-    """
-
-    def __init__(
-        self,
-        directory: Path,
-        *args: str,
-        env: dict[str, str] | None = None,
-        prefix: Sequence[str] = (),
-    ) -> None:
-        self.pidfile = directory / "server.pid"
-        self.control = directory / "control.sock"
-        command = [
-            *prefix,
-            sys.executable,
-            str(SERVER),
-            "--pidfile",
-            str(self.pidfile),
-            "--control",
-            str(self.control),
-            *args,
-        ]
-        self.events: list[dict[str, Any]] = []
-        self.output: list[str] = []
-        self._changed = threading.Condition()
-        self._pidfds: dict[int, int] = {}
-        self.process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            env={**os.environ, **(env or {})},
-        )
-        self._reader = threading.Thread(target=self._read, name="handover-events", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = None
-            with self._changed:
-                self.output.append(line.rstrip("\n"))
-                if isinstance(event, dict) and isinstance(event.get("pid"), int):
-                    pid = event["pid"]
-                    if pid not in self._pidfds:
-                        try:
-                            self._pidfds[pid] = os.pidfd_open(pid)
-                        except ProcessLookupError:
-                            self._pidfds[pid] = -1
-                    self.events.append(event)
-                self._changed.notify_all()
-
-    def wait_for(self, kind: str, generation: int, timeout: float = TIMEOUT) -> dict[str, Any]:
-        """The event ``kind`` of ``generation``, waiting up to ``timeout`` for it."""
-
-        def found() -> dict[str, Any] | None:
-            for event in self.events:
-                if event["event"] == kind and event.get("generation") == generation:
-                    return event
-            return None
-
-        with self._changed:
-            self._changed.wait_for(lambda: found() is not None, timeout)
-            event = found()
-        if event is None:
-            raise TimeoutError(f"no {kind!r} event from generation {generation}{self.tail()}")
-        return event
-
-    def tail(self, lines: int = 10) -> str:
-        with self._changed:
-            last = self.output[-lines:]
-        return "".join(f"\n  | {line}" for line in last)
-
-    @property
-    def pids(self) -> set[int]:
-        """Every generation heard from, and generation 0."""
-        with self._changed:
-            return {self.process.pid, *self._pidfds}
-
-    def close(self, timeout: float = 10.0) -> None:
-        """SIGTERM every generation still running, SIGKILL after ``timeout``; reap generation 0.
-
-        The pidfile's generation is included even if it never wrote an event."""
-        with contextlib.suppress(OSError, ValueError), self._changed:
-            serving = int(self.pidfile.read_text())
-            if serving not in self._pidfds:
-                self._pidfds[serving] = os.pidfd_open(serving)
-        with self._changed:
-            pidfds = [fd for fd in self._pidfds.values() if fd >= 0]
-        try:
-            for signum in (signal.SIGTERM, signal.SIGKILL):
-                live = [fd for fd in pidfds if not select.select([fd], [], [], 0)[0]]
-                for fd in live:
-                    with contextlib.suppress(ProcessLookupError):
-                        signal.pidfd_send_signal(fd, signum)
-                deadline = time.monotonic() + timeout
-                while live and time.monotonic() < deadline:
-                    done = select.select(live, [], [], deadline - time.monotonic())[0]
-                    live = [fd for fd in live if fd not in done]
-                if not live:
-                    break
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-            self.process.wait()
-            self._reader.join(timeout)
-            with self._changed:
-                for fd in pidfds:
-                    os.close(fd)
-                self._pidfds.clear()
-            if not self._reader.is_alive():
-                assert self.process.stdout is not None
-                self.process.stdout.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 # --- clients -------------------------------------------------------------------------------
 
 
@@ -508,7 +374,7 @@ def measure_pause(options: argparse.Namespace, directory: Path) -> PauseRun:
         "--backend",
         options.upgrade_backend,
     ]
-    with HandoverServer(directory, *args) as server:
+    with Generations(SERVER, directory, *args) as server:
         first = server.wait_for("ready", 0)
         address = ("127.0.0.1", int(first["port"]))
         with PacedClients(address, options.upgrade_clients, options.upgrade_client_rate) as clients:
@@ -633,11 +499,10 @@ def measure_latency(options: argparse.Namespace, directory: Path) -> LatencyRun:
     from fdchannel.upgrade import request_upgrade
 
     from .load import finish_wrk, run_wrk, start_wrk
-    from .upgrades import Generations
 
     seconds = options.upgrade_load_seconds
-    with Generations("anyio", "asyncio", directory) as servers:
-        url = servers.ready(0, TIMEOUT).url
+    with Generations.http("anyio", "asyncio", directory) as servers:
+        url = servers.ready(0, TIMEOUT)["url"]
         without = run_wrk(url, rate=1000, seconds=seconds, connections=10)
         wrk = start_wrk(url, rate=1000, seconds=seconds, connections=10)
         upgrades, failed = 0, []

@@ -1,20 +1,24 @@
-"""Running an upgrade example generation after generation, for the upgrade demo and tests.
+"""Running an upgrade example generation after generation: the demo, benchmarks and tests.
 
 The examples (examples/upgrade_anyio.py, upgrade_uvicorn.py,
-upgrade_aiohttp.py) run under ``fdchannel.upgrade.Upgrader``.  ``Generations``
-starts the first generation; each later one is started by the generation
-before it, inherits its stdout (a pipe read here) and says on it::
+upgrade_aiohttp.py, upgrade_handover.py) run under
+``fdchannel.upgrade.Upgrader``.  ``Generations`` starts the first
+generation; each later one is started by the generation before it,
+inherits its stdout (a pipe read here) and writes JSON events on it, one
+line each::
 
-    ready pid=... generation=... server=... backend=... url=http://127.0.0.1:PORT/
-    exit pid=... generation=... reason=replaced-by-PID|SIGTERM requests=... closed_idle=...
+    {"event": "ready", "pid": ..., "generation": ..., "url": "http://127.0.0.1:PORT/", ...}
+    {"event": "exit", "pid": ..., "generation": ..., "reason": "replaced-by-PID", ...}
 
-A pidfd is opened for each generation as soon as its ``ready`` line
-arrives, so signals never reach a recycled pid and its exit can be waited
-for although it is not our child.  ``close()`` ends every generation still
-running (SIGTERM, then SIGKILL) and waits for each, with timeouts::
+(upgrade_handover.py says more: ``serving``, ``paused``, ``memory``,
+``holding``, ``closed``; see its docstring.)  A pidfd is opened for each
+generation at its first event, so signals never reach a recycled pid and
+its exit can be waited for although it is not our child.  ``close()``
+ends every generation still running (SIGTERM, then SIGKILL) and waits
+for each, with timeouts::
 
-    with Generations("uvicorn", "uvloop", directory) as servers:
-        url = servers.ready(0).url
+    with Generations.http("uvicorn", "uvloop", directory) as servers:
+        url = servers.ready(0)["url"]
         request_upgrade(servers.control, timeout=30)
         ...
 """
@@ -22,6 +26,7 @@ running (SIGTERM, then SIGKILL) and waits for each, with timeouts::
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import signal
@@ -29,9 +34,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Self
 
 __all__ = ["BACKENDS", "EXAMPLES", "SCRIPTS", "Event", "Generations"]
 
@@ -41,80 +46,60 @@ SCRIPTS = {
     "anyio": EXAMPLES / "upgrade_anyio.py",
     "uvicorn": EXAMPLES / "upgrade_uvicorn.py",
     "aiohttp": EXAMPLES / "upgrade_aiohttp.py",
+    "handover": EXAMPLES / "upgrade_handover.py",
 }
-#: The event loops each one runs on.
+#: The event loops each HTTP example runs on.
 BACKENDS = {
     "anyio": ("asyncio", "uvloop", "trio"),
     "uvicorn": ("asyncio", "uvloop"),
     "aiohttp": ("asyncio", "uvloop"),
 }
-
-
-@dataclass(frozen=True)
-class Event:
-    """One ``ready`` or ``exit`` line of a generation."""
-
-    kind: str
-    pid: int
-    fields: dict[str, str]
-
-    @property
-    def generation(self) -> int:
-        return int(self.fields["generation"])
-
-    @property
-    def url(self) -> str:
-        return self.fields["url"]
+#: One event: ``event`` (its kind), ``pid``, ``generation`` and the kind's fields.
+Event = dict[str, Any]
 
 
 def parse_event(line: str) -> Event | None:
     """The event in a line, or None for any other output (logs, tracebacks)."""
-    kind, _, rest = line.strip().partition(" ")
-    if kind not in ("ready", "exit"):
+    if not line.startswith("{"):
         return None
-    fields = dict(word.partition("=")[::2] for word in rest.split())
-    if not fields.get("pid", "").isdigit() or not fields.get("generation", "").isdigit():
+    try:
+        event = json.loads(line)
+    except ValueError:
         return None
-    return Event(kind, int(fields.pop("pid")), fields)
+    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+        return None
+    if not isinstance(event.get("pid"), int):
+        return None
+    return event
 
 
 class Generations:
     """Generation 0 of an example server, started here, and every generation after it.
 
-    ``options`` go on the example's command line after the shared ones
-    (``--die-at STEP --die-once FLAG``, say).
+    ``args`` go on the example's command line after ``--pidfile`` and
+    ``--control``; ``prefix`` before the interpreter (a program that starts
+    it, such as ``systemd-socket-activate``); ``env`` adds to the environment.
     """
 
     def __init__(
         self,
-        server: str,
-        backend: str,
+        script: Path,
         directory: Path,
-        *,
-        listen: str = "tcp:127.0.0.1:0",
-        drain_timeout: float = 10.0,
-        options: tuple[str, ...] = (),
+        *args: str,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
-        if backend not in BACKENDS[server]:
-            raise ValueError(f"{server} runs on {', '.join(BACKENDS[server])}, not {backend}")
-        self.server = server
-        self.backend = backend
         self.pidfile = directory / "server.pid"
         self.control = directory / "control.sock"
         self.command = [
+            *prefix,
             sys.executable,
-            str(SCRIPTS[server]),
-            "--backend",
-            backend,
-            "--listen",
-            listen,
+            str(script),
             "--pidfile",
             str(self.pidfile),
             "--control",
             str(self.control),
-            "--drain-timeout",
-            str(drain_timeout),
-            *options,
+            *args,
         ]
         #: Everything the generations wrote (stdout and stderr), line by line.
         self.output: list[str] = []
@@ -130,6 +115,7 @@ class Generations:
             stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
+            env={**os.environ, **(env or {})},
         )
         try:
             self._watch(self.process.pid)
@@ -141,6 +127,33 @@ class Generations:
             raise
         self._reader = threading.Thread(target=self._read, name="generations", daemon=True)
         self._reader.start()
+
+    @classmethod
+    def http(
+        cls,
+        server: str,
+        backend: str,
+        directory: Path,
+        *,
+        listen: str = "tcp:127.0.0.1:0",
+        drain_timeout: float = 10.0,
+        options: tuple[str, ...] = (),
+    ) -> Generations:
+        """An HTTP example (``anyio``, ``uvicorn``, ``aiohttp``) on ``backend``;
+        ``options`` go after the shared ones (``--die-at STEP --die-once FLAG``, say)."""
+        if backend not in BACKENDS[server]:
+            raise ValueError(f"{server} runs on {', '.join(BACKENDS[server])}, not {backend}")
+        return cls(
+            SCRIPTS[server],
+            directory,
+            "--backend",
+            backend,
+            "--listen",
+            listen,
+            "--drain-timeout",
+            str(drain_timeout),
+            *options,
+        )
 
     # ------------------------------------------------------------------
     # What the generations say.
@@ -157,8 +170,8 @@ class Generations:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             event = parse_event(line)
-            if event is not None and event.kind == "ready":
-                self._watch(event.pid)
+            if event is not None:
+                self._watch(event["pid"])
             with self._changed:
                 self.output.append(line.rstrip("\n"))
                 if event is not None:
@@ -173,20 +186,29 @@ class Generations:
             raise TimeoutError(f"no {what} within {timeout:g} s{self.tail()}")
         return event
 
-    def ready(self, generation: int, timeout: float = 30.0) -> Event:
-        """The ``ready`` line of ``generation``, waiting up to ``timeout`` seconds for it."""
+    def wait_for(self, kind: str, generation: int, timeout: float = 30.0) -> Event:
+        """The event ``kind`` of ``generation``, waiting up to ``timeout`` seconds for it."""
 
         def found() -> Event | None:
             return next(
-                (e for e in self.events if e.kind == "ready" and e.generation == generation), None
+                (
+                    e
+                    for e in self.events
+                    if e["event"] == kind and e.get("generation") == generation
+                ),
+                None,
             )
 
-        return self._wait_for(found, f"ready line from generation {generation}", timeout)
+        return self._wait_for(found, f"{kind!r} event from generation {generation}", timeout)
+
+    def ready(self, generation: int, timeout: float = 30.0) -> Event:
+        """The ``ready`` event of ``generation``, waiting up to ``timeout`` seconds for it."""
+        return self.wait_for("ready", generation, timeout)
 
     def exits(self) -> list[Event]:
         """The ``exit`` lines so far."""
         with self._changed:
-            return [e for e in self.events if e.kind == "exit"]
+            return [e for e in self.events if e["event"] == "exit"]
 
     def tail(self, lines: int = 30) -> str:
         """The generations' last lines of output, for an error message."""
@@ -209,8 +231,8 @@ class Generations:
     def running(self, pids: list[int] | None = None) -> list[int]:
         """Those of ``pids`` (default: every generation) that have not exited.
 
-        Only generations whose ``ready`` line has been read are known: wait for
-        the last one's (``ready(n)``) first.  KeyError for a pid never seen.
+        Only generations that have said something are known: wait for the
+        last one's ``ready`` (``ready(n)``) first.  KeyError for a pid never seen.
         """
         with self._changed:
             fds = {pid: self._pidfds[pid] for pid in (self._pidfds if pids is None else pids)}
@@ -248,6 +270,8 @@ class Generations:
         if self._closed:
             return dict(self._signalled)
         self._closed = True
+        with contextlib.suppress(OSError, ValueError):
+            self._watch(int(self.pidfile.read_text()))  # serving, maybe before any event
         try:
             self._signal(self.running(), signal.SIGTERM)
             left = self.wait_exited(timeout=timeout)
@@ -278,7 +302,7 @@ class Generations:
             raise RuntimeError(f"something still holds the servers' stdout{self.tail()}")
         return dict(self._signalled)
 
-    def __enter__(self) -> Generations:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

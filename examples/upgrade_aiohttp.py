@@ -17,8 +17,8 @@ upgrades.  Around it:
   connections that stay idle, ``runner.cleanup()`` closes the rest.
 
 aiohttp runs on asyncio: ``--backend asyncio`` or ``uvloop``.  Each
-generation prints ``ready key=value ...`` once serving and ``exit
-key=value ...`` when it leaves (bench/upgrades.py reads them); that, the
+generation writes a JSON ``ready`` event once serving and an
+``exit`` event when it leaves (bench/upgrades.py reads them); that, the
 stop conditions and the options are upgrade_common.py's, shared with the
 anyio and uvicorn examples.
 """

@@ -17,8 +17,8 @@ sending on it.  SIGTERM and SIGINT drain the same way, then exit.
 The request parsing is minimal: the request line and the headers; a body
 announced by Content-Length is read and ignored.
 
-Each generation prints ``ready key=value ...`` once serving and ``exit
-key=value ...`` when it leaves (bench/upgrades.py reads them); that, the
+Each generation writes a JSON ``ready`` event once serving and an
+``exit`` event when it leaves (bench/upgrades.py reads them); that, the
 stop conditions and the options are upgrade_common.py's, shared with the
 uvicorn and aiohttp examples.
 """

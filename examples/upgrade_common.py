@@ -1,10 +1,12 @@
 """What the upgrade examples (upgrade_anyio.py, upgrade_uvicorn.py, upgrade_aiohttp.py) share.
 
-* The event lines every generation writes on its stdout, each in a single
-  write (generations share the pipe), which bench/upgrades.py reads::
+* The events every generation writes on its stdout, a JSON line each in a
+  single write (generations share the pipe), which bench/upgrades.py reads::
 
-      ready pid=... generation=... server=... backend=... url=http://127.0.0.1:PORT/
-      exit pid=... generation=... reason=replaced-by-PID|SIGTERM|SIGINT requests=... ...
+      {"event": "ready", "pid": ..., "generation": ..., "server": ..., "backend": ...,
+       "url": "http://127.0.0.1:PORT/"}
+      {"event": "exit", "pid": ..., "generation": ..., "reason": "replaced-by-PID" | "SIGTERM"
+       | "SIGINT", "requests": ..., ...}
 
 * The stop conditions: a generation serves until it is replaced by the
   next one or gets SIGTERM or SIGINT, whichever comes first (the ``exit``
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -40,9 +43,9 @@ __all__ = ["Generation", "die_here", "emit", "parse_options", "run_on_backend", 
 
 
 def emit(event: str, **fields: object) -> None:
-    """One ``event key=value ...`` line: a single write, so generations sharing a pipe never mix."""
-    words = " ".join(f"{key}={value}" for key, value in fields.items())
-    os.write(1, f"{event} pid={os.getpid()} {words}\n".encode())
+    """One JSON line, ``{"event": EVENT, "pid": PID, **fields}``, in a single write: a
+    write of less than PIPE_BUF bytes to a pipe never mixes with another's."""
+    os.write(1, json.dumps({"event": event, "pid": os.getpid(), **fields}).encode() + b"\n")
 
 
 def die_here(options: argparse.Namespace, step: str) -> None:

@@ -48,17 +48,17 @@ def run(options: argparse.Namespace, directory: Path) -> tuple[int, int, LoadRes
     """The upgrades under load: (ok, failed, what wrk measured, whether all old ones exited)."""
     ok = failed = 0
     load: LoadResult | None = None
-    with Generations(options.server, options.backend, directory) as servers:
+    with Generations.http(options.server, options.backend, directory) as servers:
         first = servers.ready(0, TIMEOUT)
-        print(f"{options.server} on {options.backend}: pid {first.pid} serves {first.url}")
+        print(f"{options.server} on {options.backend}: pid {first['pid']} serves {first['url']}")
         print(
             f"wrk: {options.rate:g} requests/s over {options.connections} connections, "
             f"{options.upgrades} upgrades meanwhile"
         )
         wrk = start_wrk(
-            first.url, rate=options.rate, seconds=WRK_SECONDS, connections=options.connections
+            first["url"], rate=options.rate, seconds=WRK_SECONDS, connections=options.connections
         )
-        serving, generation = first.pid, 0
+        serving, generation = first["pid"], 0
         try:
             for n in range(1, options.upgrades + 1):
                 try:

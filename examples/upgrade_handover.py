@@ -46,21 +46,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import os
 import socket
 import struct
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import SocketAttribute
-from upgrade_common import die_here, run_on_backend
+from upgrade_common import die_here, emit, run_on_backend
 
 # Names bound at start-up: fdchannel's first lazy attribute lookup costs
 # milliseconds, which must not fall inside a pause.
@@ -75,12 +73,6 @@ CHECK = 8 * BLOCK
 #: Every block: its index (be64), then this pattern.
 PATTERN = bytes(range(256)) * (BLOCK // 256)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
-
-def emit(event: str, **fields: Any) -> None:
-    # One write per line: every generation shares the pipe, and a write of
-    # less than PIPE_BUF bytes to a pipe is never interleaved with another.
-    os.write(1, json.dumps({"event": event, "pid": os.getpid(), **fields}).encode() + b"\n")
 
 
 def hold(fifo: str) -> None:

@@ -24,8 +24,8 @@ upgrades.  Around it:
 uvicorn runs on asyncio only: ``--backend asyncio`` or ``uvloop``.  It
 installs its own SIGINT/SIGTERM handlers in ``serve()``; the ``Server``
 subclass below leaves the signals to this program, which drains first.
-Each generation prints ``ready key=value ...`` once serving and ``exit
-key=value ...`` when it leaves (bench/upgrades.py reads them); that, the
+Each generation writes a JSON ``ready`` event once serving and an
+``exit`` event when it leaves (bench/upgrades.py reads them); that, the
 stop conditions and the options are upgrade_common.py's, shared with the
 anyio and aiohttp examples.
 """

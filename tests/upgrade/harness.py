@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.upgrade import HandoverServer
+from bench.upgrades import SCRIPTS, Generations
 
 ANSWER = struct.Struct(">II")
 TIMEOUT = 30.0
@@ -35,9 +35,10 @@ def wait_gone(pid: int, timeout: float = TIMEOUT) -> bool:
         os.close(pidfd)
 
 
-class Server(HandoverServer):
-    """The benchmark's runner of the generations, with the tests' way of waiting:
-    each event taken once, in order, those of other kinds kept for later."""
+class Server(Generations):
+    """examples/upgrade_handover.py's generations, run as the benchmarks run them, with
+    the tests' way of waiting: each event taken once, in order, those of other
+    kinds kept for later."""
 
     def __init__(
         self,
@@ -47,7 +48,9 @@ class Server(HandoverServer):
         env: dict[str, str] | None = None,
         prefix: Sequence[str] = (),
     ) -> None:
-        super().__init__(tmp, "--backend", backend, *args, env=env, prefix=prefix)
+        super().__init__(
+            SCRIPTS["handover"], tmp, "--backend", backend, *args, env=env, prefix=prefix
+        )
         self._taken: set[int] = set()
 
     def expect(self, event: str, timeout: float = TIMEOUT, **match: object) -> dict[str, Any]:
@@ -71,15 +74,13 @@ class Server(HandoverServer):
             self._taken.add(id(message))
         return message
 
-    def serving(self) -> int:
-        return int(self.pidfile.read_text())
-
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 10.0) -> dict[int, str]:
         """Stop every generation, and check that each one is gone."""
-        pids = self.pids
-        super().close(timeout)
+        pids = self.pids()
+        signalled = super().close(timeout)
         for pid in pids:
             assert wait_gone(pid), f"pid {pid} outlived SIGKILL"
+        return signalled
 
 
 class Clients:

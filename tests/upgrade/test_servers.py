@@ -47,12 +47,12 @@ needs_wrk = pytest.mark.skipif(find_wrk() is None, reason="wrk is not installed"
 @needs_wrk
 @pytest.mark.parametrize(("server", "backend"), CASES, ids=[f"{s}-{b}" for s, b in CASES])
 def test_upgrades_under_load_lose_nothing(sockdir: Path, server: str, backend: str) -> None:
-    with Generations(server, backend, sockdir) as servers:
+    with Generations.http(server, backend, sockdir) as servers:
         first = servers.ready(0, TIMEOUT)
-        load = start_wrk(first.url, rate=RATE, seconds=WRK_SECONDS, connections=CONNECTIONS)
+        load = start_wrk(first["url"], rate=RATE, seconds=WRK_SECONDS, connections=CONNECTIONS)
         try:
             results = [request_upgrade(servers.control, timeout=TIMEOUT) for _ in range(UPGRADES)]
-            pids = [first.pid, *(result["pid"] for result in results)]
+            pids = [first["pid"], *(result["pid"] for result in results)]
             last = servers.ready(UPGRADES, TIMEOUT)  # and so every ready line before it
             # Each replaced generation drains while the load goes on, then exits by itself.
             lingering = servers.wait_exited(pids[:-1], timeout=TIMEOUT)
@@ -62,9 +62,9 @@ def test_upgrades_under_load_lose_nothing(sockdir: Path, server: str, backend: s
 
         assert [result["generation"] for result in results] == list(range(1, UPGRADES + 1))
         assert len(set(pids)) == UPGRADES + 1
-        assert last.pid == pids[-1] == servers.serving() != first.pid
-        assert last.url == first.url
-        assert servers.running() == [last.pid]
+        assert last["pid"] == pids[-1] == servers.serving() != first["pid"]
+        assert last["url"] == first["url"]
+        assert servers.running() == [last["pid"]]
         assert servers.process.wait(TIMEOUT) == 0, "generation 0 did not exit cleanly"
 
         assert measured.total_errors == 0, describe(measured)
@@ -72,10 +72,10 @@ def test_upgrades_under_load_lose_nothing(sockdir: Path, server: str, backend: s
         # The connections moved on through Connection: close, never through a reset.
         assert measured.closes >= UPGRADES, describe(measured)
         exits = servers.exits()
-        assert [e.generation for e in exits] == list(range(UPGRADES)), servers.tail()
+        assert [e["generation"] for e in exits] == list(range(UPGRADES)), servers.tail()
         for event, successor in zip(exits, pids[1:], strict=True):
-            assert event.fields["reason"] == f"replaced-by-{successor}"
-            assert event.fields["closed_idle"] == "0", "an idle connection waited for the timeout"
+            assert event["reason"] == f"replaced-by-{successor}"
+            assert event["closed_idle"] == 0, "an idle connection waited for the timeout"
     assert servers.running() == []
 
 
@@ -140,15 +140,15 @@ def test_a_generation_killed_before_its_commit_took_no_connection(
     # connections with it when killed: each would be reset or left unanswered.
     once = sockdir / "died"
     die = ("--die-at", "ready-sent", "--die-once", str(once))
-    with Generations(server, backend, sockdir, options=die) as servers:
+    with Generations.http(server, backend, sockdir, options=die) as servers:
         first = servers.ready(0, TIMEOUT)
-        with Reconnecting(first.url).running() as clients:
+        with Reconnecting(first["url"]).running() as clients:
             clients.wait_answered(50)
             with pytest.raises(UpgradeFailed, match="SIGKILL"):
                 request_upgrade(servers.control, timeout=TIMEOUT)
             assert once.exists()
             clients.wait_answered(50)
             result = request_upgrade(servers.control, timeout=TIMEOUT)
-            assert servers.ready(1, TIMEOUT).pid == result["pid"]
+            assert servers.ready(1, TIMEOUT)["pid"] == result["pid"]
             clients.wait_answered(50)
         assert clients.errors == []
