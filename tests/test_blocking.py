@@ -52,9 +52,9 @@ from fdchannel.transfer import Codec
 from fdchannel.transports import fd as fd_transport
 
 from .blocking_peer import MAIN_DATA, REJECTION, channels, check_state, state_of
+from .children import ROOT, reading_lines
 from .intruder import NOBODY, SCRIPT, needs_root
 
-ROOT = Path(__file__).resolve().parents[1]
 #: Seconds a step gets where it must time out; LONG bounds what must succeed.
 SHORT = 0.3
 LONG = 30.0
@@ -129,15 +129,8 @@ async def async_peer(
 ) -> AsyncIterator[tuple[Process, BufferedByteReceiveStream]]:
     """tests/blocking_peer.py from an async test; always killed and reaped."""
     command = peer_command(role, sockdir, codec, COUNT, verdict)
-    async with await anyio.open_process(command, cwd=ROOT, stderr=None) as process:
-        assert process.stdout is not None
-        try:
-            yield process, BufferedByteReceiveStream(process.stdout)
-        finally:
-            if process.returncode is None:
-                process.kill()
-            with anyio.CancelScope(shield=True):
-                await process.wait()
+    async with reading_lines(command) as child:
+        yield child
 
 
 async def line(lines: BufferedByteReceiveStream) -> str:

@@ -26,10 +26,10 @@ import fdchannel
 from fdchannel import FdState, HandoffError, HandoffTimeout, NamedFd
 from fdchannel.transfer import Codec
 
+from ..children import reading_lines
 from .peer import MAIN_DATA, channels
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parents[2]
 SHORT = 1.5  # seconds a step may take where the peer is gone for good
 
 
@@ -48,15 +48,8 @@ async def peer(
         die_at,
         codec,
     ]
-    async with await anyio.open_process(command, cwd=ROOT, stderr=None) as process:
-        assert process.stdout is not None
-        try:
-            yield process, BufferedByteReceiveStream(process.stdout)
-        finally:
-            if process.returncode is None:
-                process.kill()
-            with anyio.CancelScope(shield=True):
-                await process.wait()
+    async with reading_lines(command) as child:
+        yield child
 
 
 async def wait_line(lines: BufferedByteReceiveStream, expected: str) -> None:
