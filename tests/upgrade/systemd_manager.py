@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["Manager", "cannot_start", "unavailable"]
@@ -219,12 +220,18 @@ class Manager:
         output = self.systemctl("show", unit, check=False).stdout
         return dict(line.partition("=")[::2] for line in output.splitlines() if "=" in line)
 
-    def wait_for(self, unit: str, timeout: float = TIMEOUT, **expected: str) -> dict[str, str]:
-        """The unit's properties once each of ``expected`` holds."""
+    def wait_for(
+        self,
+        unit: str,
+        timeout: float = TIMEOUT,
+        until: Callable[[dict[str, str]], bool] = lambda shown: True,
+        **expected: str,
+    ) -> dict[str, str]:
+        """The unit's properties once each of ``expected`` holds, and ``until``."""
         deadline = time.monotonic() + timeout
         while True:
             shown = self.show(unit)
-            if all(shown.get(key) == value for key, value in expected.items()):
+            if all(shown.get(key) == value for key, value in expected.items()) and until(shown):
                 return shown
             if time.monotonic() >= deadline:
                 status = self.systemctl("status", unit, check=False).stdout

@@ -90,8 +90,12 @@ def test_the_unit_follows_each_generation(sockdir: Path) -> None:
             assert failed.returncode != 0
             assert once.exists()
             assert outcome(sockdir, 1)["ok"] is False
-            shown = systemd.wait_for(UNIT, ActiveState="active", MainPID=str(main))
-            assert "the last upgrade failed" in shown["StatusText"]
+            systemd.wait_for(
+                UNIT,
+                until=lambda shown: "the last upgrade failed" in shown.get("StatusText", ""),
+                ActiveState="active",
+                MainPID=str(main),
+            )
             attempt = 1
             for how in ["control", "reload", "control", "reload"]:
                 attempt += 1
