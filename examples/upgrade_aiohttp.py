@@ -32,7 +32,7 @@ import socket
 import anyio
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from upgrade_common import Generation, parse_options, run_on_backend, url_of
+from upgrade_common import Generation, parse_options, run_on_backend, stop_accepting, url_of
 
 from fdchannel.transports import FdAttribute
 
@@ -115,7 +115,8 @@ async def run(options: argparse.Namespace) -> None:
 
             await generation.stopped()  # replaced, or SIGTERM/SIGINT
             draining.on = True  # each connection closes after its next response
-            await site.stop()  # stop accepting: the next generation (if any) does
+            await stop_accepting(sock)  # the next generation (if any) accepts alone
+            await site.stop()
             assert runner.server is not None
             with anyio.move_on_after(options.drain_timeout):
                 while runner.server.connections:  # noqa: ASYNC110 (aiohttp has no event)

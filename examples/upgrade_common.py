@@ -25,10 +25,12 @@ and they import it as ``upgrade_common``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -39,7 +41,15 @@ from anyio.abc import SocketAttribute
 import fdchannel
 from fdchannel.upgrade import Upgrader
 
-__all__ = ["Generation", "die_here", "emit", "parse_options", "run_on_backend", "url_of"]
+__all__ = [
+    "Generation",
+    "die_here",
+    "emit",
+    "parse_options",
+    "run_on_backend",
+    "stop_accepting",
+    "url_of",
+]
 
 
 def emit(event: str, **fields: object) -> None:
@@ -61,6 +71,20 @@ def die_here(options: argparse.Namespace, step: str) -> None:
     except FileExistsError:
         return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def stop_accepting(sock: socket.socket) -> None:
+    """Stop an asyncio server (uvicorn's, aiohttp's) accepting on ``sock``, before closing it.
+
+    asyncio accepts connections in a batch and sets each one up in a task of
+    its own; a server closed before such a task runs makes it fail (an
+    assertion in ``Server._attach``, which asyncio swallows) and leaves the
+    accepted socket open, unserved, until the process exits: then the
+    client's request is answered with a reset.  So stop watching the socket
+    first, and let the tasks already made run, then close the server.
+    """
+    asyncio.get_running_loop().remove_reader(sock.fileno())
+    await anyio.sleep(0.01)  # the set-up tasks are ready to run: one loop turn does
 
 
 def url_of(listener: fdchannel.Listener) -> str:

@@ -41,7 +41,7 @@ from typing import Any
 
 import anyio
 import uvicorn
-from upgrade_common import Generation, parse_options, run_on_backend, url_of
+from upgrade_common import Generation, parse_options, run_on_backend, stop_accepting, url_of
 
 from fdchannel.transports import FdAttribute
 
@@ -189,8 +189,9 @@ async def run(options: argparse.Namespace) -> None:
 
         await generation.stopped()  # replaced, or SIGTERM/SIGINT
         middleware.draining = True  # each connection closes after its next response
+        await stop_accepting(sock)  # the next generation (if any) accepts alone
         for listening in server.servers:
-            listening.close()  # stop accepting: the next generation (if any) does
+            listening.close()
         with anyio.move_on_after(options.drain_timeout):
             while server.server_state.connections:  # noqa: ASYNC110 (a set)
                 await anyio.sleep(POLL)
