@@ -156,7 +156,7 @@ class Connections:
         self.accept_done = anyio.Event()
         #: The memfd handed on with the connections (--memory), if any.
         self.memory: int | None = None
-        #: time.monotonic() when pause() was last entered.
+        #: time.monotonic() when stop() (the pause hook, or the switch) was last entered.
         self.paused_at: float | None = None
         #: Connections whose task has not started yet, and the event set once none is left.
         self.starting: set[int] = set()
@@ -242,27 +242,36 @@ class Connections:
         finally:
             self.running.discard(ident)
 
-    async def pause(self) -> FdState:
-        """Stop accepting and serving; what is returned goes to the next generation."""
-        self.paused_at = time.monotonic()
-        self.paused = True
+    async def _stop_accepting(self) -> None:
         if self.accepting is not None:
             self.accepting.cancel()
         await self.accept_done.wait()
+
+    async def stop(self) -> None:
+        """Stop accepting and serving, between requests."""
+        self.paused_at = time.monotonic()
+        self.paused = True
+        await self._stop_accepting()
         if self.busy:
             self.quiet = anyio.Event()
             await self.quiet.wait()
-        entries = [NamedFd("conn", i, s.fileno()) for i, s in self.streams.items()]
+
+    def _state(self, connections: list[NamedFd], *more: NamedFd) -> FdState:
+        """What goes to the next generation: ``connections``, the memory, ``more``."""
+        entries = list(connections)
         if self.memory is not None:
             entries.append(NamedFd("memory", 0, self.memory))
-        return FdState(entries)
+        return FdState([*entries, *more])
+
+    async def pause(self) -> FdState:
+        """Stop accepting and serving; what is returned goes to the next generation."""
+        await self.stop()
+        return self._state([NamedFd("conn", i, s.fileno()) for i, s in self.streams.items()])
 
     async def snapshot(self) -> FdState:
         """--switch's pause hook: stop accepting only, and hand over copies of every
         connection (still served here) with one end of the switch."""
-        if self.accepting is not None:
-            self.accepting.cancel()
-        await self.accept_done.wait()
+        await self._stop_accepting()
         self.switch = socket.socketpair()
         # Copies, not the streams' own descriptors: a connection served on
         # may close before the handover is sent, and its number be reused.
@@ -272,11 +281,7 @@ class Connections:
                 copies.append(NamedFd("conn", i, os.dup(s.fileno())))
         finally:
             self.copies = FdState(copies)  # ours to close, whatever happens
-        entries = list(copies)
-        if self.memory is not None:
-            entries.append(NamedFd("memory", 0, self.memory))
-        entries.append(NamedFd("switch", 0, self.switch[1].fileno()))
-        return FdState(entries)
+        return self._state(copies, NamedFd("switch", 0, self.switch[1].fileno()))
 
     async def switch_over(self) -> None:
         """--switch, once replaced: wait (serving on) until the new generation watches
@@ -288,7 +293,7 @@ class Connections:
             theirs.close()
             with anyio.move_on_after(10):  # a new generation that never says "set" is gone
                 await anyio.wait_readable(mine)
-            await self.pause()
+            await self.stop()  # what it hands over went in the snapshot
             with contextlib.suppress(OSError):
                 mine.send(b"go")
         self.switched_at = time.monotonic()
