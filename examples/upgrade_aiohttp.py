@@ -29,16 +29,18 @@ import argparse
 import os
 import socket
 
-import anyio
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from upgrade_common import Generation, parse_options, run_on_backend, stop_accepting, url_of
+from upgrade_common import (
+    Generation,
+    drain,
+    parse_options,
+    run_on_backend,
+    stop_accepting,
+    url_of,
+)
 
 from fdchannel.transports import FdAttribute
-
-#: How often the drain looks at aiohttp's open connections (aiohttp has no event for it).
-POLL = 0.01
-
 
 # ----------------------------------------------------------------------
 # The application: plain aiohttp, unchanged by the upgrades.
@@ -117,11 +119,9 @@ async def run(options: argparse.Namespace) -> None:
             draining.on = True  # each connection closes after its next response
             await stop_accepting(sock)  # the next generation (if any) accepts alone
             await site.stop()
-            assert runner.server is not None
-            with anyio.move_on_after(options.drain_timeout):
-                while runner.server.connections:  # noqa: ASYNC110 (aiohttp has no event)
-                    await anyio.sleep(POLL)
-            left = len(runner.server.connections)
+            server = runner.server
+            assert server is not None
+            left = await drain(lambda: len(server.connections), options.drain_timeout)
         finally:
             await runner.cleanup()  # closes what is still open (idle)
             sock.close()

@@ -42,8 +42,10 @@ import fdchannel
 from fdchannel.upgrade import Upgrader
 
 __all__ = [
+    "POLL",
     "Generation",
     "die_here",
+    "drain",
     "emit",
     "parse_options",
     "run_on_backend",
@@ -73,6 +75,19 @@ def die_here(options: argparse.Namespace, step: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+#: How often to look at a server's state that has no event to wait on (uvicorn's
+#: ``started`` flag, the open connections of uvicorn and aiohttp).
+POLL = 0.01
+
+
+async def drain(count: Callable[[], int], timeout: float) -> int:
+    """Wait up to ``timeout`` for ``count()`` open connections to close; how many are left."""
+    with anyio.move_on_after(timeout):
+        while count():  # noqa: ASYNC110 (neither uvicorn nor aiohttp has an event for it)
+            await anyio.sleep(POLL)
+    return count()
+
+
 async def stop_accepting(sock: socket.socket) -> None:
     """Stop an asyncio server (uvicorn's, aiohttp's) accepting on ``sock``, before closing it.
 
@@ -84,7 +99,7 @@ async def stop_accepting(sock: socket.socket) -> None:
     first, and let the tasks already made run, then close the server.
     """
     asyncio.get_running_loop().remove_reader(sock.fileno())
-    await anyio.sleep(0.01)  # the set-up tasks are ready to run: one loop turn does
+    await anyio.sleep(POLL)  # the set-up tasks are ready to run: one loop turn does
 
 
 def url_of(listener: fdchannel.Listener) -> str:

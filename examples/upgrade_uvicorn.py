@@ -41,7 +41,15 @@ from typing import Any
 
 import anyio
 import uvicorn
-from upgrade_common import Generation, parse_options, run_on_backend, stop_accepting, url_of
+from upgrade_common import (
+    POLL,
+    Generation,
+    drain,
+    parse_options,
+    run_on_backend,
+    stop_accepting,
+    url_of,
+)
 
 from fdchannel.transports import FdAttribute
 
@@ -50,10 +58,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-#: How often to look at uvicorn's ``started`` flag and its open connections: uvicorn
-#: has no event for either (its own shutdown polls them too).
-POLL = 0.01
 
 
 # ----------------------------------------------------------------------
@@ -192,10 +196,7 @@ async def run(options: argparse.Namespace) -> None:
         await stop_accepting(sock)  # the next generation (if any) accepts alone
         for listening in server.servers:
             listening.close()
-        with anyio.move_on_after(options.drain_timeout):
-            while server.server_state.connections:  # noqa: ASYNC110 (a set)
-                await anyio.sleep(POLL)
-        left = len(server.server_state.connections)
+        left = await drain(lambda: len(server.server_state.connections), options.drain_timeout)
         server.should_exit = True  # uvicorn closes what is still open (idle), then returns
         with anyio.move_on_after(options.drain_timeout + 5):
             await served.wait()
