@@ -66,12 +66,8 @@ class Server(Generations):
                     return message
             return None
 
-        with self._changed:
-            self._changed.wait_for(lambda: found() is not None, timeout)
-            message = found()
-            if message is None:
-                raise TimeoutError(f"no {event!r} event {match or ''}{self.tail()}")
-            self._taken.add(id(message))
+        message = self._wait_for(found, f"{event!r} event {match or ''}", timeout)
+        self._taken.add(id(message))  # only this (the test's) thread takes events
         return message
 
     def close(self, timeout: float = 10.0) -> dict[int, str]:
