@@ -22,8 +22,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["Manager", "cannot_start", "unavailable"]
+__all__ = ["Manager", "cannot_start", "poll", "unavailable"]
 
 SYSTEMD = Path("/lib/systemd/systemd")
 CGROUP = Path("/sys/fs/cgroup")
@@ -31,6 +32,8 @@ TIMEOUT = 30.0
 #: How often a wait looks at the manager's view of a unit: systemd has no
 #: notification a test can wait on without D-Bus.
 POLL = 0.02
+
+T = TypeVar("T")
 
 #: Runs as PID 1 of the new PID namespace: moves itself into the fresh
 #: cgroups (one per hierarchy, below ours), enters a cgroup namespace rooted
@@ -109,6 +112,17 @@ def cannot_start() -> str | None:
     return None
 
 
+def poll(found: Callable[[], T | None], timeout: float = TIMEOUT) -> T | None:
+    """``found()``'s first value that is not None, asked every POLL seconds; None
+    once ``timeout`` has passed (for states no event announces)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = found()
+        if value is not None or time.monotonic() >= deadline:
+            return value
+        time.sleep(POLL)
+
+
 def unavailable() -> str | None:
     """Why a manager cannot run here, or None (what can be known without starting one)."""
     if os.geteuid() != 0:
@@ -180,16 +194,20 @@ class Manager:
     def _first_child(self) -> int:
         """The host pid of the namespace's PID 1: unshare's only child."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
+
+        def found() -> int | None:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the namespace ended at once{self.tail()}")
             with contextlib.suppress(FileNotFoundError):
-                found = children.read_text().split()
-                if found:
-                    return int(found[0])
-            time.sleep(POLL)
-        raise TimeoutError(f"unshare started no PID 1 within {TIMEOUT} s")
+                pids = children.read_text().split()
+                if pids:
+                    return int(pids[0])
+            return None
+
+        pid1 = poll(found)
+        if pid1 is None:
+            raise TimeoutError(f"unshare started no PID 1 within {TIMEOUT} s")
+        return pid1
 
     def tail(self) -> str:
         with contextlib.suppress(OSError):
@@ -228,16 +246,21 @@ class Manager:
         **expected: str,
     ) -> dict[str, str]:
         """The unit's properties once each of ``expected`` holds, and ``until``."""
-        deadline = time.monotonic() + timeout
-        while True:
+        last: dict[str, str] = {}
+
+        def found() -> dict[str, str] | None:
             shown = self.show(unit)
-            if all(shown.get(key) == value for key, value in expected.items()) and until(shown):
-                return shown
-            if time.monotonic() >= deadline:
-                status = self.systemctl("status", unit, check=False).stdout
-                wanted = {k: (v, shown.get(k)) for k, v in expected.items()}
-                raise TimeoutError(f"{unit}: (wanted, shown) {wanted}\n{status}{self.tail()}")
-            time.sleep(POLL)
+            last.clear()
+            last.update(shown)  # for the message, if it never comes
+            ok = all(shown.get(key) == value for key, value in expected.items()) and until(shown)
+            return shown if ok else None
+
+        shown = poll(found, timeout)
+        if shown is None:
+            status = self.systemctl("status", unit, check=False).stdout
+            wanted = {k: (v, last.get(k)) for k, v in expected.items()}
+            raise TimeoutError(f"{unit}: (wanted, shown) {wanted}\n{status}{self.tail()}")
+        return shown
 
     def processes(self) -> set[int]:
         """Every process in the namespace, by its pid there (1 is the manager)."""
@@ -253,6 +276,12 @@ class Manager:
                     if line.startswith("NSpid:"):
                         found.add(int(line.split()[-1]))
         return found
+
+    def settle(self, expected: set[int], timeout: float = TIMEOUT) -> set[int]:
+        """The namespace's processes once they are ``expected``, or as they are
+        when ``timeout`` has passed."""
+        poll(lambda: self.processes() == expected or None, timeout)
+        return self.processes()
 
     # ------------------------------------------------------------------
     # Ending it.
@@ -283,16 +312,17 @@ def _remove_tree(top: Path) -> None:
     """rmdir a cgroup and those below it, deepest first, once their processes are gone."""
     if not top.is_dir():
         return
+
+    def removed(directory: Path) -> bool | None:
+        try:
+            directory.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:  # EBUSY: a killed process is still leaving it
+            return None
+        return True
+
     below = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-    deadline = time.monotonic() + TIMEOUT
     for directory in [*below, top]:
-        while True:
-            try:
-                directory.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:  # EBUSY: a killed process is still leaving it
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(POLL)
+        if poll(functools.partial(removed, directory)) is None:
+            directory.rmdir()  # still busy: raise its error

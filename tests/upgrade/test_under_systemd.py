@@ -11,18 +11,18 @@ cleanly; clients keep requesting throughout without an error.
 
 from __future__ import annotations
 
-import json
 import socket
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fdchannel.upgrade import request_upgrade
+from fdchannel.upgrade.pidfile import read_status
 
 from .harness import TIMEOUT, Clients
-from .systemd_manager import POLL, Manager, cannot_start, unavailable
+from .systemd_manager import Manager, cannot_start, poll, unavailable
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
 
@@ -58,18 +58,17 @@ def units(tmp: Path, *options: str) -> dict[str, str]:
     }
 
 
-def outcome(tmp: Path, attempt: int) -> dict[str, object]:
+def outcome(tmp: Path, attempt: int) -> dict[str, Any]:
     """The upgrade status file once it records ``attempt`` (a SIGHUP's has no reply)."""
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            status = json.loads((tmp / "server.pid.upgrade").read_text())
-        except (FileNotFoundError, ValueError):
-            status = {}
-        if isinstance(status, dict) and status.get("attempt") == attempt:
-            return status
-        time.sleep(POLL)
-    raise TimeoutError(f"no outcome of upgrade attempt {attempt}")
+
+    def recorded() -> dict[str, Any] | None:
+        status = read_status(tmp / "server.pid")
+        return status if status["attempt"] == attempt else None
+
+    status = poll(recorded)
+    if status is None:
+        raise TimeoutError(f"no outcome of upgrade attempt {attempt}")
+    return status
 
 
 def test_the_unit_follows_each_generation(sockdir: Path) -> None:
@@ -112,10 +111,7 @@ def test_the_unit_follows_each_generation(sockdir: Path) -> None:
                 )
                 assert shown["NRestarts"] == "0"
                 assert int((sockdir / "server.pid").read_text()) == pid
-                deadline = time.monotonic() + TIMEOUT
-                while systemd.processes() != {1, pid} and time.monotonic() < deadline:
-                    time.sleep(POLL)  # the old generation drains and exits
-                assert systemd.processes() == {1, pid}
+                assert systemd.settle({1, pid}) == {1, pid}  # the old one drained and exited
                 main = pid
             clients.wait_rounds()
         assert clients.errors == []
