@@ -11,7 +11,6 @@ from ..errors import ConnectionLostError, HandoffError
 from ..handoff.machine import Event, State
 from ..handoff.sides import IncomingSide
 from ..state import FdState
-from ..transfer import Codec
 from ._closing import Closing
 from ._deadline import Deadline
 from ._handoff import accept_admitted, log_refused, step
@@ -38,8 +37,6 @@ class Incoming(IncomingSide, Closing):
     _cpr_stream: Stream | None = None
     _main_listener: Listener | None = None
     _main_stream: Stream | None = None
-    #: The codec the old process used (known once the state arrived).
-    codec: Codec | None = None
 
     @staticmethod
     def _check_listen_options(channel: Channel, options: dict[str, Any]) -> None:

@@ -12,7 +12,6 @@ from ..channel import Channel
 from ..codecs.main import MainReader
 from ..errors import HandoffError
 from ..state import FdState
-from ..transfer import Codec
 from ..transports import Listener, Stream, check_options, listen
 from .common import accept_admitted, discard, step
 from .cpr import ReceivedCpr, receive_cpr
@@ -45,8 +44,6 @@ class Incoming(IncomingSide, anyio.abc.AsyncResource):
     _received: ReceivedCpr | None = None
     _main_listener: Listener | None = None
     _main_stream: Stream | None = None
-    #: The codec the old process used (known once the state arrived).
-    codec: Codec | None = None
 
     @staticmethod
     def _check_listen_options(channel: Channel, options: dict[str, Any]) -> None:

@@ -68,6 +68,9 @@ class IncomingSide(_Side):
     here, not in the middle of the handoff.
     """
 
+    #: The codec the old process used (known once the state arrived).
+    codec: Codec | None = None
+
     def __init__(
         self,
         channels: Iterable[Channel | str],
