@@ -12,6 +12,7 @@ runs in a child.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from fdchannel import FdState, NamedFd, ProtocolError, StateError, TransportError
+from fdchannel import FdState, NamedFd, ProtocolError, StateError, TransportError, procfs
 from fdchannel.codecs import qemu
 from fdchannel.cpr_exec import (
     CPR_EXEC_STATE_VARIABLE,
@@ -514,3 +515,68 @@ def test_command_gets_qemus_signal_mask_and_dispositions() -> None:
     ignored = _signal_set(done, "SigIgn")
     assert signal.SIGPIPE in ignored
     assert signal.SIGXFSZ not in ignored  # Python's own, reset before the exec
+
+
+#: Prints the environment it was given, exactly as the kernel keeps it.
+_ENVIRON = "import sys; sys.stdout.buffer.write(open('/proc/self/environ', 'rb').read())"
+#: Environments QEMU might leave: without a locale Python coerces LC_CTYPE to
+#: C.UTF-8 (PEP 538) in its own os.environ, which CMD must not inherit.
+ENVIRONMENTS: dict[str, dict[bytes, bytes]] = {
+    "no-locale": {},
+    "ctype-c": {b"LC_CTYPE": b"C"},
+    "lang-posix": {b"LANG": b"POSIX"},
+    "utf-8": {b"LANG": b"C.UTF-8"},
+}
+
+
+def environ_bytes(env: dict[bytes, bytes]) -> bytes:
+    """An environment as /proc/PID/environ shows it: entries ending in NUL."""
+    return b"".join(key + b"=" + value + b"\0" for key, value in env.items())
+
+
+@pytest.mark.parametrize("state", ["readable", "unreadable"])
+@pytest.mark.parametrize("locale", ENVIRONMENTS)
+def test_command_gets_the_environment_qemu_left_byte_for_byte(locale: str, state: str) -> None:
+    with exec_state() as made:
+        if state == "unreadable":
+            made.rewrite(b"QEVM")  # reported, and CMD runs anyway: with the same environment
+        env = {
+            b"PATH": os.environb.get(b"PATH", b"/usr/bin:/bin"),
+            b"QEMU_GUEST": b"\xff\xfe not UTF-8 \x1b[0m",
+            **ENVIRONMENTS[locale],
+            CPR_EXEC_STATE_VARIABLE.encode(): str(made.memfd).encode(),
+        }
+        done = subprocess.run(
+            cli("probe", "--cpr-exec", "--", sys.executable, "-c", _ENVIRON),
+            pass_fds=made.inherited,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(b"\0") == environ_bytes(env).split(b"\0")
+
+
+@pytest.mark.parametrize(
+    ("kept", "read"),
+    [
+        # As getenv reads it: the first entry of a name; none without a name or "=".
+        (b"A=1\0A=2\0=x\0no-equals\0B=\0C==c\0", {b"A": b"1", b"B": b"", b"C": b"=c"}),
+        (b"", {}),
+        (OSError(2, "No such file or directory"), None),  # no /proc: os.environ
+    ],
+)
+def test_the_started_environment_reads_as_getenv_does(
+    monkeypatch: pytest.MonkeyPatch, kept: bytes | OSError, read: dict[bytes, bytes] | None
+) -> None:
+    def proc_environ(path: str, mode: str) -> io.BytesIO:
+        assert (path, mode) == ("/proc/self/environ", "rb")
+        if isinstance(kept, OSError):
+            raise kept
+        return io.BytesIO(kept)
+
+    # What a process could have been given, or a machine without /proc (fault injection).
+    monkeypatch.setattr(procfs, "open", proc_environ, raising=False)
+    assert procfs.started_environment() == (dict(os.environb) if read is None else read)

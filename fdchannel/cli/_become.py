@@ -30,6 +30,7 @@ import os
 import select
 import shutil
 import time
+from collections.abc import Mapping
 
 from ..codecs import native
 from ._output import CliError
@@ -39,6 +40,7 @@ __all__ = [
     "Watcher",
     "describe_exec_error",
     "exec_acknowledging",
+    "exec_environment",
     "find_program",
     "interpreter",
 ]
@@ -123,17 +125,32 @@ def _hold(fd: int, limit: float) -> None:  # pragma: no cover (in the watcher)
             return
 
 
+def exec_environment(additions: Mapping[str, str] | None = None) -> dict[bytes, bytes]:
+    """What a command exec'd in our stead gets: our environment (as bytes: exact),
+    plus ``additions`` (replacing variables of their names).
+
+    The ``fdchannel`` program has put back the environment it was started with
+    (see ``fdchannel.__main__``), undoing what Python changed at start-up.
+    """
+    environment = dict(os.environb)
+    for name, value in (additions or {}).items():
+        environment[os.fsencode(name)] = os.fsencode(value)
+    return environment
+
+
 def exec_acknowledging(
-    program: str, argv: list[str], env: dict[str, str], watcher: Watcher
+    program: str, argv: list[str], additions: Mapping[str, str], watcher: Watcher
 ) -> OSError:
-    """execve; the watcher acknowledges once it happened.  Returns only on failure.
+    """execve with ``exec_environment(additions)``; the watcher acknowledges once it
+    happened.  Returns only on failure.
 
     The watcher must have been started.  On failure the reason goes to the
     watcher, which refuses, and the error is returned for the caller to report.
     """
+    environment = exec_environment(additions)
     try:
         os.write(watcher.write, _GOING)
-        os.execve(program, argv, env)
+        os.execve(program, argv, environment)
     except OSError as exc:
         error = exc
     with contextlib.suppress(OSError):  # the watcher is gone: nobody to tell

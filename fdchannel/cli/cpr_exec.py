@@ -105,12 +105,13 @@ def _text(
 
 
 def _become(program: str, command: list[str]) -> NoReturn:
-    """exec CMD with this process's environment (as bytes: exact) and descriptors."""
+    """exec CMD with the environment QEMU gave us (as bytes: exact) and our descriptors."""
     sys.stdout.flush()
     sys.stderr.flush()
     # Python ignores SIGXFSZ at start-up and an ignored signal survives exec;
     # QEMU leaves it at its default.  (SIGPIPE QEMU ignores itself, as Python does.)
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    # As QEMU left it: the program put back what Python changed at start-up.
     try:
         os.execve(program, command, os.environb)
     except OSError as error:

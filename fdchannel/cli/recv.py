@@ -110,12 +110,12 @@ def run(options: argparse.Namespace, out: Output) -> int:
     except BaseException:
         close_all([*handed.fds, handed.ack_fd])
         raise
-    environment = dict(os.environ)
-    environment.update(
-        LISTEN_FDS=str(count),
-        LISTEN_FDNAMES=":".join(handed.names),
-        LISTEN_PID=str(os.getpid()),
-    )
+    # Added to the environment recv was started with (see exec_environment).
+    environment = {
+        "LISTEN_FDS": str(count),
+        "LISTEN_FDNAMES": ":".join(handed.names),
+        "LISTEN_PID": str(os.getpid()),
+    }
     handed.report["exec"] = {
         "argv": options.command,
         "program": program,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,3 +109,44 @@ def test_the_command_runs_as_recv_and_is_acknowledged_after_exec(sockdir: Path) 
     listen_pid, shell_pid, _ = done.stdout.split()
     assert listen_pid == shell_pid == str(pid)
     assert _left_behind(sockdir) == []
+
+
+#: Writes the environment it was given, exactly as the kernel keeps it, to argv[1].
+_ENVIRON = "import sys; open(sys.argv[1], 'wb').write(open('/proc/self/environ', 'rb').read())"
+
+
+def _entries(raw: bytes) -> dict[bytes, bytes]:
+    """/proc/PID/environ as a mapping; each variable must be there once."""
+    entries = [entry.partition(b"=")[::2] for entry in raw.split(b"\0")[:-1]]
+    assert len({key for key, _ in entries}) == len(entries), entries
+    return dict(entries)
+
+
+@pytest.mark.parametrize("locale", [{}, {"LC_CTYPE": "C"}, {"LANG": "C.UTF-8"}])
+def test_the_command_gets_recvs_environment_plus_socket_activation(
+    sockdir: Path, locale: dict[str, str]
+) -> None:
+    """The environment recv was started with, not its os.environ: without a
+    locale Python coerces LC_CTYPE to C.UTF-8 there (PEP 538)."""
+    uri = f"unix:{sockdir}/cpr.sock"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "GUEST": os.fsdecode(b"\xff\xfe not UTF-8"),  # passed on as the same bytes
+        "LISTEN_FDS": "7",  # recv's parent's: replaced
+        **locale,
+    }
+    shown = sockdir / "environ"
+    command = cli("recv", "--timeout", "20", uri, "--", sys.executable, "-c", _ENVIRON, str(shown))
+    with Child(command, env=env) as receiver:
+        receiver.wait_for("listening on")
+        sent = run(cli("send", uri, f"dir={sockdir}"))
+        done = receiver.finish()
+    assert sent.returncode == 0, sent.stderr
+    assert done.returncode == 0, done.stderr
+    expected = {os.fsencode(key): os.fsencode(value) for key, value in env.items()}
+    expected |= {
+        b"LISTEN_FDS": b"1",
+        b"LISTEN_FDNAMES": b"dir",
+        b"LISTEN_PID": str(receiver.popen.pid).encode(),
+    }
+    assert _entries(shown.read_bytes()) == expected

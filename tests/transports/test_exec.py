@@ -220,6 +220,23 @@ async def test_child_inherits_only_its_standard_streams() -> None:
     assert stdin == b"/dev/null\n"
 
 
+async def test_the_command_gets_this_programs_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A library's command inherits ``os.environ`` as the program made it, not the
+    environment the process was started with (what the fdchannel command line execs
+    in its stead gets that): what the program set or removed holds for it."""
+    monkeypatch.setenv("FDC_SET_BY_THE_PROGRAM", "yes")
+    monkeypatch.setenv("FDC_REMOVED_BY_THE_PROGRAM", "no")
+    monkeypatch.delenv("FDC_REMOVED_BY_THE_PROGRAM")
+    with anyio.fail_after(TIMEOUT):
+        reader = await accept(ExecAddress(("/bin/cat", "/proc/self/environ")))
+        async with reader:
+            environ = (await read_all(reader)).split(b"\0")[:-1]
+    assert b"FDC_SET_BY_THE_PROGRAM=yes" in environ
+    assert not [entry for entry in environ if entry.startswith(b"FDC_REMOVED_BY_THE_PROGRAM=")]
+
+
 async def test_streams_go_one_way() -> None:
     with anyio.fail_after(TIMEOUT):
         reader = await accept(sh("echo out"))
