@@ -3,7 +3,9 @@
 Accept one peer on FROM, connect TO, forward both ways (see fdchannel.relay)
 until both sides ended.  A progress line on stderr counts the bytes and
 descriptors forwarded; the result says who closed first: normally the
-sender half-closes, then the receiver closes (the ack).
+sender half-closes, then the receiver closes (the ack).  A side that resets
+the connection (it closed or died with bytes unread) has the other side's
+reset in turn, and the relay exits 1.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import anyio.abc
 from ..address import Address
 from ..channel import Channel, parse_channel
 from ..relaying import RelayStats, relay
-from ._output import OK, CliError, Output, format_size, plural, printable
+from ._output import OK, PROBLEM, CliError, Output, format_size, plural, printable
 from ._run import run_async
 
 __all__ = ["run"]
@@ -37,6 +39,12 @@ def _progress_text(stats: RelayStats) -> str:
 
 
 def _closing(stats: RelayStats) -> str:
+    if stats.reset_by is not None:
+        other = "receiver" if stats.reset_by == "sender" else "sender"
+        return (
+            f"the {stats.reset_by} reset the connection (it closed or died with bytes unread); "
+            f"the relay reset the {other}'s in turn"
+        )
     first = stats.first_to_close
     if first is None:
         return "nobody closed"
@@ -61,14 +69,14 @@ class _Progress:
     def __call__(self, stats: RelayStats) -> None:
         if not self.enabled:
             return
-        ends = stats.forward.ended + stats.backward.ended
+        ends = stats.forward.ended + stats.backward.ended + 2 * (stats.reset_by is not None)
         now = time.monotonic()
         # Always show the moments a side closes; throttle the rest.
         if ends == self.ends and now - self.last < (0.1 if self.tty else _LOG_EVERY):
             return
         self.last, self.ends = now, ends
         line = _progress_text(stats)
-        if ends:
+        if ends or stats.reset_by is not None:
             line += f" ({_closing(stats)})"
         if self.tty:
             self.out.write(sys.stderr, f"\r\033[K{self.out.prog}: {printable(line)}")
@@ -105,21 +113,22 @@ async def _relay(
 
 
 def run(options: argparse.Namespace, out: Output) -> int:
-    """Relay one connection and report what crossed."""
+    """Relay one connection and report what crossed; 1 if a side reset it."""
     source, dest = parse_channel(options.source), parse_channel(options.dest)
     try:
         stats, listened, seconds = run_async(_relay, source, dest, options, out)
     except TimeoutError:
         raise CliError(f"nobody connected to {source} within {options.timeout} s") from None
     document: dict[str, Any] = {
-        "ok": True,
+        "ok": stats.reset_by is None,
         "from": listened,
         "to": str(dest),
         "forward": vars(stats.forward),
         "backward": vars(stats.backward),
         "first_to_close": stats.first_to_close,
+        "reset_by": stats.reset_by,
         "closing": _closing(stats),
         "seconds": round(seconds, 6),
     }
     out.result(document, f"relayed {_progress_text(stats)}\n{_closing(stats)}")
-    return OK
+    return OK if stats.reset_by is None else PROBLEM
