@@ -57,6 +57,7 @@ if TYPE_CHECKING:
         UpgradeBusy as UpgradeBusy,
         UpgradeError as UpgradeError,
         UpgradeFailed as UpgradeFailed,
+        VerdictGiven as VerdictGiven,
     )
     from .handoff import (
         Ack as Ack,

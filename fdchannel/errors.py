@@ -21,6 +21,7 @@ __all__ = [
     "UpgradeBusy",
     "UpgradeError",
     "UpgradeFailed",
+    "VerdictGiven",
 ]
 
 
@@ -91,6 +92,16 @@ class HandoffError(FdChannelError):
 
 class HandoffTimeout(HandoffError, TimeoutError):
     """A handoff step did not finish before its deadline."""
+
+
+class VerdictGiven(HandoffError):
+    """A received state was answered twice: ``accept()`` or ``reject()`` (an Incoming's
+    ``listen_main()`` or ``reject()``) after it was accepted, rejected or closed.
+    The first answer stands; ``verdict`` says what it was."""
+
+    def __init__(self, what: str, verdict: str) -> None:
+        super().__init__(f"{what} was already {verdict}; the first answer stands")
+        self.verdict = verdict
 
 
 class UpgradeError(FdChannelError):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import math
 import os
 import select
 import socket
@@ -39,7 +38,7 @@ from .errors import (
     TransportError,
 )
 from .fds import SCM_MAX_FD, _take, close_all, control_buffer_size, recvmsg_fds
-from .handoff.common import accept_admitted, connect_retrying
+from .handoff.common import accept_admitted, connect_retrying, seconds as as_seconds, timeout_text
 from .transports import Stream, Target, listen, resolve_target
 from .transports._socket import SocketStream, UnixSocketStream
 
@@ -301,10 +300,10 @@ async def _pump(
 def _deadline(seconds: float | None, what: str) -> Iterator[None]:
     """A deadline whose expiry is a HandoffTimeout (also a TimeoutError)."""
     try:
-        with anyio.fail_after(seconds if seconds is not None else math.inf):
+        with anyio.fail_after(as_seconds(seconds)):
             yield
     except TimeoutError as exc:
-        raise HandoffTimeout(f"relay: {what} within {seconds} s") from exc
+        raise HandoffTimeout(f"relay: {what} within {timeout_text(seconds)}") from exc
 
 
 def _log_refused(exc: PeerCredentialsError) -> None:

@@ -20,7 +20,7 @@ from ..errors import (
     HandoffTimeout,
     PeerCredentialsError,
 )
-from ..handoff.common import FIRST_DELAY, MAX_DELAY, NOT_YET
+from ..handoff.common import FIRST_DELAY, MAX_DELAY, NOT_YET, timeout_text
 from ..handoff.machine import Event, Machine
 from ._deadline import Deadline, TransportTimeout
 from ._listener import Listener
@@ -45,7 +45,7 @@ def step(machine: Machine, what: str, timeout: float | None) -> Iterator[Deadlin
     except TransportTimeout as exc:
         machine.fire(Event.FAIL)
         raise HandoffTimeout(
-            f"{machine.side} handoff: {what} did not finish within {timeout} s ({exc})"
+            f"{machine.side} handoff: {what} did not finish within {timeout_text(timeout)} ({exc})"
         ) from exc
     except HandoffError:
         machine.fire(Event.FAIL)

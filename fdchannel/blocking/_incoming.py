@@ -30,7 +30,8 @@ class Incoming(IncomingSide, Closing):
     reads the state to EOF; ``listen_main`` starts the main listener and
     *then* closes the cpr connection: that close tells the old process "I
     am listening".  ``reject`` closes without listening (native codec:
-    with a reason).
+    with a reason).  The state is answered once: a second answer is a
+    VerdictGiven.
     """
 
     _cpr_listener: Listener | None = None
@@ -75,7 +76,7 @@ class Incoming(IncomingSide, Closing):
 
         ``timeout`` bounds sending the native codec's STATUS frame.
         """
-        self._machine.fire(Event.LISTEN_MAIN)
+        self._answer(Event.LISTEN_MAIN)
         with step(self._machine, "listening on the main channel", timeout) as deadline:
             self._main_listener = listen(self.main, **self._main_options)
             self._send_status(deadline, accepted=True)
@@ -115,7 +116,7 @@ class Incoming(IncomingSide, Closing):
 
     def reject(self, reason: str, timeout: float | None = 10) -> None:
         """Refuse the received state: close cpr without listening on main."""
-        self._machine.fire(Event.REJECT)
+        self._answer(Event.REJECT)
         try:
             self._send_status(Deadline(timeout), accepted=False, reason=reason)
         finally:

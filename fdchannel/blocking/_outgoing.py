@@ -44,11 +44,11 @@ class Outgoing(OutgoingSide, Closing):
                 encoder = Encoder(state, self.codec, qemu_target=self.qemu_target)
                 send_with(self._cpr_stream, encoder, timeout=deadline.left())
                 self._machine.fire(Event.STATE_SENT)
-                await_verdict(self._cpr_stream, encoder, deadline.left())
+                kind = await_verdict(self._cpr_stream, encoder, deadline.left())
                 self._machine.fire(Event.ACK)
         finally:
             self._close_cpr()
-        return Ack(self.codec, len(state), now() - started)
+        return Ack(self.codec, len(state), now() - started, kind)
 
     def connect_main(self, timeout: float | None = 10) -> Stream:
         """Connect the main channel (after the ack) and return its stream."""

@@ -29,7 +29,9 @@ __all__ = [
     "discard",
     "load_transports",
     "parse_channels",
+    "seconds",
     "step",
+    "timeout_text",
 ]
 
 log = logging.getLogger("fdchannel")
@@ -67,12 +69,12 @@ async def step(machine: Machine, what: str, timeout: float | None) -> AsyncItera
     The machine moves to FAILED on any error, ABORTED on cancellation.
     """
     try:
-        with anyio.fail_after(timeout if timeout is not None else math.inf):
+        with anyio.fail_after(seconds(timeout)):
             yield
     except TimeoutError as exc:
         machine.fire(Event.FAIL)
         raise HandoffTimeout(
-            f"{machine.side} handoff: {what} did not finish within {timeout} s"
+            f"{machine.side} handoff: {what} did not finish within {timeout_text(timeout)}"
         ) from exc
     except HandoffError:
         machine.fire(Event.FAIL)
@@ -125,6 +127,27 @@ async def discard(stream: Stream) -> None:
 def now() -> float:
     """The clock handoff timings use (monotonic, shared by every process)."""
     return time.monotonic()
+
+
+def seconds(timeout: float | None) -> float:
+    """A timeout as the float a deadline is reckoned from, in either layer.
+
+    None (no deadline) is infinity, and so is an int too large for a float:
+    no clock gets there.  NaN stays NaN, for the deadline to refuse, and a
+    value that is no number stays a TypeError.
+    """
+    if timeout is None:
+        return math.inf
+    try:
+        return timeout + 0.0
+    except OverflowError:  # an int beyond any float
+        return math.inf if timeout > 0 else -math.inf
+
+
+def timeout_text(timeout: float | None) -> str:
+    """A timeout for a message, e.g. "0.3 s": short whatever was given (an int
+    of 5,000 digits would not even convert to text)."""
+    return f"{seconds(timeout):g} s"
 
 
 async def accept_admitted(

@@ -13,7 +13,6 @@ Decoder), so these only move bytes.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,11 +22,11 @@ import anyio
 from ..channel import Channel, ChannelType
 from ..codecs import native
 from ..codecs.encoder import Encoder
-from ..errors import HandoffTimeout, PeerCredentialsError
+from ..errors import HandoffTimeout, PeerCredentialsError, VerdictGiven
 from ..state import DEFAULT_LIMITS, FdState, Limits
 from ..transfer import Codec, await_verdict, check_qemu_target, receive_state_and_codec, send_with
 from ..transports import Listener, Stream, Target, listen, resolve_target
-from .common import accept_admitted, connect_retrying
+from .common import accept_admitted, connect_retrying, seconds, timeout_text
 
 __all__ = ["Ack", "ReceivedCpr", "receive_cpr", "send_cpr"]
 
@@ -78,7 +77,7 @@ async def send_cpr(
     report = progress or (lambda _: None)
     started = time.monotonic()
     try:
-        with anyio.fail_after(timeout if timeout is not None else math.inf):
+        with anyio.fail_after(seconds(timeout)):
             stream = await connect_retrying(_cpr(target), attempts)
             report("connected")
             async with stream:
@@ -89,7 +88,7 @@ async def send_cpr(
                 report("acknowledged")
     except TimeoutError as exc:
         raise HandoffTimeout(
-            f"no acknowledgement on {_cpr(target).addr} within {timeout} s"
+            f"no acknowledgement on {_cpr(target).addr} within {timeout_text(timeout)}"
         ) from exc
     return Ack(codec, len(state), time.monotonic() - started, kind)
 
@@ -97,7 +96,8 @@ async def send_cpr(
 @dataclass
 class ReceivedCpr:
     """A state received on a cpr channel, its connection still open: ``accept()``
-    (the acknowledgement) or ``reject(reason)``.  The state owns its descriptors."""
+    (the acknowledgement) or ``reject(reason)``, once (a second answer, or one after
+    ``aclose()``, is a VerdictGiven).  The state owns its descriptors."""
 
     state: FdState
     codec: Codec
@@ -108,26 +108,34 @@ class ReceivedCpr:
     #: Seconds spent waiting for the peer, then reading its state.
     timings: dict[str, float] = field(default_factory=dict)
 
+    #: "accepted", "rejected" or "closed" once answered (a state is answered once).
+    _verdict: str | None = field(default=None, init=False, repr=False)
+
     async def accept(self) -> str:
         """Acknowledge: an "accepted" status for a native sender, then the close.
 
         Returns what happened: "closed the connection", or "the sender had
-        already hung up".
+        already hung up".  VerdictGiven if the state was answered already.
         """
-        return await self._close(native.status_frame(True))
+        return await self._close(native.status_frame(True), "accepted")
 
     async def reject(self, reason: str) -> str:
         """Refuse: a native sender reads ``reason``; QEMU's protocol has no
         refusal, so a qemu sender sees the close (its own QEMU then fails to
         connect the main channel and keeps running)."""
-        return await self._close(native.status_frame(False, reason))
+        return await self._close(native.status_frame(False, reason), "rejected")
 
     async def aclose(self) -> None:
         """Close without a status (a native sender reads that as a failure)."""
+        if self._verdict is None:
+            self._verdict = "closed"
         with anyio.CancelScope(shield=True):
             await self.stream.aclose()
 
-    async def _close(self, status: bytes) -> str:
+    async def _close(self, status: bytes, verdict: str) -> str:
+        if self._verdict is not None:
+            raise VerdictGiven(f"the state received on {self.listened_on}", self._verdict)
+        self._verdict = verdict
         try:
             if self.codec == "native":
                 await self.stream.send(status)
@@ -161,7 +169,7 @@ async def receive_cpr(
     refused = on_refused or (lambda exc: log.warning("%s", exc))
     started = time.monotonic()
     try:
-        with anyio.fail_after(timeout if timeout is not None else math.inf):
+        with anyio.fail_after(seconds(timeout)):
             if isinstance(source, Listener):
                 listener = source
                 stream = await accept_admitted(listener, refused)
@@ -181,6 +189,6 @@ async def receive_cpr(
                     await stream.aclose()
                 raise
     except TimeoutError as exc:
-        raise HandoffTimeout(f"no state arrived within {timeout} s") from exc
+        raise HandoffTimeout(f"no state arrived within {timeout_text(timeout)}") from exc
     timings = {"accept": accepted - started, "receive": time.monotonic() - accepted}
     return ReceivedCpr(state, codec, stream, str(listener.address), timings)

@@ -35,6 +35,7 @@ class Incoming(IncomingSide, anyio.abc.AsyncResource):
     ``listen_main`` starts the main listener and *then* closes the cpr
     connection: that close tells the old process "I am listening".
     ``reject`` closes without listening (native codec: with a reason).
+    The state is answered once: a second answer is a VerdictGiven.
     The channels' transports are loaded when the Incoming is made, not in
     the middle of the handoff.
     """
@@ -77,7 +78,7 @@ class Incoming(IncomingSide, anyio.abc.AsyncResource):
 
     async def listen_main(self) -> Listener:
         """Listen on the main channel, then close cpr: the acknowledgement."""
-        self._machine.fire(Event.LISTEN_MAIN)
+        self._answer(Event.LISTEN_MAIN)
         async with step(self._machine, "listening on the main channel", None):
             self._main_listener = await listen(self.main, **self._main_options)
             received, self._received = self._received, None
@@ -124,7 +125,7 @@ class Incoming(IncomingSide, anyio.abc.AsyncResource):
 
     async def reject(self, reason: str) -> None:
         """Refuse the received state: close cpr without listening on main."""
-        self._machine.fire(Event.REJECT)
+        self._answer(Event.REJECT)
         received, self._received = self._received, None
         if received is not None:
             await received.reject(reason)  # a sender already gone needs no reason

@@ -11,12 +11,21 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from ..channel import Channel
+from ..errors import VerdictGiven
 from ..state import DEFAULT_LIMITS, Limits
 from ..transfer import Codec, check_qemu_target
 from .common import load_transports, parse_channels
-from .machine import INCOMING, OUTGOING, Machine, State, Table
+from .machine import INCOMING, OUTGOING, Event, Machine, State, Table
 
 __all__ = ["IncomingSide", "OutgoingSide"]
+
+#: The incoming states in which the received state was answered, and how.
+_ANSWERED = {
+    State.LISTENING_MAIN: "accepted",
+    State.MAIN_OPEN: "accepted",
+    State.DONE: "accepted",
+    State.REJECTED: "rejected",
+}
 
 
 class _Side:
@@ -91,3 +100,11 @@ class IncomingSide(_Side):
     def _check_listen_options(channel: Channel, options: dict[str, Any]) -> None:
         """AddressError unless the layer's ``listen`` on ``channel`` takes ``options``."""
         raise NotImplementedError
+
+    def _answer(self, event: Event) -> None:
+        """Fire the answer to the received state (LISTEN_MAIN accepts it, or REJECT);
+        VerdictGiven, the handoff left as it is, if it was answered already."""
+        verdict = _ANSWERED.get(self.state)
+        if verdict is not None:
+            raise VerdictGiven(f"{self._machine.side} handoff: the received state", verdict)
+        self._machine.fire(event)

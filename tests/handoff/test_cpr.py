@@ -10,6 +10,7 @@ import pytest
 
 import fdchannel
 from fdchannel import FdState, HandoffError, HandoffTimeout, NamedFd
+from fdchannel.errors import VerdictGiven
 
 pytestmark = pytest.mark.anyio
 TIMEOUT = 10
@@ -62,6 +63,52 @@ async def test_one_call_each_side(sockdir: Path, codec: str, verdict: str) -> No
             assert steps == ["connected", "sent", "acknowledged"]
     finally:
         os.close(memfd)
+
+
+#: The first answer to a received state, and the verdict it stands for.
+FIRST_ANSWERS = {"accept": "accepted", "reject": "rejected", "aclose": "closed"}
+
+
+async def _answer(received: fdchannel.ReceivedCpr, how: str) -> None:
+    if how == "accept":
+        await received.accept()
+    elif how == "reject":
+        await received.reject("not today")
+    else:
+        await received.aclose()
+
+
+@pytest.mark.parametrize("second", ["accept", "reject"])
+@pytest.mark.parametrize("first", FIRST_ANSWERS)
+@pytest.mark.parametrize("codec", ["native", "qemu"])
+async def test_a_received_state_is_answered_once(
+    sockdir: Path, codec: str, first: str, second: str
+) -> None:
+    """A second accept() or reject() is a VerdictGiven saying what the first was; the
+    sender heard the first one only."""
+    outcome: list[object] = []
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+
+            async def sender() -> None:
+                try:
+                    ack = await fdchannel.send_cpr(_cpr(sockdir), FdState(), codec=codec)  # type: ignore[arg-type]
+                    outcome.append(ack.kind)
+                except HandoffError as exc:
+                    outcome.append(type(exc))
+
+            tg.start_soon(sender)
+            received = await fdchannel.receive_cpr(_cpr(sockdir))
+            received.state.close()
+            await _answer(received, first)
+            with pytest.raises(VerdictGiven, match=f"already {FIRST_ANSWERS[first]}") as raised:
+                await _answer(received, second)
+            assert raised.value.verdict == FIRST_ANSWERS[first]
+            await received.aclose()  # closing again stays harmless
+    if codec == "qemu":
+        assert outcome == ["closed"]  # any close is QEMU's acknowledgement
+    else:
+        assert outcome == (["accepted"] if first == "accept" else [HandoffError])
 
 
 async def test_send_cpr_times_out_typed(sockdir: Path) -> None:
