@@ -38,6 +38,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
+from fdchannel.upgrade.pidfile import read_pid
+
 __all__ = ["BACKENDS", "EXAMPLES", "SCRIPTS", "Event", "Generations"]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -218,7 +220,7 @@ class Generations:
 
     def serving(self) -> int:
         """The pid the pidfile names: the generation serving now."""
-        return int(self.pidfile.read_text())
+        return read_pid(self.pidfile)
 
     # ------------------------------------------------------------------
     # Their processes.
@@ -271,7 +273,7 @@ class Generations:
             return dict(self._signalled)
         self._closed = True
         with contextlib.suppress(OSError, ValueError):
-            self._watch(int(self.pidfile.read_text()))  # serving, maybe before any event
+            self._watch(read_pid(self.pidfile))  # serving, maybe before any event
         try:
             self._signal(self.running(), signal.SIGTERM)
             left = self.wait_exited(timeout=timeout)

@@ -1,7 +1,8 @@
 """An aiohttp application upgraded without dropping a request.
 
-    python examples/upgrade_aiohttp.py --pidfile /tmp/web.pid --control /tmp/web.ctl
-    fdchannel upgrade /tmp/web.ctl        # or: kill -HUP $(cat /tmp/web.pid)
+    RUN=$(mktemp -d)       # pidfile and control socket: a directory of their own
+    python examples/upgrade_aiohttp.py --pidfile $RUN/web.pid --control $RUN/web.ctl
+    fdchannel upgrade $RUN/web.ctl   # or: fdchannel upgrade $RUN/web.pid (SIGHUP)
 
 The handler (``hello``) is ordinary aiohttp code that knows nothing of
 upgrades.  Around it:

@@ -1,7 +1,8 @@
 """A plain anyio HTTP/1.1 keep-alive server upgraded without dropping a request.
 
-    python examples/upgrade_anyio.py --backend trio --pidfile /tmp/http.pid --control /tmp/http.ctl
-    fdchannel upgrade /tmp/http.ctl       # or: kill -HUP $(cat /tmp/http.pid)
+    RUN=$(mktemp -d)       # pidfile and control socket: a directory of their own
+    python examples/upgrade_anyio.py --backend trio --pidfile $RUN/http.pid --control $RUN/http.ctl
+    fdchannel upgrade $RUN/http.ctl   # or: fdchannel upgrade $RUN/http.pid (SIGHUP)
 
 Every generation runs this same file (the Upgrader starts the next one with
 this process's command line).  The listening socket comes from the previous

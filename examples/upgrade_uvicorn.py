@@ -1,7 +1,8 @@
 """An ASGI application under uvicorn, upgraded without dropping a request.
 
-    python examples/upgrade_uvicorn.py --pidfile /tmp/asgi.pid --control /tmp/asgi.ctl
-    fdchannel upgrade /tmp/asgi.ctl       # or: kill -HUP $(cat /tmp/asgi.pid)
+    RUN=$(mktemp -d)       # pidfile and control socket: a directory of their own
+    python examples/upgrade_uvicorn.py --pidfile $RUN/asgi.pid --control $RUN/asgi.ctl
+    fdchannel upgrade $RUN/asgi.ctl   # or: fdchannel upgrade $RUN/asgi.pid (SIGHUP)
 
 The application (``app``) is ordinary ASGI code that knows nothing of
 upgrades.  Around it:

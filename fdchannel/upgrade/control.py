@@ -3,13 +3,20 @@ signal and its pidfile.  Blocking (the command line has no event loop).
 
 The control socket speaks JSON lines: the client sends ``upgrade``, the
 server answers with one object once the upgrade is over: ``{"ok": true,
-"pid": ...}``, or ``{"ok": false, "error": ..., "busy": true?}``.
+"pid": ..., "warnings": [...]}``, or ``{"ok": false, "error": ..., "busy":
+true?}``.  Anyone may have bound the path: the answer is believed only from
+a server of our own uid or root (SO_PEERCRED), and read up to 64 KiB.
+
+A pidfile's process is signalled only once verified to be the one the
+pidfile names (``pidfile.open_named``), through a pidfd; the outcome of
+this very request is then read from the status file beside the pidfile.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import stat
@@ -17,11 +24,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..credentials import peer_credentials, same_user_or_root
 from ..errors import UpgradeBusy, UpgradeError, UpgradeFailed
 from . import pidfile as pidfiles
 
 __all__ = ["request_upgrade"]
 
+#: The most read of a control socket's answer (one JSON line of a few hundred bytes).
+_ANSWER_BYTES = 1 << 16
 #: How often the pidfile's status is read while waiting (a file has nothing to wait on).
 _POLL = 0.02
 
@@ -58,14 +68,19 @@ def _ask_socket(path: Path, timeout: float) -> dict[str, Any]:
         sock.settimeout(timeout)
         try:
             sock.connect(os.fspath(path))
+            _check_server(sock, path)
             sock.sendall(b"upgrade\n")
             data = b""
-            while not data.endswith(b"\n"):
-                sock.settimeout(max(0.0, deadline - time.monotonic()))
-                chunk = sock.recv(65536)
+            while b"\n" not in data:
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                chunk = sock.recv(_ANSWER_BYTES + 1 - len(data))
                 if not chunk:
                     break
                 data += chunk
+                if len(data) > _ANSWER_BYTES:
+                    raise UpgradeError(
+                        f"{path} answered a line longer than {_ANSWER_BYTES} bytes: not an upgrader"
+                    )
         except TimeoutError:
             raise UpgradeError(f"{path} did not answer within {timeout} s") from None
         except OSError as exc:
@@ -79,35 +94,45 @@ def _ask_socket(path: Path, timeout: float) -> dict[str, Any]:
     return reply
 
 
+def _check_server(sock: socket.socket, path: Path) -> None:
+    """Believe only a server of our own uid, or root: anyone may have bound ``path``."""
+    server = peer_credentials(sock)
+    if not same_user_or_root(server):
+        raise UpgradeError(
+            f"{path} is served by pid {server.pid} of uid {server.uid}, not by uid "
+            f"{os.geteuid()} or root: not asking it"
+        )
+
+
 def _signal_and_watch(path: Path, timeout: float, trigger: int) -> dict[str, Any]:
     try:
-        pid = pidfiles.read_pid(path)
+        pid, pidfd = pidfiles.open_named(path)
     except (OSError, ValueError) as exc:
         raise UpgradeError(f"cannot read the pidfile {path}: {exc}") from exc
-    before = pidfiles.read_status(path).get("attempt", 0)
     try:
-        os.kill(pid, trigger)
+        return _watch(path, pid, pidfd, timeout, trigger)
+    finally:
+        os.close(pidfd)
+
+
+def _watch(path: Path, pid: int, pidfd: int, timeout: float, trigger: int) -> dict[str, Any]:
+    # Requests are numbered as they start: ours is the one after the last started now.
+    # (A signal carries no identity: a request that starts between this reading and
+    # our signal, or one the kernel merges with ours, shares ours or takes its number.)
+    mine = pidfiles.started(pidfiles.read_status(path)) + 1
+    try:
+        signal.pidfd_send_signal(pidfd, trigger)
     except OSError as exc:
         raise UpgradeError(f"cannot signal pid {pid} (from {path}): {exc.strerror}") from exc
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = pidfiles.read_status(path)
-        if status.get("attempt", 0) != before and status.get("from_pid") == pid:
-            return status
-        if not _alive(pid):
-            status = pidfiles.read_status(path)
-            if status.get("attempt", 0) != before:
-                return status
+        found = pidfiles.outcome(pidfiles.read_status(path), mine)
+        if found is not None and found.get("from_pid") == pid:
+            return found
+        # The pidfd turns readable when the process exits; else look again after _POLL.
+        if select.select([pidfd], [], [], _POLL)[0]:
+            found = pidfiles.outcome(pidfiles.read_status(path), mine)
+            if found is not None:
+                return found
             raise UpgradeError(f"pid {pid} (from {path}) exited without an upgrade")
-        time.sleep(_POLL)
     raise UpgradeError(f"pid {pid} (from {path}) did not finish an upgrade within {timeout} s")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -12,7 +12,9 @@ variable, naming three inherited socket descriptors.
 
 ``parent`` is the old generation's pid: as with systemd's ``LISTEN_PID``,
 a process that finds the variable but was not started by that pid (a
-grandchild that inherited the environment) ignores it.
+grandchild that inherited the environment) ignores it.  A malformed
+variable (a field missing or extra, a number that is none or beyond a C
+int) is an UpgradeError naming it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from ..errors import UpgradeError
 __all__ = ["ENV", "Lineage", "take"]
 
 ENV = "FDCHANNEL_UPGRADE"
+#: Descriptors and pids are C ints: nothing beyond this names one.
+_INT_MAX = 2**31 - 1
 log = logging.getLogger("fdchannel.upgrade")
 
 
@@ -49,7 +53,8 @@ class Lineage:
         fields: dict[str, int] = {}
         for part in text.split(","):
             key, sep, value = part.partition("=")
-            if not sep or not value.isascii() or not value.isdigit() or len(value) > 10:
+            number = value.isascii() and value.isdigit() and len(value) <= 10
+            if not sep or not number or int(value) > _INT_MAX:
                 raise ValueError(f"malformed {ENV} entry {part!r}")
             fields[key] = int(value)
         try:
@@ -65,15 +70,15 @@ class Lineage:
 
 def take() -> Lineage | None:
     """Read and remove ``FDCHANNEL_UPGRADE`` if it is meant for us; its descriptors
-    become close-on-exec, so none of our own children inherits them."""
+    become close-on-exec, so none of our own children inherits them.  UpgradeError
+    if it is malformed or names descriptors that are not open."""
     text = os.environ.pop(ENV, None)
     if text is None:
         return None
     try:
         lineage = Lineage.parse(text)
-    except ValueError as exc:
-        log.warning("ignoring %s: %s", ENV, exc)
-        return None
+    except ValueError as exc:  # not ours to guess whom it was for: say so
+        raise UpgradeError(f"{ENV} is malformed: {exc}") from None
     if lineage.parent != os.getppid():
         log.warning("ignoring %s: it was meant for a child of pid %d", ENV, lineage.parent)
         return None

@@ -10,7 +10,6 @@ works with every event loop's ``wait_readable``.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import signal
@@ -19,6 +18,8 @@ from collections.abc import Mapping, Sequence
 import anyio
 
 from ..errors import UpgradeFailed
+from ..handoff.common import seconds
+from .pidfile import process_start
 
 __all__ = ["Child", "exit_text", "spawn"]
 
@@ -48,6 +49,9 @@ class Child:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
+        #: When it started (what the pidfile records with its pid); it is our
+        #: child, not reaped yet, so the pid is still its own.
+        self.start = process_start(pid)
         self._pidfd: int | None = os.pidfd_open(pid)
         #: The wait status once reaped.
         self.status: int | None = None
@@ -67,17 +71,18 @@ class Child:
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait for it to exit (True) or for ``timeout`` to pass (False)."""
-        with anyio.move_on_after(math.inf if timeout is None else timeout):
+        with anyio.move_on_after(seconds(timeout)):
             while not self.exited():
                 assert self._pidfd is not None, "released"
                 await anyio.wait_readable(self._pidfd)
         return self.status is not None
 
     async def kill(self) -> None:
-        """SIGKILL it and reap it (the rollback)."""
-        if self.status is None:
+        """SIGKILL it and reap it (the rollback): through the pidfd, never by pid, which
+        names another process once someone else has reaped this one."""
+        if self.status is None and self._pidfd is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
             with anyio.CancelScope(shield=True):
                 await self.wait()
         self.release()
@@ -122,7 +127,7 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], keep: Sequence[int]) -> C
         ) from exc
     try:
         return Child(pid)
-    except OSError:
+    except OSError:  # our unreaped child: the pid is its own until waitpid
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         raise

@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from ..state import FdState, NamedFd
 from ..transports import FdAttribute, Listener, Stream, listen
 from ..transports.fd import inherited_fds
 from ..transports.unix import BACKLOG, bind_listening
-from . import lineage as lineage_env, pidfile as pidfiles, systemd
+from . import files, lineage as lineage_env, pidfile as pidfiles, systemd
 from .spawn import Child, spawn
 
 __all__ = ["CONTROL", "Upgrader", "UpgradeResult", "default_command"]
@@ -51,6 +51,8 @@ CONTROL = "fdchannel.upgrade.control"
 #: What a progress callback hears, in order (old side, then new side):
 OLD_STEPS = ("spawned", "listeners-sent", "ready-received", "paused", "handed-over")
 NEW_STEPS = ("inherited", "acknowledged", "ready-sent", "handover-received", "serving")
+#: The longest control request taken (it is one word).
+_REQUEST_BYTES = 4096
 #: Environment variables that describe this process only, never the next generation.
 _NOT_INHERITED = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", lineage_env.ENV)
 
@@ -76,6 +78,9 @@ class UpgradeResult:
     handover_seconds: float
     #: Descriptors handed over after "ready" (connections, memory).
     handed: int
+    #: What went wrong after the commit (too late to roll back: the new
+    #: generation serves), e.g. the pidfile could not be rewritten.
+    warnings: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -85,6 +90,7 @@ class UpgradeResult:
             "seconds": self.seconds,
             "handover_seconds": self.handover_seconds,
             "handed": self.handed,
+            "warnings": list(self.warnings),
         }
 
 
@@ -92,9 +98,13 @@ class Upgrader(anyio.abc.AsyncResource):
     """``async with Upgrader() as up``: listen, be ready, be upgraded.
 
     ``command`` starts the next generation (default: this program's own
-    command line).  ``pidfile`` is rewritten to name the serving generation;
+    command line).  ``pidfile`` is rewritten to name the serving generation
+    (its pid and start time), and removed by the last one when it exits;
     ``control`` is a unix socket path taking ``upgrade`` requests (see
-    ``fdchannel upgrade``); ``trigger`` is the signal that asks for an
+    ``fdchannel upgrade``; ``control_timeout`` and ``control_clients`` bound
+    how long a client may take and how many are answered at once).  Keep
+    both in a directory of their own, such as ``/run/APP/``: one that others
+    may write to is warned about.  ``trigger`` is the signal that asks for an
     upgrade (None: none).  ``pause`` (optional) runs in the old generation
     once the new one is ready: it stops serving what it hands over and
     returns that as a state (descriptors and metadata) which the new
@@ -139,6 +149,10 @@ class Upgrader(anyio.abc.AsyncResource):
         self._tasks: anyio.abc.TaskGroup | None = None
         self._exit = contextlib.AsyncExitStack()
         self._control_listener: Listener | None = None
+        #: A control client has this long to send its request (and to take the answer).
+        self.control_timeout = 10.0
+        #: Control clients answered at once; one more is refused.
+        self.control_clients = 8
         self._replies = 0
         self._quiet: anyio.Event | None = None
 
@@ -160,6 +174,9 @@ class Upgrader(anyio.abc.AsyncResource):
             raise UpgradeError("an Upgrader is entered once")
         self._phase = "entered"
         self._replaced = anyio.Event()
+        for path in (self.pidfile, self.control):
+            if path is not None:
+                files.warn_if_shared(path)
         try:
             self._lineage = lineage_env.take()
             if self._lineage is not None:
@@ -190,7 +207,8 @@ class Upgrader(anyio.abc.AsyncResource):
             for entry in state.fds:
                 self._received[entry.name] = os.dup(entry.fd)
         self._progress("inherited")
-        await received.accept()  # the close-as-ack: the listeners are ours
+        with _old_generation(lineage.parent):
+            await received.accept()  # the close-as-ack: the listeners are ours
         self._progress("acknowledged")
         log.info(
             "generation %d: took over %s from pid %d",
@@ -267,7 +285,7 @@ class Upgrader(anyio.abc.AsyncResource):
             handed = await self._take_over(self._lineage)
         else:
             if self.pidfile is not None:
-                pidfiles.write_pid(self.pidfile, os.getpid())
+                pidfiles.write_pid(self.pidfile, os.getpid(), pidfiles.process_start(os.getpid()))
             systemd.notify(READY=1, STATUS=f"serving (generation {self.generation})")
         self._phase = "ready"
         try:
@@ -286,7 +304,8 @@ class Upgrader(anyio.abc.AsyncResource):
         return handed
 
     async def _take_over(self, lineage: lineage_env.Lineage) -> FdState:
-        await _tell(lineage.control, {"ready": True})
+        with _old_generation(lineage.parent):
+            await _tell(lineage.control, {"ready": True})
         self._progress("ready-sent")
         handover = os.dup(lineage.handover)
         self._close_lineage()
@@ -295,7 +314,8 @@ class Upgrader(anyio.abc.AsyncResource):
         )
         self._progress("handover-received")
         try:
-            await received.accept()  # the commit: from here on we serve
+            with _old_generation(lineage.parent):
+                await received.accept()  # the commit: from here on we serve
         except BaseException:
             received.state.close()
             raise
@@ -319,13 +339,13 @@ class Upgrader(anyio.abc.AsyncResource):
         not ready, or already replaced), UpgradeFailed with the reason if the
         new generation did not take over: it was killed, and this one serves on.
         """
-        attempt = self._next_attempt()
+        attempt = self._start_attempt()
         if self._phase != "ready":
             why = {
                 "upgrading": "an upgrade is already in progress",
                 "replaced": f"already replaced by pid {self._successor}",
             }.get(self._phase, "this generation is not ready yet")
-            self._record(attempt, False, f"busy: {why}")
+            self._record(attempt, False, f"busy: {why}", busy=True)
             raise UpgradeBusy(f"cannot upgrade now: {why}")
         self._phase = "upgrading"
         systemd.notify(RELOADING=1, STATUS="upgrading")
@@ -333,13 +353,16 @@ class Upgrader(anyio.abc.AsyncResource):
         try:
             result = await self._upgrade(command)
         except BaseException as exc:
+            if self._phase != "upgrading":  # committed: nothing to roll back (see _commit)
+                raise
             self._phase = "ready"
             reason = _reason(exc)
             systemd.notify(READY=1, STATUS=f"serving; the last upgrade failed: {reason}")
             self._record(attempt, False, reason)
             log.warning("generation %d: upgrade failed, still serving: %s", self.generation, reason)
             raise
-        self._record(attempt, True, f"pid {result.pid} serves", pid=result.pid)
+        warnings = list(result.warnings)
+        self._record(attempt, True, f"pid {result.pid} serves", pid=result.pid, warnings=warnings)
         log.info("generation %d: replaced by pid %d", self.generation, result.pid)
         return result
 
@@ -396,19 +419,46 @@ class Upgrader(anyio.abc.AsyncResource):
                 s.close()
         # The commit: the new generation acknowledged the handover and serves.
         done = time.monotonic()
-        child.release()
         self._phase = "replaced"
         self._successor = child.pid
-        if self.pidfile is not None:
-            pidfiles.write_pid(self.pidfile, child.pid)
-        systemd.notify(MAINPID=child.pid, READY=1, STATUS=f"pid {child.pid} serves")
-        if self._control_listener is not None:
-            await self._control_listener.aclose()
-        assert self._replaced is not None
-        self._replaced.set()
+        with anyio.CancelScope(shield=True):
+            warnings = await self._commit(child)
         return UpgradeResult(
-            child.pid, self.generation + 1, done - started, done - pause_started, len(handed)
+            child.pid,
+            self.generation + 1,
+            done - started,
+            done - pause_started,
+            len(handed),
+            tuple(warnings),
         )
+
+    async def _commit(self, child: Child) -> list[str]:
+        """Let the new generation be the one: past the commit nothing is rolled back,
+        so what goes wrong here is logged and returned as warnings, and this
+        generation goes on to be replaced (and drain) whatever happens."""
+        warnings: list[str] = []
+
+        def warn(what: str, exc: BaseException) -> None:
+            warnings.append(f"{what}: {_reason(exc)}")
+            log.warning("generation %d: after the commit, %s", self.generation, warnings[-1])
+
+        try:
+            child.release()
+            if self.pidfile is not None:
+                try:
+                    pidfiles.write_pid(self.pidfile, child.pid, child.start)
+                except Exception as exc:
+                    warn(f"the pidfile does not name pid {child.pid}", exc)
+            systemd.notify(MAINPID=child.pid, READY=1, STATUS=f"pid {child.pid} serves")
+            if self._control_listener is not None:
+                try:
+                    await self._control_listener.aclose()
+                except Exception as exc:
+                    warn("the control socket was not closed", exc)
+        finally:
+            assert self._replaced is not None
+            self._replaced.set()
+        return warnings
 
     async def _send_listeners(self, channel: socket.socket, child: Child) -> None:
         entries = [NamedFd(name, 0, fd) for name, fd in self._held.items()]
@@ -471,45 +521,70 @@ class Upgrader(anyio.abc.AsyncResource):
             await listener.serve(self._answer)
 
     async def _answer(self, stream: Stream) -> None:
+        """Answer one control request in a scope of its own: whatever goes wrong with
+        one client (silence, a half or huge line, leaving, an error of ours) is
+        logged, answered if the client is still there, and stays here."""
         self._replies += 1
         try:
-            with anyio.move_on_after(10):
-                request = await BufferedByteReceiveStream(stream).receive_until(b"\n", 4096)
-            if request.strip() != b"upgrade":
-                reply: dict[str, Any] = {"ok": False, "error": "unknown request; send 'upgrade'"}
+            if self._replies > self.control_clients:
+                reply: dict[str, Any] | None = _refusal(
+                    f"too many control clients: at most {self.control_clients} at once"
+                )
             else:
-                try:
-                    reply = (await self.upgrade()).as_json()
-                except UpgradeBusy as exc:
-                    reply = {"ok": False, "busy": True, "error": str(exc)}
-                except UpgradeError as exc:
-                    reply = {"ok": False, "error": str(exc)}
-            await stream.send(json.dumps(reply).encode() + b"\n")
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.IncompleteRead):
-            pass  # the asker left
-        except anyio.DelimiterNotFound:
-            pass
+                reply = await self._reply(stream)
+            if reply is not None:
+                with anyio.move_on_after(self.control_timeout):
+                    await stream.send(json.dumps(reply).encode() + b"\n")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            log.warning("control socket: the client left before its answer: %s", _reason(exc))
+        except Exception:
+            log.exception("control socket: answering a request went wrong")
         finally:
             self._replies -= 1
             if not self._replies and self._quiet is not None:
                 self._quiet.set()
 
+    async def _reply(self, stream: Stream) -> dict[str, Any] | None:
+        """The answer to the request on ``stream``; None when the client left."""
+        request: bytes | None = None
+        with anyio.move_on_after(self.control_timeout):
+            try:
+                request = await BufferedByteReceiveStream(stream).receive_until(
+                    b"\n", _REQUEST_BYTES
+                )
+            except anyio.DelimiterNotFound:
+                return _refusal(f"a request is one line, not longer than {_REQUEST_BYTES} bytes")
+            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
+                log.warning("control socket: a client left without a request")
+                return None
+        if request is None:
+            return _refusal(f"no request within {self.control_timeout} s")
+        if request.strip() != b"upgrade":
+            return _refusal("unknown request; send 'upgrade'")
+        try:
+            return (await self.upgrade()).as_json()
+        except UpgradeBusy as exc:
+            return {"ok": False, "busy": True, "error": str(exc)}
+        except UpgradeError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # ours: logged, answered, and the server serves on
+            log.exception("generation %d: the upgrade went wrong", self.generation)
+            return {"ok": False, "error": f"the upgrade went wrong: {_reason(exc)}"}
+
     # ------------------------------------------------------------------
     # Bookkeeping and closing.
 
-    def _next_attempt(self) -> int:
-        if self.pidfile is None:
-            return 0
-        attempt = pidfiles.read_status(self.pidfile).get("attempt", 0)
-        return (attempt if isinstance(attempt, int) else 0) + 1
+    def _start_attempt(self) -> int:
+        """This request's number, recorded as started (0 without a pidfile)."""
+        return 0 if self.pidfile is None else pidfiles.start_attempt(self.pidfile)
 
     def _record(self, attempt: int, ok: bool, reason: str, **extra: Any) -> None:
         if self.pidfile is None:
             return
         status = {"attempt": attempt, "ok": ok, "reason": reason, "from_pid": os.getpid()}
         try:
-            pidfiles.write_status(self.pidfile, {**status, **extra})
-        except OSError as exc:
+            pidfiles.record(self.pidfile, {**status, **extra})
+        except UpgradeError as exc:
             log.warning("cannot record the upgrade's outcome: %s", exc)
 
     def _close_lineage(self) -> None:
@@ -546,6 +621,14 @@ class Upgrader(anyio.abc.AsyncResource):
                 _unlink_if_ours(fd)  # the last generation leaves no socket file behind
             os.close(fd)
         self._held.clear()
+        if not replaced and self.pidfile is not None:  # nor a pidfile naming it
+            pidfiles.remove_pid(self.pidfile, os.getpid(), pidfiles.process_start(os.getpid()))
+
+
+def _refusal(error: str) -> dict[str, Any]:
+    """A control reply saying no, and why (logged: the client may be up to no good)."""
+    log.warning("control socket: %s", error)
+    return {"ok": False, "error": error}
 
 
 def _reason(error: BaseException) -> str:
@@ -584,6 +667,15 @@ async def _receive(fd: int, timeout: float, failure: str) -> ReceivedCpr:
         raise UpgradeFailed(f"{failure}: {exc}") from exc
     finally:
         await source.aclose()
+
+
+@contextlib.contextmanager
+def _old_generation(parent: int) -> Iterator[None]:
+    """A link to the old generation breaking: it went away (exited, or was killed)."""
+    try:
+        yield
+    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+        raise UpgradeFailed(f"the old generation (pid {parent}) went away: {_reason(exc)}") from exc
 
 
 async def _tell(control: int, message: dict[str, object]) -> None:
@@ -641,7 +733,10 @@ async def _bind(address: Address, *, mode: int, backlog: int) -> int:
         sock, _ = bind_listening(address, mode=mode, backlog=backlog)
         return sock.detach()  # the socket file is removed by the last generation (_close)
     async with await listen(address) as listener:
-        return os.dup(listener.extra(FdAttribute.fileno))
+        fd = listener.extra(FdAttribute.fileno, None)
+        if fd is None:  # e.g. fd: naming a file or a connected stream
+            raise UpgradeError(f"{address} is not a listening socket: it cannot be handed on")
+        return os.dup(fd)
 
 
 def _unlink_if_ours(fd: int) -> None:

@@ -35,6 +35,8 @@ GOOD = "cpr=5,control=6,handover=7,parent=1,generation=2"
         "cpr=-5,control=6,handover=7,parent=1,generation=2",
         "cpr=12345678901,control=6,handover=7,parent=1,generation=2",
         "cpr=\u0665,control=6,handover=7,parent=1,generation=2",  # a digit, not ASCII
+        "cpr=2147483648,control=6,handover=7,parent=1,generation=2",  # beyond INT_MAX
+        "cpr=5,control=6,handover=7,parent=4294967296,generation=2",
         "",
         "cpr",
     ],
@@ -60,6 +62,18 @@ def test_a_lineage_meant_for_another_process_is_ignored_and_removed(
     assert lineage_env.take() is None
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("cpr", ["2147483648", "9999999999", "five"])
+async def test_a_malformed_lineage_is_an_upgrade_error(
+    monkeypatch: pytest.MonkeyPatch, cpr: str
+) -> None:
+    text = f"cpr={cpr},control=6,handover=7,parent={os.getppid()},generation=1"
+    monkeypatch.setenv(lineage_env.ENV, text)
+    with pytest.raises(UpgradeError, match=lineage_env.ENV):
+        async with Upgrader(trigger=None):
+            pass
+
+
 def test_a_lineage_naming_closed_descriptors_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     closed = os.open("/dev/null", os.O_RDONLY)
     os.close(closed)
@@ -72,14 +86,35 @@ def test_a_lineage_naming_closed_descriptors_is_an_error(monkeypatch: pytest.Mon
 def test_pidfile_and_status(tmp_path: Path) -> None:
     path = tmp_path / "app.pid"
     assert pidfiles.read_status(path) == {"attempt": 0}
-    pidfiles.write_pid(path, 1234)
-    assert path.read_text() == "1234\n" and pidfiles.read_pid(path) == 1234
+    pidfiles.write_pid(path, 1234, 5678)
+    assert path.read_text() == "1234\nstart=5678\n" and pidfiles.read_pid(path) == 1234
+    named = pidfiles.read_pidfile(path)
+    assert (named.pid, named.start) == (1234, 5678)
+    path.write_text("1234\n")  # a pidfile of the pid alone, as written before the start time
+    assert pidfiles.read_pidfile(path).start is None
     pidfiles.write_status(path, {"attempt": 3, "ok": True})
     assert pidfiles.read_status(path) == {"attempt": 3, "ok": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.pid", "app.pid.upgrade"]
 
 
-@pytest.mark.parametrize("content", ["", "abc", "-5", "0", "12 34", "١٢"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        *(
+            "",
+            "abc",
+            "-5",
+            "0",
+            "12 34",
+            "١٢",
+            "12\nabc",
+            "12\n5",
+            "12\nstart=-5",
+            "12\nstart=5\n6",
+        ),
+        *("2147483648", "18446744073709551616"),  # no pid_t: pidfd_open would overflow
+    ],
+)
 def test_a_pidfile_without_a_pid_is_refused(tmp_path: Path, content: str) -> None:
     path = tmp_path / "app.pid"
     path.write_text(content)
@@ -221,3 +256,32 @@ def sleeping_children() -> list[str]:
 def test_the_status_file_is_json(tmp_path: Path) -> None:
     pidfiles.write_status(tmp_path / "x.pid", {"attempt": 1, "reason": "é\n"})
     assert json.loads((tmp_path / "x.pid.upgrade").read_text())["reason"] == "é\n"
+
+
+def test_an_outcome_outlives_later_refusals(tmp_path: Path) -> None:
+    path = tmp_path / "app.pid"
+    upgrade = pidfiles.start_attempt(path)
+    pidfiles.record(path, {"attempt": upgrade, "ok": True})
+    for _ in range(pidfiles.RECENT + 5):  # refused while it was under way, recorded after it
+        refused = pidfiles.start_attempt(path)
+        pidfiles.record(path, {"attempt": refused, "ok": False, "busy": True})
+    status = pidfiles.read_status(path)
+    assert pidfiles.outcome(status, upgrade) == {"attempt": upgrade, "ok": True}
+    assert status["attempt"] == status["started"] == refused == upgrade + pidfiles.RECENT + 5
+    assert len(status["recent"]) == pidfiles.RECENT
+    assert pidfiles.outcome(status, refused + 1) is None  # not asked for yet
+
+
+@pytest.mark.anyio
+async def test_listening_on_a_descriptor_that_is_no_listener_is_an_upgrade_error(
+    sockdir: Path,
+) -> None:
+    """fd: naming a pipe or a file: nothing a next generation could accept on."""
+    read, write = os.pipe()
+    try:
+        async with Upgrader(trigger=None) as up:
+            with pytest.raises(UpgradeError, match="not a listening socket"):
+                await up.listen("main", f"fd:{read}")
+    finally:
+        os.close(read)
+        os.close(write)

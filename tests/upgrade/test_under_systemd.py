@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from fdchannel.upgrade import request_upgrade
-from fdchannel.upgrade.pidfile import read_status
+from fdchannel.upgrade.pidfile import read_pid, read_status
 
 from .harness import TIMEOUT, Clients
 from .systemd_manager import Manager, cannot_start, poll, unavailable
@@ -80,7 +80,7 @@ def test_the_unit_follows_each_generation(sockdir: Path) -> None:
     with Manager(sockdir, units(sockdir, *die), TARGET) as systemd:
         shown = systemd.wait_for(UNIT, ActiveState="active", SubState="running")
         main = int(shown["MainPID"])
-        assert main == int((sockdir / "server.pid").read_text())
+        assert main == read_pid(sockdir / "server.pid")
         clients = Clients(str(sockdir / "server.sock"), family=socket.AF_UNIX)
         with clients.running():
             # A new generation killed before its commit: the reload fails, and the old
@@ -110,7 +110,7 @@ def test_the_unit_follows_each_generation(sockdir: Path) -> None:
                     UNIT, MainPID=str(pid), ActiveState="active", SubState="running"
                 )
                 assert shown["NRestarts"] == "0"
-                assert int((sockdir / "server.pid").read_text()) == pid
+                assert read_pid(sockdir / "server.pid") == pid
                 assert systemd.settle({1, pid}) == {1, pid}  # the old one drained and exited
                 main = pid
             clients.wait_rounds()
