@@ -17,10 +17,15 @@ times the examples.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import platform
 import socket
 import tempfile
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -31,10 +36,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import fdchannel
-from fdchannel import Channel, FdChannelError, FdState, NamedFd
+from fdchannel import Channel, FdChannelError, FdState, NamedFd, blocking
 from fdchannel.cli import main
 from fdchannel.codecs import Decoder, native, qemu
+from fdchannel.cpr_exec import CPR_EXEC_STATE_VARIABLE, read_cpr_exec_state
 from fdchannel.transfer import Codec
+from fdchannel.upgrade import Upgrader, lineage as lineage_env, request_upgrade
 
 from .conftest import BACKENDS
 from .fuzzing import examples
@@ -485,3 +492,307 @@ def test_command_line(capsys: pytest.CaptureFixture[str], data: st.DataObject) -
         captured = capsys.readouterr()
     assert status in (0, 1, 2), (argv, status, captured.err)
     assert "unexpected" not in captured.err, (argv, captured.err)
+
+
+# --------------------------------------------------------------------------
+# The blocking layer: the same entry points, no event loop.
+
+#: Timeouts as a caller may pass them: whatever the async layer takes (NaN is
+#: refused by both layers as anyio refuses it, a ValueError: no number of seconds).
+TIMEOUTS = st.one_of(
+    st.sampled_from(
+        [
+            None,
+            0,
+            0.01,
+            -1,
+            math.inf,
+            -math.inf,
+            1e300,
+            2**31,
+            2**31 / 1000,
+            2**63,
+            10**30,
+        ]
+    ),
+    st.floats(min_value=-1e308, max_value=1e308),
+    st.integers(min_value=-(1 << 70), max_value=1 << 70),
+)
+
+
+@_settings(60)
+@given(data=st.data())
+def test_blocking_connect_and_listen(data: st.DataObject) -> None:
+    with _sandbox() as (tmp, own):
+        target = data.draw(_targets(tmp, own))
+        try:
+            blocking.connect(target, timeout=0.05).close()
+        except Exception as exc:
+            _only_ours(exc)
+        try:
+            blocking.listen(target).close()
+        except Exception as exc:
+            _only_ours(exc)
+
+
+@_settings(60)
+@given(
+    STREAMS, st.sampled_from(["close", "reset", "half-close"]), st.sampled_from(CODECS), TIMEOUTS
+)
+def test_blocking_exchange_with_a_hostile_peer(
+    chunks: list[bytes], ending: str, codec: Codec, timeout: float | None
+) -> None:
+    """Whatever the peer sent, it has hung up: every call returns at once, so any
+    timeout the caller passes must be taken, not only the ones poll() can."""
+    ours, theirs = socket.socketpair()
+    stream = blocking.Stream(ours, None)
+    memfd = os.memfd_create("ram0", os.MFD_CLOEXEC)
+    try:
+        for chunk in chunks:
+            theirs.sendall(chunk)
+        _end(theirs, ending)
+        try:
+            blocking.receive_state(stream, timeout=timeout).close()
+        except Exception as exc:
+            _only_ours(exc)
+        _call(lambda: blocking.send_state(stream, FdState([NamedFd("ram0", 0, memfd)]), codec))
+        _call(lambda: stream.receive(timeout=timeout))
+    finally:
+        stream.close()
+        theirs.close()
+        os.close(memfd)
+
+
+@_settings(40)
+@given(TIMEOUTS, STREAMS)
+def test_blocking_waits_take_any_timeout(timeout: float | None, chunks: list[bytes]) -> None:
+    """accept, receive_cpr and receive while they really wait: a peer comes once
+    the call sits in poll(2), so any timeout the caller passes reaches the wait."""
+    with _sandbox() as (tmp, _):
+        path = f"unix:{tmp}/l"
+        waiter = threading.get_native_id()
+
+        def arrive(done: threading.Event) -> None:
+            # The waiter may have given up already (a timeout that passed): then so do we.
+            with socket.socket(socket.AF_UNIX) as peer, contextlib.suppress(OSError):
+                _once_waiting(waiter, done)
+                peer.connect(str(tmp / "l"))
+                _once_waiting(waiter, done)
+                for chunk in chunks:
+                    peer.sendall(chunk)
+                peer.shutdown(socket.SHUT_WR)
+                _once_waiting(waiter, done)
+
+        with _meanwhile(arrive):
+            try:
+                with blocking.listen(path) as listener, listener.accept(timeout=timeout) as stream:
+                    stream.receive(timeout=timeout)
+            except Exception as exc:
+                _only_ours(exc)
+        with _meanwhile(arrive):
+            try:
+                with blocking.Incoming([f"cpr,{_keyval(path)}"]) as incoming:
+                    incoming.listen_cpr()
+                    incoming.receive_cpr(timeout=timeout).close()
+            except Exception as exc:
+                _only_ours(exc)
+
+
+#: poll(2) and ppoll(2) on x86-64, ppoll on the architectures without poll.
+_POLL_CALLS = {"x86_64": {"7", "271"}}.get(platform.machine(), {"73"})
+
+
+def _once_waiting(tid: int, done: threading.Event, limit: float = 5.0) -> None:
+    """Return once thread ``tid`` sits in poll(2), or is ``done``, or after ``limit`` s."""
+    deadline = time.monotonic() + limit
+    while not done.is_set() and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            call = Path(f"/proc/self/task/{tid}/syscall").read_text().split(" ", 1)[0]
+            if call in _POLL_CALLS:
+                return
+        time.sleep(0.001)
+
+
+@contextmanager
+def _meanwhile(action: Callable[[threading.Event], None]) -> Iterator[None]:
+    """Run ``action`` in a thread while the body runs; it hears when the body is done."""
+    done = threading.Event()
+    thread = threading.Thread(target=action, args=(done,))
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(10)
+
+
+@_settings(25)
+@given(data=st.data())
+def test_blocking_handoff(data: st.DataObject) -> None:
+    with _sandbox() as (tmp, own):
+        targets = _targets(tmp, own)
+        channels = data.draw(st.lists(st.one_of(targets, TEXT), max_size=3))
+        chunks = data.draw(STREAMS)
+        try:
+            with blocking.Outgoing(channels) as out:
+                out.send_cpr(FdState(), timeout=0.05)
+        except Exception as exc:
+            _only_ours(exc)
+        try:
+            with blocking.Incoming(channels) as inc:
+                inc.listen_cpr()
+                sender = threading.Thread(target=_blocking_hostile_sender, args=(inc.cpr, chunks))
+                sender.start()
+                try:
+                    with inc.receive_cpr(timeout=0.2):
+                        inc.listen_main(timeout=0.2)
+                finally:
+                    sender.join(5)
+        except Exception as exc:
+            _only_ours(exc)
+
+
+def _blocking_hostile_sender(cpr: Channel, chunks: list[bytes]) -> None:
+    try:
+        with blocking.connect(cpr, timeout=1) as stream:
+            for chunk in chunks:
+                stream.send(chunk, timeout=1)
+            stream.send_eof()
+    except FdChannelError:
+        pass
+
+
+# --------------------------------------------------------------------------
+# cpr-exec: a state an old QEMU left, or something else under its name.
+
+EXEC_STATES = st.one_of(
+    STREAMS.map(b"".join),
+    st.builds(lambda tail: b"QCPR\0\0\0\1" + tail, st.binary(max_size=200)),
+)
+
+
+@_settings(200)
+@given(
+    st.one_of(st.none(), st.sampled_from([*NUMBERS, "memfd"]), TEXT),
+    EXEC_STATES,
+    st.sampled_from([None, -1, 1 << 31, 1 << 64, "memfd"]),
+)
+def test_read_cpr_exec_state(variable: str | None, content: bytes, fd: object) -> None:
+    memfd = os.memfd_create("QEMU_CPR_EXEC_STATE", os.MFD_CLOEXEC)
+    try:
+        os.write(memfd, content)
+        environ = {} if variable is None else {CPR_EXEC_STATE_VARIABLE: variable}
+        if variable == "memfd":
+            environ[CPR_EXEC_STATE_VARIABLE] = str(memfd)
+        number = memfd if fd == "memfd" else fd
+        try:
+            read_cpr_exec_state(number, environ)  # type: ignore[arg-type]
+        except Exception as exc:
+            _only_ours(exc)
+    finally:
+        os.close(memfd)
+
+
+# --------------------------------------------------------------------------
+# The upgrader: what a generation inherits, listens on and is asked.
+
+LINEAGE_FIELDS = ("cpr", "control", "handover", "parent", "generation")
+
+
+def _lineages() -> st.SearchStrategy[str]:
+    """``FDCHANNEL_UPGRADE`` texts: meant for us (our parent), naming no open descriptor."""
+    number = st.sampled_from([n for n in NUMBERS if n not in ("0", "1")] + ["2147483648"])
+    fields = st.fixed_dictionaries({key: number for key in LINEAGE_FIELDS}).map(
+        lambda f: {**f, "parent": str(os.getppid())}
+    )
+    text = fields.map(lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+    return st.one_of(text, TEXT, text.map(lambda t: t + ",x=1"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@_settings(30)
+@given(data=st.data())
+def test_upgrader(backend: tuple[str, dict[str, Any]], data: st.DataObject) -> None:
+    with _sandbox() as (tmp, own):
+        lineage = data.draw(st.one_of(st.none(), _lineages()))
+        name = data.draw(st.one_of(NAME, TEXT))
+        address = data.draw(_targets(tmp, own))
+        command = data.draw(st.sampled_from([["true"], ["sh", "-c", "exit 3"], [], ["\0"]]))
+
+        async def generation() -> None:
+            with _environment(lineage_env.ENV, lineage):
+                async with Upgrader(
+                    trigger=None,
+                    pidfile=tmp / "app.pid",
+                    control=tmp / "ctl",
+                    start_timeout=0.05,
+                    ready_timeout=0.05,
+                ) as up:
+                    await up.listen(name, address)
+                    with await up.ready():
+                        pass
+                    await up.upgrade(command)
+
+        _run(backend, generation)
+
+
+@contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    old = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+@_settings(60)
+@given(
+    st.one_of(TEXT, st.sampled_from(NUMBERS)), STREAMS, st.sampled_from(["file", "socket", "dir"])
+)
+def test_request_upgrade(content: str, answer: list[bytes], kind: str) -> None:
+    """A pidfile or control socket that is no server's: signal 0 only, so that
+    whatever a pidfile names is never disturbed."""
+    with _sandbox() as (tmp, _):
+        path = tmp / "target"
+        server: threading.Thread | None = None
+        if kind == "file":
+            path.write_text(content, encoding="utf-8", errors="surrogatepass")
+        elif kind == "dir":
+            path.mkdir()
+        else:
+            server = _answering(path, b"".join(answer))
+        try:
+            request_upgrade(path, timeout=0.05, trigger=0)
+        except Exception as exc:
+            _only_ours(exc)
+        finally:
+            if server is not None:
+                server.join(5)
+
+
+def _answering(path: Path, answer: bytes) -> threading.Thread:
+    """A control socket at ``path`` answering one asker with ``answer``."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen()
+    listener.settimeout(5)
+
+    def answer_once() -> None:
+        with listener:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=answer_once)
+    thread.start()
+    return thread
