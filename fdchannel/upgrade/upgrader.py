@@ -36,6 +36,7 @@ from ..errors import FdChannelError, UpgradeBusy, UpgradeError, UpgradeFailed
 from ..handoff.cpr import ReceivedCpr, receive_cpr, send_cpr
 from ..sockdiag import bound_to_file
 from ..state import FdState, NamedFd
+from ..text import printable
 from ..transports import FdAttribute, Listener, Stream, listen
 from ..transports.fd import inherited_fds
 from ..transports.unix import BACKLOG, bind_listening
@@ -359,7 +360,9 @@ class Upgrader(anyio.abc.AsyncResource):
             reason = _reason(exc)
             systemd.notify(READY=1, STATUS=f"serving; the last upgrade failed: {reason}")
             self._record(attempt, False, reason)
-            log.warning("generation %d: upgrade failed, still serving: %s", self.generation, reason)
+            # One log line, whatever the new generation's exception text holds.
+            shown = printable(reason)
+            log.warning("generation %d: upgrade failed, still serving: %s", self.generation, shown)
             raise
         warnings = list(result.warnings)
         self._record(attempt, True, f"pid {result.pid} serves", pid=result.pid, warnings=warnings)
@@ -440,7 +443,8 @@ class Upgrader(anyio.abc.AsyncResource):
 
         def warn(what: str, exc: BaseException) -> None:
             warnings.append(f"{what}: {_reason(exc)}")
-            log.warning("generation %d: after the commit, %s", self.generation, warnings[-1])
+            shown = printable(warnings[-1])
+            log.warning("generation %d: after the commit, %s", self.generation, shown)
 
         try:
             child.release()

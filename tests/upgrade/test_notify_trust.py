@@ -98,7 +98,7 @@ FAILING_GENERATION = textwrap.dedent(
 
 @pytest.mark.anyio
 async def test_a_failed_upgrade_reason_cannot_speak_to_systemd(
-    notify_socket: socket.socket, sockdir: Path
+    notify_socket: socket.socket, sockdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with Upgrader(trigger=None) as up:
         listener = await up.listen("main", f"unix:{sockdir}/app.sock")
@@ -118,3 +118,6 @@ async def test_a_failed_upgrade_reason_cannot_speak_to_systemd(
     notify_socket.setblocking(False)
     with pytest.raises(BlockingIOError):
         notify_socket.recv(65536)  # and nothing more was said
+    # Nor does it forge lines in the log.
+    failed = [r.getMessage() for r in caplog.records if "upgrade failed" in r.getMessage()]
+    assert failed and all("\n" not in message for message in failed), failed
