@@ -706,7 +706,15 @@ def _lineages() -> st.SearchStrategy[str]:
         lambda f: {**f, "parent": str(os.getppid())}
     )
     text = fields.map(lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
-    return st.one_of(text, TEXT, text.map(lambda t: t + ",x=1"))
+    return st.one_of(text, TEXT, text.map(lambda t: t + ",x=1")).filter(_fits_an_environment)
+
+
+def _fits_an_environment(text: str) -> bool:
+    """Whether a variable can hold ``text`` at all (no NUL, encodable)."""
+    try:
+        return b"\0" not in os.fsencode(text)
+    except UnicodeError:
+        return False
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
