@@ -25,7 +25,7 @@ import enum
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from .address import (
     ADDRESS_TYPES,
@@ -35,14 +35,22 @@ from .address import (
     parse_address,
     read_address,
 )
-from .errors import AddressError, ChannelError
+from .errors import AddressError, CapabilityError, ChannelError
 from .qemu.cstring import shown
 from .qemu.json import parse_json
 from .qemu.keyval import keyval_members, keyval_parse
 from .qemu.qapi import QapiReader
 from .registry import FdPassing, transport_for
 
-__all__ = ["Channel", "ChannelType", "parse_channel", "validate_channels"]
+__all__ = [
+    "Channel",
+    "ChannelType",
+    "Target",
+    "parse_channel",
+    "refuse_cpr",
+    "resolve_target",
+    "validate_channels",
+]
 
 
 class ChannelType(enum.StrEnum):
@@ -114,6 +122,29 @@ def parse_channel(spec: str | Mapping[str, Any] | Channel | Address) -> Channel:
         return Channel(ChannelType.MAIN, parse_address(spec))
     members = keyval_parse(spec, "channel-type")
     return _read_channel(members, keyval=True, source=spec, what="keyval channel")
+
+
+#: What connect and listen take, in either layer: an address, a URI or channel
+#: text, or a Channel.
+Target = Address | Channel | str
+
+
+def resolve_target(target: Target) -> tuple[Address, ChannelType]:
+    """The address and channel type of an address, URI or channel text, or Channel."""
+    if isinstance(target, str):
+        target = parse_channel(target)
+    if isinstance(target, Channel):
+        return target.addr, target.type
+    return target, ChannelType.MAIN
+
+
+def refuse_cpr(address: Address) -> NoReturn:
+    """CapabilityError: a cpr channel on ``address``, whose transport (or descriptor)
+    cannot pass descriptors."""
+    raise CapabilityError(
+        f"a cpr channel must pass descriptors, and the {address.scheme} transport "
+        f"({address}) cannot: use a unix socket, or an fd: that is an AF_UNIX socket"
+    )
 
 
 # --------------------------------------------------------------------------

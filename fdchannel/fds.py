@@ -18,6 +18,8 @@ shape this module:
   buffer space, so we reserve room for them, and the pidfd is closed.
 * Received descriptors share their open file description with the
   sender: flags such as O_NONBLOCK are the sender's, so we leave them.
+* A receiver at RLIMIT_NOFILE loses what does not fit (``MSG_CTRUNC``):
+  ``ensure_fd_room`` raises the soft limit first, or fails before a read.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = [
     "close_all",
     "control_buffer_size",
     "drain_fds",
+    "ensure_fd_room",
     "fd_table_size",
     "open_fd_count",
     "recvmsg_discarding",
@@ -110,6 +113,38 @@ def open_fd_count() -> int | None:
     count = os.stat("/proc/self/fd").st_size
     # Older kernels report 0; a process with nothing open has no room problem.
     return count or None
+
+
+#: Descriptors kept free beyond what a state needs (the process keeps working).
+_HEADROOM = 64
+
+
+def ensure_fd_room(count: int) -> None:
+    """Raise the soft RLIMIT_NOFILE so ``count`` more descriptors fit, or fail early."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = None if hard == resource.RLIM_INFINITY else hard
+    need = _limit_needed(count, ceiling)
+    if ceiling is not None and need > ceiling:
+        raise FdPassingError(
+            f"receiving {count} descriptors needs RLIMIT_NOFILE of at least {need}; "
+            f"the hard limit is {hard} (raise it, e.g. with ulimit -Hn or LimitNOFILE=)"
+        )
+    if need > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+def _limit_needed(count: int, ceiling: int | None) -> int:
+    """The soft limit that leaves room for ``count`` more descriptors."""
+    open_now = open_fd_count()
+    if open_now is None:
+        # A kernel before 6.2: the descriptor table's size bounds how many
+        # are open in one small read; listing /proc/self/fd is exact but
+        # walks the whole table, so it waits until the bound does not fit.
+        bound = fd_table_size()
+        if ceiling is None or bound + count + _HEADROOM <= ceiling:
+            return bound + count + _HEADROOM
+        open_now = len(os.listdir("/proc/self/fd"))
+    return open_now + count + _HEADROOM
 
 
 def _fd_limit() -> int:

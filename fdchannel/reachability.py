@@ -1,8 +1,9 @@
 """Can an address be used right now?  One check per transport, without side effects.
 
-Each transport's ``Transport.reach`` (fdchannel.registry) runs its check
-from here; nothing here loads the event loop, so ``fdchannel probe``
-starts quickly.
+``check`` runs the test of the address's transport (``CHECKS``, by the
+transport's name in fdchannel.registry, which knows nothing of these
+tests); nothing here loads the event loop, so ``fdchannel probe`` starts
+quickly.
 
 unix: the socket file exists, and someone listens on it (asked of the
 kernel, by the file's inode or the abstract name, never by connecting, so
@@ -36,6 +37,7 @@ from .address import (
 )
 from .capabilities import Capability
 from .descriptors import describe, sockaddr_text, summary
+from .fd_names import inherited_fds
 from .qemu.cstring import bounded_int
 from .registry import transport_for
 from .sockdiag import bound_to_file, bound_to_name
@@ -106,8 +108,13 @@ class Reach:
 
 
 def check(addr: Address, timeout: float) -> Reach:
-    """Check ``addr`` with the test its transport supplies."""
-    return transport_for(addr).reach(addr, timeout)
+    """Whether ``addr`` can be used now, checked without side effects (no connect
+    that a one-shot listener would take for its peer), by its transport's test."""
+    name = transport_for(addr).name
+    test = CHECKS.get(name)
+    if test is None:
+        return Reach(False, f"{name} is parsed but not supported by fdchannel")
+    return test(addr, timeout)
 
 
 def capabilities(addr: Address, reach: Reach | None) -> list[str]:
@@ -321,9 +328,6 @@ def _fd(addr: FdAddress) -> Reach:
         if fd > _INT_MAX:
             return Reach(False, f"fd:{name[:24]}: larger than any descriptor number")
     else:
-        # Imported here: the fd transport needs the event-loop layer.
-        from .transports.fd import inherited_fds
-
         inherited = inherited_fds()
         if name not in inherited:
             known = ", ".join(sorted(inherited)) or "none"
@@ -338,7 +342,7 @@ def _fd(addr: FdAddress) -> Reach:
     return Reach(True, f"descriptor {fd}: {summary(found)}", facts)
 
 
-#: The reachability test of each transport, by name (``Transport.reach`` looks it up).
+#: The reachability test of each transport, by its name in ``fdchannel.registry``.
 CHECKS: dict[str, Callable[[Any, float], Reach]] = {
     "unix": _unix,
     "tcp": _tcp,

@@ -7,7 +7,8 @@ streams and listeners can do (the spec's capability table), whether it
 passes descriptors, and whether it is a stream (cpr-transfer refuses a
 ``file:`` main channel, as QEMU does).  Channel validation, the cpr rule
 in ``connect``/``listen`` and the command line's checks are lookups here,
-not switches over address classes.
+not switches over address classes; ``fdchannel.reachability`` holds each
+transport's check of an address, by name.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .address import (
     ADDRESS_TYPES,
@@ -34,13 +35,11 @@ from .address import (
 from .capabilities import Capability
 from .errors import AddressError, TransportError
 
-if TYPE_CHECKING:
-    from .reachability import Reach
-
 __all__ = [
     "TRANSPORTS",
     "FdPassing",
     "Transport",
+    "load_transports",
     "refuse_unknown_options",
     "transport_for",
 ]
@@ -77,18 +76,6 @@ class Transport:
         if self.module is None:
             raise TransportError(f"{address}: {self.name} is not supported by fdchannel", address)
         return importlib.import_module(f"fdchannel.transports.{self.module}")
-
-    def reach(self, address: Address, timeout: float) -> Reach:
-        """Whether ``address`` can be used now, checked without side effects (no
-        connect that a one-shot listener would take for its peer)."""
-        from . import reachability  # the checks load nothing of the event loop
-
-        test = reachability.CHECKS.get(self.name)
-        if test is None:
-            return reachability.Reach(
-                False, f"{self.name} is parsed but not supported by fdchannel"
-            )
-        return test(address, timeout)
 
     def capabilities_for(self, facts: Mapping[str, Any]) -> Capability:
         """What a stream on this transport can do, given what ``reach`` found
@@ -169,6 +156,19 @@ assert set(_BY_TYPE) == set(ADDRESS_TYPES), "every address class has its transpo
 def transport_for(address: Address) -> Transport:
     """The transport of ``address``."""
     return _BY_TYPE[type(address)]
+
+
+def load_transports(*addresses: Address) -> None:
+    """Import each address's transport module now, not at its first connect or
+    listen: that one happens inside a handoff, while the service is paused.
+
+    A transport fdchannel does not support is left for that connect or
+    listen to report.
+    """
+    for address in addresses:
+        transport = transport_for(address)
+        if transport.module is not None:
+            transport.load(address)
 
 
 def refuse_unknown_options(

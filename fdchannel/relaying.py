@@ -30,6 +30,7 @@ import anyio.abc
 from .address import Address
 from .capabilities import Capability
 from .channel import Channel
+from .deadlines import seconds as as_seconds, timeout_text
 from .errors import (
     CapabilityError,
     FdChannelError,
@@ -38,9 +39,9 @@ from .errors import (
     TransportError,
 )
 from .fds import SCM_MAX_FD, _take, close_all, control_buffer_size, recvmsg_fds
-from .handoff.common import accept_admitted, connect_retrying, seconds as as_seconds, timeout_text
 from .transports import Stream, Target, listen, resolve_target
 from .transports._socket import SocketStream, UnixSocketStream
+from .transports.retrying import accept_admitted, connect_retrying
 
 __all__ = ["Direction", "RelayStats", "relay"]
 

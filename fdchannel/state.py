@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from itertools import repeat
 from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple, Self
 
 from .errors import StateError
 from .fds import close_all
+from .limits import DEFAULT_LIMITS as DEFAULT_LIMITS, Limits as Limits
 from .runs import Runs, check, runs_of
 
 if TYPE_CHECKING:
-    from .codecs.qemu import Subsection
+    from .qemu.vmstate import Subsection
 
-__all__ = ["FdState", "Limits", "NamedFd"]
+# Limits and DEFAULT_LIMITS live in fdchannel.limits; they are imported from here too.
+__all__ = ["DEFAULT_LIMITS", "FdState", "Limits", "NamedFd"]
 
 
 class NamedFd(NamedTuple):
@@ -28,41 +29,6 @@ class NamedFd(NamedTuple):
     name: str
     id: int
     fd: int
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on everything a peer controls, so it cannot make us allocate or wait without end."""
-
-    #: Longest name in bytes (QEMU's names are a few dozen).
-    max_name: int = 4096
-    #: Most entries (descriptors) in one state.
-    max_entries: int = 1_000_000
-    #: Largest metadata in bytes.
-    max_metadata: int = 1 << 30
-    #: Largest single native frame in bytes.
-    max_frame: int = 64 << 20
-    #: Most VMState subsections after a qemu state's descriptor list (QEMU 11.1 sends one).
-    max_subsections: int = 64
-    #: Largest subsection body in bytes (QEMU 11.1's is one byte; each vfio device adds its name).
-    max_subsection: int = 1 << 20
-    #: A qemu subsection this version cannot parse is a ProtocolError, not kept raw.
-    qemu_strict: bool = False
-
-    def __post_init__(self) -> None:
-        for name in (
-            "max_name",
-            "max_entries",
-            "max_metadata",
-            "max_frame",
-            "max_subsections",
-            "max_subsection",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"Limits.{name} must not be negative")
-
-
-DEFAULT_LIMITS = Limits()
 
 
 Columns = tuple[Sequence[str], Sequence[int], Sequence[int]]
@@ -81,7 +47,7 @@ class FdState:
     """
 
     #: The VMState subsections a QEMU 10.1+ sent after its descriptors (qemu
-    #: codec only; ``fdchannel.codecs.qemu.Subsection``), written back as they came.
+    #: codec only; ``fdchannel.qemu.vmstate.Subsection``), written back as they came.
     qemu_subsections: tuple[Subsection, ...] = ()
     #: Position of each (name, id), made by the first ``get``.
     _index: dict[tuple[str, int], int] | None = None

@@ -1,26 +1,24 @@
-"""send_state and receive_state: the codecs driven over a stream."""
+"""send_state and receive_state: the codecs driven over a stream.
+
+The codec choice and its checks (``Codec``, ``check_qemu_target``) live in
+``fdchannel.codec_choice`` and the room made for incoming descriptors
+(``ensure_fd_room``) in ``fdchannel.fds``, where the blocking layer takes
+them too; they can still be imported from here.
+"""
 
 from __future__ import annotations
 
-import os
-import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal, TypeVar
 
 import anyio
 
 from .capabilities import Capability
-from .codecs import Decoder, native, qemu
+from .codec_choice import Codec as Codec, check_qemu_target as check_qemu_target
+from .codecs import Decoder, native
 from .codecs.encoder import Encoder, Phase
-from .errors import (
-    CapabilityError,
-    ConnectionLostError,
-    FdPassingError,
-    HandoffError,
-    StateError,
-)
-from .fds import SCM_MAX_FD, fd_table_size, open_fd_count
+from .errors import CapabilityError, ConnectionLostError, FdPassingError, HandoffError
+from .fds import SCM_MAX_FD, ensure_fd_room as ensure_fd_room
 from .state import DEFAULT_LIMITS, FdState, Limits
 from .transports import Stream, UnixSocketStream
 
@@ -33,11 +31,7 @@ __all__ = [
     "send_with",
 ]
 
-Codec = Literal["native", "qemu"]
-T = TypeVar("T")
 _READ = 65536
-#: Descriptors kept free beyond what a state needs (the process keeps working).
-_HEADROOM = 64
 
 
 @contextmanager
@@ -72,22 +66,6 @@ async def send_state(
     check_qemu_target(codec, qemu_target)
     encoder = Encoder(state, codec, window=window, qemu_target=qemu_target)
     await send_with(stream, encoder, eof=eof)
-
-
-def check_qemu_target(codec: Codec, target: str | None) -> str | None:
-    """``target`` if the encoder takes it; a StateError for an unknown version,
-    or for a target given with another codec than qemu."""
-    if target is None:
-        return None
-    if codec != "qemu":
-        raise StateError(f"qemu_target {target!r} applies to the qemu codec, not {codec!r}")
-    if not isinstance(target, str):
-        raise StateError(f"qemu_target must be a QEMU version string, not {target!r}")
-    try:
-        qemu.subsections_for(FdState([]), target)
-    except ValueError as exc:  # StateError is one; a plain one would be a codec change
-        raise StateError(str(exc)) from None
-    return target
 
 
 async def send_with(stream: Stream, encoder: Encoder, *, eof: bool = True) -> None:
@@ -164,34 +142,6 @@ async def _make_room(stream: Stream, count: int) -> None:
     except FdPassingError as exc:
         await stream.send(native.status_frame(False, str(exc)))
         raise
-
-
-def ensure_fd_room(count: int) -> None:
-    """Raise the soft RLIMIT_NOFILE so ``count`` more descriptors fit, or fail early."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    ceiling = None if hard == resource.RLIM_INFINITY else hard
-    need = _limit_needed(count, ceiling)
-    if ceiling is not None and need > ceiling:
-        raise FdPassingError(
-            f"receiving {count} descriptors needs RLIMIT_NOFILE of at least {need}; "
-            f"the hard limit is {hard} (raise it, e.g. with ulimit -Hn or LimitNOFILE=)"
-        )
-    if need > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-
-
-def _limit_needed(count: int, ceiling: int | None) -> int:
-    """The soft limit that leaves room for ``count`` more descriptors."""
-    open_now = open_fd_count()
-    if open_now is None:
-        # A kernel before 6.2: the descriptor table's size bounds how many
-        # are open in one small read; listing /proc/self/fd is exact but
-        # walks the whole table, so it waits until the bound does not fit.
-        bound = fd_table_size()
-        if ceiling is None or bound + count + _HEADROOM <= ceiling:
-            return bound + count + _HEADROOM
-        open_now = len(os.listdir("/proc/self/fd"))
-    return open_now + count + _HEADROOM
 
 
 async def receive_state(stream: Stream, *, limits: Limits = DEFAULT_LIMITS) -> FdState:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import fdchannel
+from fdchannel import reachability
 from fdchannel.address import ADDRESS_TYPES
 from fdchannel.capabilities import Capability as C
 from fdchannel.registry import TRANSPORTS, FdPassing, transport_for
@@ -50,8 +51,9 @@ def test_fd_capabilities_follow_the_descriptor(facts: dict[str, object], caps: C
     assert transport_for(fdchannel.parse_address("fd:3")).capabilities_for(facts) == caps
 
 
-def test_each_transport_supplies_its_reachability_check(sockdir: Path) -> None:
+def test_each_transport_has_its_reachability_check(sockdir: Path) -> None:
+    assert set(reachability.CHECKS) == {t.name for t in TRANSPORTS if t.module is not None}
     missing = fdchannel.parse_address(f"unix:{sockdir}/nobody")
-    assert not transport_for(missing).reach(missing, 1.0).ok
+    assert not reachability.check(missing, 1.0).ok
     rdma = fdchannel.parse_address("rdma:h:1")
-    assert "not supported" in transport_for(rdma).reach(rdma, 1.0).detail
+    assert "not supported" in reachability.check(rdma, 1.0).detail

@@ -16,10 +16,9 @@ import anyio
 import pytest
 
 import fdchannel
-from fdchannel import FdPassingError, FdState, transfer
+from fdchannel import FdPassingError, FdState, fds, transfer
 from fdchannel.errors import ConnectionLostError
-from fdchannel.fds import fd_table_size
-from fdchannel.transfer import ensure_fd_room
+from fdchannel.fds import ensure_fd_room, fd_table_size
 from fdchannel.transports._socket import UnixSocketStream
 
 from .conftest import close_fds as close
@@ -41,7 +40,7 @@ def test_room_is_made_by_raising_the_soft_limit(
     kernel_counts: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not kernel_counts:
-        monkeypatch.setattr(transfer, "open_fd_count", lambda: None)
+        monkeypatch.setattr(fds, "open_fd_count", lambda: None)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     opened = len(os.listdir("/proc/self/fd"))
     try:
@@ -64,7 +63,7 @@ def test_room_up_to_the_hard_limit_is_found_exactly(
     """What fits under the hard limit is accepted even where the table's size says
     it might not (a table grown by an earlier state never shrinks)."""
     if not kernel_counts:
-        monkeypatch.setattr(transfer, "open_fd_count", lambda: None)
+        monkeypatch.setattr(fds, "open_fd_count", lambda: None)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
         pytest.skip("no hard limit to come close to")

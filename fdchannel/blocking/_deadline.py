@@ -16,8 +16,8 @@ import math
 import select
 import time
 
+from ..deadlines import seconds, timeout_text
 from ..errors import TransportTimeout
-from ..handoff.common import seconds, timeout_text
 
 __all__ = ["READABLE", "WRITABLE", "Deadline", "TransportTimeout", "wait_ready"]
 

@@ -16,7 +16,7 @@ import stat
 from ..address import FdAddress
 from ..credentials import CredentialPolicy, same_user_or_root
 from ..errors import CapabilityError, ConnectError, TransportError
-from ..transports.fd import duplicate, file_mode, is_listening
+from ..fd_names import duplicate, file_mode, is_listening
 from ._listener import Listener, OneStreamListener, SocketListener
 from ._stream import Stream
 

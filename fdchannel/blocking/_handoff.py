@@ -1,8 +1,8 @@
 """Pieces both blocking handoff sides share: steps under a deadline, connect retries, accepts.
 
-The async side's state machine (``fdchannel.handoff.machine``), channel
-checks and retry policy are used as they are; what differs is that a step
-carries a ``Deadline`` that every wait inside it draws from.
+The state machine (``fdchannel.handoff.machine``), the channel checks and
+the retry policy (``fdchannel.retry``) are the async side's; what differs
+is that a step carries a ``Deadline`` that every wait inside it draws from.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..channel import Channel
+from ..deadlines import timeout_text
 from ..errors import (
     ConnectError,
     FdChannelError,
@@ -20,8 +21,8 @@ from ..errors import (
     HandoffTimeout,
     PeerCredentialsError,
 )
-from ..handoff.common import FIRST_DELAY, MAX_DELAY, NOT_YET, timeout_text
 from ..handoff.machine import Event, Machine
+from ..retry import delays, not_yet
 from ._deadline import Deadline, TransportTimeout
 from ._listener import Listener
 from ._open import connect
@@ -65,13 +66,13 @@ def connect_retrying(channel: Channel, deadline: Deadline) -> Stream:
     QEMU does not retry; a new process that is still starting is normal for
     us, so we back off briefly (as the async side does) until the deadline.
     """
-    delay = FIRST_DELAY
+    pauses = delays()
     while True:
         try:
             return connect(channel, timeout=deadline.left())
         except ConnectError as exc:
-            cause = exc.__cause__
-            if not (isinstance(cause, OSError) and cause.errno in NOT_YET):
+            cause = not_yet(exc)
+            if cause is None:
                 raise
             left = deadline.left()
             if left == 0:
@@ -79,8 +80,8 @@ def connect_retrying(channel: Channel, deadline: Deadline) -> Stream:
                     f"{channel.addr} never accepted a connection (last: {cause.strerror})",
                     channel.addr,
                 ) from exc
+        delay = next(pauses)
         time.sleep(delay if left is None else min(delay, left))
-        delay = min(delay * 2, MAX_DELAY)
 
 
 def accept_admitted(

@@ -11,10 +11,9 @@ from typing import Any, NoReturn
 
 from ..address import Address, FdAddress, RdmaAddress, TcpAddress, UnixAddress
 from ..capabilities import Capability
-from ..channel import ChannelType
+from ..channel import ChannelType, Target, refuse_cpr, resolve_target
 from ..errors import CapabilityError, ConnectError, TransportError
 from ..registry import refuse_unknown_options
-from ..transports import Target, resolve_target
 from . import _fd, _tcp, _unix
 from ._deadline import Deadline
 from ._listener import Listener
@@ -42,13 +41,6 @@ def _unavailable(address: Address) -> NoReturn:
     )
 
 
-def _refuse_cpr(address: Address) -> NoReturn:
-    raise CapabilityError(
-        f"a cpr channel must pass descriptors, and the {address.scheme} transport "
-        f"({address}) cannot: use a unix socket, or an fd: that is an AF_UNIX socket"
-    )
-
-
 def check_listen_options(target: Target, options: dict[str, Any]) -> None:
     """AddressError unless ``target``'s blocking ``listen`` takes every one of ``options``."""
     address, _ = _resolve(target)
@@ -62,7 +54,7 @@ def _resolve(target: Target) -> tuple[Address, bool]:
     if not isinstance(address, UnixAddress | TcpAddress | FdAddress):
         _unavailable(address)
     if cpr and isinstance(address, TcpAddress):
-        _refuse_cpr(address)
+        refuse_cpr(address)
     return address, cpr
 
 
@@ -86,7 +78,7 @@ def connect(target: Target, *, timeout: float | None = None) -> Stream:
         raise ConnectError(f"cannot connect to {address}: {exc.strerror}", address) from exc
     if cpr and Capability.FD_PASSING not in stream.capabilities:
         stream.close()  # an fd: that is no AF_UNIX socket
-        _refuse_cpr(address)
+        refuse_cpr(address)
     return stream
 
 
@@ -105,5 +97,5 @@ def listen(target: Target, **options: Any) -> Listener:
         raise TransportError(f"cannot listen on {address}: {exc.strerror}", address) from exc
     if cpr and Capability.FD_PASSING not in listener.stream_capabilities:
         listener.close()
-        _refuse_cpr(address)
+        refuse_cpr(address)
     return listener

@@ -6,8 +6,8 @@ import warnings
 
 from ..codecs import main as main_channel
 from ..codecs.encoder import Encoder
-from ..handoff.common import now
-from ..handoff.cpr import Ack
+from ..deadlines import now
+from ..handoff.ack import Ack
 from ..handoff.machine import Event, State
 from ..handoff.sides import OutgoingSide
 from ..state import FdState

@@ -8,7 +8,7 @@ import socket
 from ..address import InetAddress, TcpAddress
 from ..errors import ConnectError
 from ..sockets import ConnectAttempts
-from ..transports.tcp import PortSearch, Resolved, configure, lookup, resolving
+from ..tcp_sockets import PortSearch, Resolved, configure, lookup, resolving
 from ._deadline import WRITABLE, Deadline, wait_ready
 from ._listener import SocketListener
 from ._stream import Stream

@@ -9,6 +9,7 @@ for the whole state.
 from __future__ import annotations
 
 from ..capabilities import Capability
+from ..codec_choice import Codec, check_qemu_target
 from ..codecs import Decoder, native
 from ..codecs.encoder import Encoder, Phase
 from ..errors import (
@@ -18,9 +19,8 @@ from ..errors import (
     HandoffError,
     TransportError,
 )
-from ..fds import SCM_MAX_FD
+from ..fds import SCM_MAX_FD, ensure_fd_room
 from ..state import DEFAULT_LIMITS, FdState, Limits
-from ..transfer import Codec, check_qemu_target, ensure_fd_room
 from ._deadline import Deadline
 from ._stream import Stream
 

@@ -11,7 +11,7 @@ import time
 
 from ..address import UnixAddress
 from ..credentials import CredentialPolicy, same_user_or_root
-from ..transports.unix import BACKLOG, Connecting, bind_listening
+from ..unix_sockets import BACKLOG, Connecting, bind_listening
 from ._deadline import Deadline
 from ._listener import SocketListener
 from ._stream import Stream

@@ -7,8 +7,9 @@ stderr, ``fdchannel: error: ...``; ``--debug`` adds the traceback; with
 ``--json`` stdout also gets ``{"ok": false, "error": {...}}``.
 
 Start-up matters (``fdchannel --help`` runs in scripts): this module
-imports argparse and the output helpers only.  A command's module, and
-with it the address layer or the event loop, is imported when it runs.
+imports argparse, the output helpers and the codec names only.  A
+command's module, and with it the address layer or the event loop, is
+imported when it runs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn, Protocol
 
+from ..codec_choice import CODECS
 from ..errors import AddressError, FdChannelError
 from ._output import PROBLEM, USAGE, CliError, Output, UsageError, printable, single
 
@@ -146,9 +148,7 @@ def _add_send(commands: argparse._SubParsersAction[_Parser], common: _Parser) ->
     )
     send.add_argument("uri", metavar="URI", help="where the receiver listens (unix: or fd:)")
     send.add_argument("items", nargs="*", metavar="NAME=SOURCE", help="descriptors to send")
-    send.add_argument(
-        "--codec", choices=("native", "qemu"), default="native", help="state format (native)"
-    )
+    send.add_argument("--codec", choices=CODECS, default="native", help="state format (native)")
     send.add_argument("--metadata", metavar="TEXT", help="bytes sent with the state (native)")
     _timeout(send, "connect, send and ack; default 10")
 

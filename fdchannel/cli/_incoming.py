@@ -18,9 +18,9 @@ import anyio.to_thread
 
 from .. import procfs as _proc
 from ..channel import Channel
+from ..codec_choice import Codec
 from ..handoff.cpr import ReceivedCpr, receive_cpr
 from ..state import FdState
-from ..transfer import Codec
 from ..transports import SocketStream, Stream, UnixSocketStream, listen
 from ._output import CliError, Output
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import anyio
 
 from ..channel import Channel
+from ..codec_choice import Codec
 from ..errors import ConnectionLostError
 from ..handoff.cpr import send_cpr
 from ..state import FdState
-from ..transfer import Codec
 from ._output import CliError
 
 __all__ = ["Sent", "send_and_wait"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from ..address import FdAddress, TcpAddress, UnixAddress, parse_address
 from ..descriptors import sockaddr_text
+from ..fd_names import inherited_fds
 from ..qemu.cstring import bounded_int, shown
 from ._output import CliError, UsageError
 
@@ -73,9 +74,6 @@ def _inherited(spec: str) -> tuple[int, str]:
     assert isinstance(address, FdAddress)
     if _is_number(address.name):
         return _descriptor_number(address.name, spec), f"inherited descriptor {address.name}"
-    # Imported here: the fd transport needs the event-loop layer.
-    from ..transports.fd import inherited_fds
-
     found = inherited_fds()
     if address.name not in found:
         known = ", ".join(sorted(found)) or "none"

@@ -7,6 +7,10 @@ until it returns them inside the finished FdState.
 A native state ends at its end marker.  A qemu state has none: after the
 descriptor list QEMU 10.1 and later send VMState subsections, so it ends
 where the stream ends, and ``finish`` tells the qemu parser so.
+
+Which codec a state is sent in (``Codec``, ``CODECS``) and the checks on
+that choice are ``fdchannel.codec_choice``'s; the parsers' byte buffer and
+descriptor queue ``fdchannel.parsing``'s.
 """
 
 from __future__ import annotations
@@ -14,14 +18,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Generator
 
+from ..codec_choice import CODECS
 from ..errors import ProtocolError
+from ..parsing import ByteSource, FdQueue
 from ..state import DEFAULT_LIMITS, FdState, Limits
 from . import native, qemu
-from ._parse import ByteSource, FdQueue
 
 __all__ = ["CODECS", "Decoder", "native", "qemu"]
-
-CODECS = ("native", "qemu")
 
 
 class Decoder:

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Generator, Iterator
-from typing import Literal
 
+from ..codec_choice import Codec as Codec, check_codec
 from ..errors import HandoffError, ProtocolError
+from ..parsing import ByteSource
 from ..state import FdState
 from . import native, qemu
-from ._parse import ByteSource
 
 __all__ = ["Encoder", "Phase"]
-
-Codec = Literal["native", "qemu"]
 
 
 class Phase(enum.Enum):
@@ -47,9 +45,7 @@ class Encoder:
         window: int | None = None,
         qemu_target: str | None = None,
     ) -> None:
-        if codec not in ("native", "qemu"):
-            raise ValueError(f"unknown codec {codec!r}: expected 'native' or 'qemu'")
-        self.codec: Codec = codec
+        self.codec: Codec = check_codec(codec)
         self.state = state
         self.phase = Phase.SENDING
         #: Set once an accepting STATUS arrived (native), before the close.

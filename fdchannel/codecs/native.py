@@ -27,9 +27,9 @@ from typing import NamedTuple
 
 from ..errors import ProtocolError, StateError
 from ..fds import SCM_MAX_FD, close_all
+from ..parsing import ByteSource, FdQueue
 from ..runs import Runs, check, expand
 from ..state import DEFAULT_LIMITS, FdState, Limits
-from ._parse import ByteSource, FdQueue
 
 __all__ = [
     "MAGIC",
@@ -253,7 +253,7 @@ class Progress:
 def parse(
     src: ByteSource, fds: FdQueue, limits: Limits = DEFAULT_LIMITS, progress: Progress | None = None
 ) -> Generator[int, None, FdState]:
-    """Parser (see _parse): the state after the magic."""
+    """Parser (see fdchannel.parsing): the state after the magic."""
     progress = progress or Progress()
     major, minor, _flags, window, count = yield from src.unpack(">BBHII")
     if major != MAJOR:

@@ -58,16 +58,29 @@ the process, so no error path closes them.
 from __future__ import annotations
 
 import logging
-import re
 import struct
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
-from typing import TypeVar
+from collections.abc import Generator
 
+from ..codec_choice import qemu_version
 from ..errors import ProtocolError, StateError
+from ..parsing import MAY_END, ByteSource, FdQueue, byte_or_end
+from ..qemu.vmstate import (
+    END,
+    KNOWN_BODIES,
+    MAX_NAME,
+    MORE,
+    PREFIX,
+    SUBSECTION,
+    VFIO_DEVICES,
+    Subsection,
+    VfioDevice,
+    c_string,
+)
 from ..state import DEFAULT_LIMITS, FdState, Limits, NamedFd
-from ._parse import ByteSource, FdQueue
 
+# The subsections' values and their known bodies are fdchannel.qemu.vmstate's
+# (FdState holds them), the parser steps fdchannel.parsing's; both are
+# re-exported here.
 __all__ = [
     "MAGIC",
     "MAY_END",
@@ -84,95 +97,11 @@ __all__ = [
 
 MAGIC = 0x51435052  # "QCPR"
 VERSION = 1
-_MORE = 0x01
-_END = 0x00
 _FD_MARKER = 0x20  # qemu_file_put_fd sends one space byte with the descriptor
-#: QEMU_VM_SUBSECTION (migration/savevm.h).
-_SUBSECTION = 0x05
-#: The parent's name and a slash: vmstate_subsection_load takes only such names.
-PREFIX = "CprState/"
-#: The subsection QEMU 10.1 to 11.1 send (hw/vfio/cpr-iommufd.c, iommufd-stubs.c).
-VFIO_DEVICES = "CprState/vfio devices"
-#: What the parser yields where the stream may end (it needs no more bytes).
-MAY_END = 0
-#: A subsection name's length is one byte on the wire.
-_MAX_NAME = 255
 
 Message = tuple[bytes, list[int]]
-T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class VfioDevice:
-    """One entry of ``CprState/vfio devices`` (hw/vfio/cpr-iommufd.c)."""
-
-    name: str
-    devid: int  # int32
-    ioas_id: int  # uint32
-    hwpt_id: int  # uint32
-
-    def __post_init__(self) -> None:
-        if "\0" in self.name:
-            raise StateError(f"vfio device name {self.name!r} contains a NUL")
-        if not -(1 << 31) <= self.devid < 1 << 31:
-            raise StateError(f"vfio devid {self.devid} is not an int32")
-        for what, value in (("ioas_id", self.ioas_id), ("hwpt_id", self.hwpt_id)):
-            if not 0 <= value < 1 << 32:
-                raise StateError(f"vfio {what} {value} is not a u32")
-
-    def to_bytes(self) -> bytes:
-        name = self.name.encode("utf-8", "surrogateescape") + b"\0"
-        fixed = struct.pack(">iII", self.devid, self.ioas_id, self.hwpt_id)
-        return struct.pack(">BI", _MORE, len(name)) + name + fixed
-
-
-@dataclass(frozen=True)
-class Subsection:
-    """One VMState subsection after the descriptor list, its body kept raw.
-
-    ``devices`` is the body parsed, for ``CprState/vfio devices`` version 1;
-    None for a subsection this codec does not know (``known`` False).
-    """
-
-    name: str
-    version_id: int
-    body: bytes = b""
-    devices: tuple[VfioDevice, ...] | None = field(init=False, compare=False)
-
-    def __post_init__(self) -> None:
-        raw = self.name.encode("utf-8", "surrogateescape")
-        if not self.name.startswith(PREFIX) or not len(PREFIX) < len(raw) <= _MAX_NAME:
-            raise StateError(
-                f"subsection name {self.name!r} is not {PREFIX}NAME, 255 bytes at most"
-            )
-        if not 0 <= self.version_id < 1 << 32:
-            raise StateError(f"subsection version {self.version_id} is not a u32")
-        object.__setattr__(self, "devices", _parse_known_body(self))
-
-    @property
-    def known(self) -> bool:
-        """Whether this codec knows the subsection's fields."""
-        return self.devices is not None
-
-    @classmethod
-    def vfio_devices(
-        cls, devices: Sequence[VfioDevice] = (), *, iommufd: bool = True
-    ) -> Subsection:
-        """``CprState/vfio devices`` as QEMU writes it; ``iommufd`` False: the empty stub."""
-        if not iommufd:
-            if devices:
-                raise StateError("a QEMU without IOMMUFD sends no vfio devices")
-            return cls(VFIO_DEVICES, 1)
-        body = b"".join(device.to_bytes() for device in devices) + bytes([_END])
-        return cls(VFIO_DEVICES, 1, body)
-
-    def to_bytes(self) -> bytes:
-        """The subsection on the wire: marker, name, version, body."""
-        name = self.name.encode("utf-8", "surrogateescape")
-        header = struct.pack(">BB", _SUBSECTION, len(name)) + name
-        return header + struct.pack(">I", self.version_id) + self.body
 
 
 # --------------------------------------------------------------------------
@@ -181,7 +110,7 @@ class Subsection:
 
 def _entry_bytes(entry: NamedFd) -> bytes:
     name = entry.name.encode("utf-8", "surrogateescape") + b"\0"
-    return struct.pack(">BI", _MORE, len(name)) + name + struct.pack(">i", entry.id)
+    return struct.pack(">BI", MORE, len(name)) + name + struct.pack(">i", entry.id)
 
 
 def _exec_fd(entry: NamedFd) -> bytes:
@@ -189,17 +118,6 @@ def _exec_fd(entry: NamedFd) -> bytes:
     if not 0 <= entry.fd < 1 << 31:
         raise StateError(f"descriptor {entry.fd} of {entry.name!r} is not a descriptor number")
     return struct.pack(">i", entry.fd)
-
-
-def _target_version(target: str) -> tuple[int, int]:
-    """``"11"``, ``"10.1"``, ``"11.1.3"`` -> (major, minor); ValueError for others."""
-    match = re.fullmatch(r"(\d+)(?:\.(\d+))?(?:\.\d+)?", target)
-    if match is None:
-        raise StateError(f"qemu target {target!r} is not a QEMU version like '10.0' or '11.1'")
-    version = (int(match[1]), int(match[2] or 0))
-    if version < (10, 0):
-        raise StateError(f"QEMU {target} has no cpr-transfer (it came with 10.0)")
-    return version
 
 
 def _carries_nothing(sub: Subsection) -> bool:
@@ -217,7 +135,7 @@ def subsections_for(state: FdState, target: str | None = None) -> tuple[Subsecti
     own = state.qemu_subsections
     if target is None:
         return own
-    if _target_version(target) < (10, 1):
+    if qemu_version(target) < (10, 1):
         lost = [
             f"{sub.name} (version {sub.version_id})" for sub in own if not _carries_nothing(sub)
         ]
@@ -244,12 +162,12 @@ def encode(state: FdState, target: str | None = None, *, exec_mode: bool = False
     pending = struct.pack(">II", MAGIC, VERSION)
     if exec_mode:
         body = b"".join(_entry_bytes(entry) + _exec_fd(entry) for entry in state.fds)
-        return [(pending + body + bytes([_END]) + tail, [])]
+        return [(pending + body + bytes([END]) + tail, [])]
     for entry in state.fds:  # the state checked that every id fits QEMU's int32
         messages.append((pending + _entry_bytes(entry) + bytes([_FD_MARKER]), [entry.fd]))
         pending = b""
     # QEMU 11.1 sends the list's end and its subsections in one message.
-    messages.append((pending + bytes([_END]) + tail, []))
+    messages.append((pending + bytes([END]) + tail, []))
     return messages
 
 
@@ -260,7 +178,7 @@ def encode(state: FdState, target: str | None = None, *, exec_mode: bool = False
 def parse(
     src: ByteSource, fds: FdQueue, limits: Limits = DEFAULT_LIMITS, *, exec_mode: bool = False
 ) -> Generator[int, bool | None, FdState]:
-    """Parser (see _parse): the state after the magic; descriptors come from ``fds``.
+    """Parser (see fdchannel.parsing): the state after the magic; descriptors come from ``fds``.
 
     ``exec_mode``: cpr-exec's form, each descriptor a number in the stream;
     those are the process's own, never closed here (``fds`` stays unused).
@@ -321,16 +239,16 @@ def _entries(
     seen: set[tuple[str, int]] = set()
     while True:
         (tag,) = yield from src.unpack(">B")
-        if tag == _END:
+        if tag == END:
             return
-        if tag != _MORE:
+        if tag != MORE:
             raise ProtocolError(
                 f"qemu cpr stream: byte {tag:#04x} at offset {src.offset - 1} is neither "
                 "0x01 (another descriptor) nor 0x00 (end of list)"
             )
         if len(entries) >= limits.max_entries:
             raise ProtocolError(f"qemu cpr stream has more than {limits.max_entries} entries")
-        name = yield from _c_string(src, limits, "name")
+        name = yield from c_string(src, limits, "name")
         (ident,) = yield from src.unpack(">i")
         if (name, ident) in seen:
             raise ProtocolError(f"qemu cpr stream names {name!r} id {ident} twice")
@@ -355,37 +273,14 @@ def _inherited_fd(src: ByteSource, name: str) -> Generator[int, None, int]:
     return fd
 
 
-def _c_string(src: ByteSource, limits: Limits, what: str) -> Generator[int, None, str]:
-    """A u32 length counting the NUL, then the string and its NUL."""
-    (length,) = yield from src.unpack(">I")
-    if not 1 <= length <= limits.max_name + 1:
-        raise ProtocolError(
-            f"qemu cpr stream: {what} length {length} at offset {src.offset - 4} is not "
-            f"from 1 to {limits.max_name + 1} (the NUL included)"
-        )
-    raw = yield from src.read(length)
-    if raw[-1] != 0 or 0 in raw[:-1]:
-        raise ProtocolError(f"qemu cpr stream: {what} {raw!r} is not one NUL-ended string")
-    return raw[:-1].decode("utf-8", "surrogateescape")
-
-
-def _byte_or_end(src: ByteSource) -> Generator[int, bool | None, int | None]:
-    """The next byte, or None if the stream ends first (a place it may end)."""
-    while not src.available():
-        if (yield MAY_END):
-            return None
-    (value,) = yield from src.unpack(">B")
-    return value
-
-
 def _subsections(
     src: ByteSource, limits: Limits
 ) -> Generator[int, bool | None, tuple[Subsection, ...]]:
     """Zero or more subsections up to the end of the stream."""
     found: list[Subsection] = []
-    tag = yield from _byte_or_end(src)
+    tag = yield from byte_or_end(src)
     while tag is not None:
-        if tag != _SUBSECTION:
+        if tag != SUBSECTION:
             raise ProtocolError(
                 f"qemu cpr stream: byte {tag:#04x} at offset {src.offset - 1} after the "
                 "descriptor list is not 0x05 (a subsection), and the stream did not end there"
@@ -408,7 +303,7 @@ def _header(src: ByteSource, limits: Limits) -> Generator[int, None, tuple[str, 
     if not len(PREFIX) < length <= limits.max_name:
         raise ProtocolError(
             f"qemu cpr stream: subsection name length {length} at offset {src.offset - 1} "
-            f"is not from {len(PREFIX) + 1} to {min(limits.max_name, _MAX_NAME)}"
+            f"is not from {len(PREFIX) + 1} to {min(limits.max_name, MAX_NAME)}"
         )
     raw = yield from src.read(length)
     name = raw.decode("utf-8", "surrogateescape")
@@ -420,16 +315,11 @@ def _header(src: ByteSource, limits: Limits) -> Generator[int, None, tuple[str, 
     return name, version
 
 
-#: A known body: its bytes, its devices and the byte after it (None: the stream ended).
-Body = tuple[bytes, tuple["VfioDevice", ...], int | None]
-BodyParser = Callable[[ByteSource, Limits], Generator[int, bool | None, Body]]
-
-
 def _body(
     src: ByteSource, name: str, version: int, limits: Limits
 ) -> Generator[int, bool | None, tuple[bytes, int | None]]:
     """A subsection's body and the byte after it (None: the stream ended)."""
-    parser = _KNOWN.get((name, version))
+    parser = KNOWN_BODIES.get((name, version))
     if parser is not None:
         body, _devices, after = yield from parser(src, limits)
         return body, after
@@ -451,75 +341,3 @@ def _rest(src: ByteSource, limit: int, name: str) -> Generator[int, bool | None,
     raise ProtocolError(
         f"qemu cpr stream: unknown subsection {name!r} is longer than {limit} bytes"
     )
-
-
-def _vfio_devices(src: ByteSource, limits: Limits) -> Generator[int, bool | None, Body]:
-    """``CprState/vfio devices`` v1: no body, or a device list; then the next byte."""
-    first = yield from _byte_or_end(src)
-    if first is None or first == _SUBSECTION:
-        return b"", (), first  # built without IOMMUFD: the subsection has no fields
-    parts = [bytes([first])]
-    devices: list[VfioDevice] = []
-    size, tag = 1, first
-    while tag == _MORE:
-        if len(devices) >= limits.max_entries:
-            raise ProtocolError(f"qemu cpr stream has more than {limits.max_entries} vfio devices")
-        device = yield from _vfio_device(src, limits)
-        raw = device.to_bytes()[1:]  # without its 0x01, already counted
-        size += len(raw) + 1
-        if size > limits.max_subsection:
-            raise ProtocolError(
-                f"qemu cpr stream: {VFIO_DEVICES!r} is longer than {limits.max_subsection} bytes"
-            )
-        (tag,) = yield from src.unpack(">B")
-        parts += [raw, bytes([tag])]
-        devices.append(device)
-    if tag != _END:
-        raise ProtocolError(
-            f"qemu cpr stream: byte {tag:#04x} at offset {src.offset - 1} in {VFIO_DEVICES!r} "
-            "is neither 0x01 (another device) nor 0x00 (end of list)"
-        )
-    after = yield from _byte_or_end(src)
-    return b"".join(parts), tuple(devices), after
-
-
-def _vfio_device(src: ByteSource, limits: Limits) -> Generator[int, None, VfioDevice]:
-    """One device after its 0x01: name, devid, ioas_id, hwpt_id."""
-    name = yield from _c_string(src, limits, "vfio device name")
-    devid, ioas_id, hwpt_id = yield from src.unpack(">iII")
-    return VfioDevice(name, devid, ioas_id, hwpt_id)
-
-
-_KNOWN: dict[tuple[str, int], BodyParser] = {(VFIO_DEVICES, 1): _vfio_devices}
-
-
-def _parse_known_body(sub: Subsection) -> tuple[VfioDevice, ...] | None:
-    """The devices in a known subsection's body; None if the subsection is unknown."""
-    if (sub.name, sub.version_id) not in _KNOWN:
-        return None
-    src = ByteSource()
-    src.append(sub.body)
-    body, devices, after = _run_to_end(_KNOWN[sub.name, sub.version_id](src, _UNBOUNDED), sub.name)
-    if after is not None:
-        raise StateError(f"{sub.name!r} has bytes after its body: {sub.body[len(body) :]!r}")
-    return devices
-
-
-def _run_to_end(parser: Generator[int, bool | None, T], what: str) -> T:
-    """Run a parser over bytes already all there, the stream ended after them."""
-    try:
-        need = next(parser)
-        while need == MAY_END:
-            need = parser.send(True)
-        raise StateError(f"{what} body ends in the middle of a field")
-    except StopIteration as stop:
-        result: T = stop.value
-        return result
-    except ProtocolError as exc:
-        raise StateError(str(exc)) from None
-    finally:
-        parser.close()
-
-
-#: Bounds for bodies already in memory: nothing more is allocated for them.
-_UNBOUNDED = Limits(max_name=1 << 32, max_entries=1 << 32, max_subsection=1 << 62)

@@ -1,22 +1,58 @@
-"""The close-as-ack handoff: a pure state machine and the two sides that drive it."""
+"""The close-as-ack handoff: a pure state machine and the two sides that drive it.
+
+``machine.py`` (the states and transitions, no I/O), ``sides.py`` (what an
+Outgoing and an Incoming are in either layer) and ``ack.py`` (``Ack``)
+load no event loop; ``cpr.py`` (``send_cpr``, ``receive_cpr``),
+``outgoing.py``, ``incoming.py`` and ``steps.py`` are the async layer's
+(``fdchannel.blocking`` has its own).  The names below are imported on
+first use (PEP 562), so that importing the loop-free modules, or this
+package, loads no event loop.
+"""
 
 from __future__ import annotations
 
-from .cpr import Ack, ReceivedCpr, receive_cpr, send_cpr
-from .incoming import Incoming
-from .machine import INCOMING, OUTGOING, Event, Machine, State
-from .outgoing import Outgoing
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "INCOMING",
-    "OUTGOING",
-    "Ack",
-    "Event",
-    "Incoming",
-    "Machine",
-    "Outgoing",
-    "ReceivedCpr",
-    "State",
-    "receive_cpr",
-    "send_cpr",
-]
+if TYPE_CHECKING:
+    from .ack import Ack as Ack
+    from .cpr import ReceivedCpr as ReceivedCpr, receive_cpr as receive_cpr, send_cpr as send_cpr
+    from .incoming import Incoming as Incoming
+    from .machine import (
+        INCOMING as INCOMING,
+        OUTGOING as OUTGOING,
+        Event as Event,
+        Machine as Machine,
+        State as State,
+    )
+    from .outgoing import Outgoing as Outgoing
+
+#: Each public name and the module it lives in (the imports above, for type checkers).
+_WHERE = {
+    "Ack": "ack",
+    "INCOMING": "machine",
+    "OUTGOING": "machine",
+    "Event": "machine",
+    "Incoming": "incoming",
+    "Machine": "machine",
+    "Outgoing": "outgoing",
+    "ReceivedCpr": "cpr",
+    "State": "machine",
+    "receive_cpr": "cpr",
+    "send_cpr": "cpr",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

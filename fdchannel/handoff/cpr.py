@@ -20,13 +20,16 @@ from dataclasses import dataclass, field
 import anyio
 
 from ..channel import Channel, ChannelType
+from ..codec_choice import Codec, check_qemu_target
 from ..codecs import native
 from ..codecs.encoder import Encoder
+from ..deadlines import seconds, timeout_text
 from ..errors import HandoffTimeout, PeerCredentialsError, VerdictGiven
 from ..state import DEFAULT_LIMITS, FdState, Limits
-from ..transfer import Codec, await_verdict, check_qemu_target, receive_state_and_codec, send_with
+from ..transfer import await_verdict, receive_state_and_codec, send_with
 from ..transports import Listener, Stream, Target, listen, resolve_target
-from .common import accept_admitted, connect_retrying, seconds, timeout_text
+from ..transports.retrying import accept_admitted, connect_retrying
+from .ack import Ack
 
 __all__ = ["Ack", "ReceivedCpr", "receive_cpr", "send_cpr"]
 
@@ -34,18 +37,6 @@ log = logging.getLogger("fdchannel")
 
 #: What send_cpr reports as it goes: "connected", "sent", "acknowledged".
 Progress = Callable[[str], object]
-
-
-@dataclass(frozen=True)
-class Ack:
-    """The new process acknowledged the state by closing the cpr channel."""
-
-    codec: str
-    descriptors: int
-    #: Seconds from the first connect attempt to the acknowledgement.
-    seconds: float
-    #: "accepted" (native: the receiver's status, then its close) or "closed" (qemu).
-    kind: str = "closed"
 
 
 def _cpr(target: Target) -> Channel:

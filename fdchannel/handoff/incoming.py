@@ -13,10 +13,11 @@ from ..codecs.main import MainReader
 from ..errors import HandoffError
 from ..state import FdState
 from ..transports import Listener, Stream, check_options, listen
-from .common import accept_admitted, discard, step
+from ..transports.retrying import accept_admitted
 from .cpr import ReceivedCpr, receive_cpr
 from .machine import Event, State
 from .sides import IncomingSide
+from .steps import discard, step
 
 __all__ = ["Incoming"]
 

@@ -10,11 +10,12 @@ import anyio.abc
 from ..codecs import main as main_channel
 from ..state import FdState
 from ..transports import Stream
+from ..transports.retrying import connect_retrying
 from . import cpr
-from .common import connect_retrying, discard, step
-from .cpr import Ack
+from .ack import Ack
 from .machine import Event, State
 from .sides import OutgoingSide
+from .steps import discard, step
 
 __all__ = ["Ack", "Outgoing"]
 

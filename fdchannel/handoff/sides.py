@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from ..channel import Channel
+from ..channel import Channel, parse_channel, validate_channels
+from ..codec_choice import Codec, check_qemu_target
 from ..errors import VerdictGiven
+from ..registry import load_transports
 from ..state import DEFAULT_LIMITS, Limits
-from ..transfer import Codec, check_qemu_target
-from .common import load_transports, parse_channels
 from .machine import INCOMING, OUTGOING, Event, Machine, State, Table
 
 __all__ = ["IncomingSide", "OutgoingSide"]
@@ -28,15 +28,22 @@ _ANSWERED = {
 }
 
 
+def _parse_channels(channels: Iterable[Channel | str]) -> tuple[Channel, Channel]:
+    """Parse and validate a main and a cpr channel for cpr-transfer."""
+    main, cpr = validate_channels([parse_channel(c) for c in channels], mode="cpr-transfer")
+    assert cpr is not None  # cpr-transfer mode guarantees it
+    return main, cpr
+
+
 class _Side:
     #: Import the channels' transports when made, not at their first use in
     #: the middle of the handoff (the async layer, which loads them lazily).
     _load_transports: ClassVar[bool] = False
 
     def __init__(self, channels: Iterable[Channel | str], table: Table, side: str) -> None:
-        self.main, self.cpr = parse_channels(channels)
+        self.main, self.cpr = _parse_channels(channels)
         if self._load_transports:
-            load_transports(self.main, self.cpr)
+            load_transports(self.main.addr, self.cpr.addr)
         self._machine = Machine(table, side)
 
     @property

@@ -2,23 +2,26 @@
 
 ``connect`` is the outgoing side, ``listen`` the incoming one; both accept an
 address, a URI or channel text, or a Channel.  A cpr channel must be able to
-pass descriptors, so it is refused on any transport that cannot.
+pass descriptors, so it is refused on any transport that cannot.  This is
+the async layer: the steps that never wait are the loop-free modules'
+(``fdchannel.sockets``, ``unix_sockets``, ``tcp_sockets``, ``fd_names``),
+which ``fdchannel.blocking`` shares; ``retrying`` connects to a peer that
+is still starting and accepts past refused ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any
 
-from ..address import Address
 from ..capabilities import Capability
-from ..channel import Channel, ChannelType, parse_channel
-from ..errors import CapabilityError
+from ..channel import ChannelType, Target, refuse_cpr, resolve_target
 from ..registry import FdPassing, refuse_unknown_options, transport_for
 
-# Stream.from_fd and Listener.from_fd are the fd transport's: it is loaded with
-# them, not at their first call, which a process taking descriptors over makes
-# in the middle of its handoff.
+# Stream.from_fd and Listener.from_fd call the fd transport, which registers
+# itself with them when loaded: it is loaded with them, not at their first
+# call, which a process taking descriptors over makes in the middle of its
+# handoff.
 from . import fd as _fd  # noqa: F401
 from ._base import FdAttribute, Listener, Stream
 from ._socket import SocketListener, SocketStream, UnixSocketStream
@@ -37,17 +40,6 @@ __all__ = [
     "resolve_target",
 ]
 
-Target = Address | Channel | str
-
-
-def resolve_target(target: Target) -> tuple[Address, ChannelType]:
-    """The address and channel type of an address, URI or channel text, or Channel."""
-    if isinstance(target, str):
-        target = parse_channel(target)
-    if isinstance(target, Channel):
-        return target.addr, target.type
-    return target, ChannelType.MAIN
-
 
 def check_options(verb: str, target: Target, options: Mapping[str, object]) -> None:
     """AddressError unless ``target``'s transport takes every one of ``options``
@@ -65,20 +57,13 @@ async def _open(verb: str, target: Target, options: dict[str, Any]) -> Stream | 
     transport = transport_for(address)
     cpr = kind is ChannelType.CPR
     if cpr and transport.fd_passing is FdPassing.NEVER:
-        _refuse_cpr(address)
+        refuse_cpr(address)
     opened: Stream | Listener = await transport.verb(verb, address)(address, **options)
     can_pass = opened.capabilities if isinstance(opened, Stream) else opened.stream_capabilities
     if cpr and Capability.FD_PASSING not in can_pass:  # an fd: that is no AF_UNIX socket
         await opened.aclose()
-        _refuse_cpr(address)
+        refuse_cpr(address)
     return opened
-
-
-def _refuse_cpr(address: Address) -> NoReturn:
-    raise CapabilityError(
-        f"a cpr channel must pass descriptors, and the {address.scheme} transport "
-        f"({address}) cannot: use a unix socket, or an fd: that is an AF_UNIX socket"
-    )
 
 
 async def connect(target: Target, **options: Any) -> Stream:

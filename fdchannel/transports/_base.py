@@ -15,7 +15,7 @@ import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -29,12 +29,45 @@ from ..sockets import BROKEN_ERRNOS, DEFAULT_RECEIVE, keep_until_closed
 if TYPE_CHECKING:
     from ..address import Address
 
-__all__ = ["DescriptorStream", "FdAttribute", "Listener", "Stream"]
+__all__ = [
+    "DescriptorStream",
+    "FdAttribute",
+    "FdOpener",
+    "Listener",
+    "Stream",
+    "register_fd_opener",
+]
 
 log = logging.getLogger("fdchannel")
 
 
 T = TypeVar("T")
+
+
+class FdOpener(Protocol):
+    """What takes over a descriptor of any kind: the stream or listener its kind calls for."""
+
+    def __call__(
+        self, fd: int, *, incoming: bool, policy: CredentialPolicy | None = ...
+    ) -> Stream | Listener: ...
+
+
+#: What ``Stream.from_fd`` and ``Listener.from_fd`` call: the fd transport's
+#: ``wrap``, which knows every kind of stream.  Those kinds all build on this
+#: module, so it cannot import them; the fd transport registers itself here
+#: when it is loaded, and the package loads it with this module.
+_opener: FdOpener | None = None
+
+
+def register_fd_opener(opener: FdOpener) -> None:
+    """Make ``opener`` what ``Stream.from_fd`` and ``Listener.from_fd`` call."""
+    global _opener
+    _opener = opener
+
+
+def _fd_opener() -> FdOpener:
+    assert _opener is not None, "fdchannel.transports loads the fd transport with its base"
+    return _opener
 
 
 class FdAttribute(anyio.TypedAttributeSet):
@@ -73,9 +106,7 @@ class Stream(anyio.abc.ByteStream):
         A listening socket is refused: see ``Listener.from_fd``.  On
         failure ``fd`` stays the caller's.
         """
-        from .fd import wrap  # the fd transport knows every kind; it imports us
-
-        opened = wrap(fd, incoming=False)
+        opened = _fd_opener()(fd, incoming=False)
         assert isinstance(opened, Stream)
         return opened
 
@@ -264,9 +295,7 @@ class Listener(anyio.abc.Listener[Stream]):
         credential ``policy``, as for ``fd:``); any other descriptor is
         yielded once, as a stream.  On failure ``fd`` stays the caller's.
         """
-        from .fd import wrap
-
-        opened = wrap(fd, incoming=True, policy=policy)
+        opened = _fd_opener()(fd, incoming=True, policy=policy)
         assert isinstance(opened, Listener)
         return opened
 

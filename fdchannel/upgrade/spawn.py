@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 
 import anyio
 
+from ..deadlines import seconds
 from ..errors import UpgradeFailed
-from ..handoff.common import seconds
 from .pidfile import process_start
 
 __all__ = ["Child", "exit_text", "spawn"]

@@ -33,13 +33,13 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from ..address import Address, TcpAddress, UnixAddress, parse_address
 from ..credentials import CredentialPolicy, same_user_or_root
 from ..errors import FdChannelError, UpgradeBusy, UpgradeError, UpgradeFailed
+from ..fd_names import inherited_fds
 from ..handoff.cpr import ReceivedCpr, receive_cpr, send_cpr
 from ..sockdiag import bound_to_file
 from ..state import FdState, NamedFd
 from ..text import printable
 from ..transports import FdAttribute, Listener, Stream, listen
-from ..transports.fd import inherited_fds
-from ..transports.unix import BACKLOG, bind_listening
+from ..unix_sockets import BACKLOG, bind_listening
 from . import files, lineage as lineage_env, pidfile as pidfiles, systemd
 from .spawn import Child, spawn
 

@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 import fdchannel
+from fdchannel import fd_names
 from fdchannel.address import FdAddress
 from fdchannel.capabilities import Capability
 from fdchannel.errors import AddressError, ConnectError, TransportError
@@ -347,8 +348,8 @@ def test_inherited_fds_only_for_this_pid(monkeypatch: pytest.MonkeyPatch) -> Non
     # Meant for another process: ignored (and read once, so reset around it).
     monkeypatch.setenv("LISTEN_PID", str(os.getppid()))
     monkeypatch.setenv("LISTEN_FDS", "1")
-    fd_transport._inherited.cache_clear()
+    fd_names._inherited.cache_clear()
     try:
         assert fd_transport.inherited_fds() == {}
     finally:
-        fd_transport._inherited.cache_clear()
+        fd_names._inherited.cache_clear()

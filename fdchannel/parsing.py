@@ -1,11 +1,14 @@
-"""Sans-I/O building blocks shared by the codecs: a byte buffer read by
+"""Sans-I/O building blocks of the wire parsers: a byte buffer read by
 generator-based parsers, and a queue that owns received descriptors.
 
 A parser is a generator that yields how many more bytes it needs and
 returns its result; ``Decoder.feed`` appends what arrived and resumes it.
-Descriptors arrive at or before the byte that stands for them (the kernel
-may glue earlier plain bytes into the same read), so they wait in a FIFO
-until the parser reaches their marker.
+Where the stream may end, a parser yields ``MAY_END`` (no byte needed)
+and is sent True once it has ended.  Descriptors arrive at or before the
+byte that stands for them (the kernel may glue earlier plain bytes into
+the same read), so they wait in a FIFO until the parser reaches their
+marker.  The codecs (``fdchannel.codecs``) and QEMU's VMState subsections
+(``fdchannel.qemu.vmstate``) are parsed with these.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import struct
 import zlib
 from collections.abc import Generator
 
-from ..errors import ProtocolError
-from ..fds import close_all
+from .errors import ProtocolError
+from .fds import close_all
 
-__all__ = ["ByteSource", "FdQueue"]
+__all__ = ["MAY_END", "ByteSource", "FdQueue", "byte_or_end"]
+
+#: What a parser yields where the stream may end (it needs no more bytes).
+MAY_END = 0
 
 
 class FdQueue:
@@ -103,3 +109,12 @@ class ByteSource:
         """Parser step: read and unpack one big-endian struct."""
         data = yield from self.read(struct.calcsize(fmt))
         return struct.unpack(fmt, data)
+
+
+def byte_or_end(src: ByteSource) -> Generator[int, bool | None, int | None]:
+    """Parser step: the next byte, or None if the stream ends first (a place it may end)."""
+    while not src.available():
+        if (yield MAY_END):
+            return None
+    (value,) = yield from src.unpack(">B")
+    return value
