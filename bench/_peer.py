@@ -71,6 +71,10 @@ class Peer:
             raise PeerError(f"expected {kind.__name__} from the child, got {message!r}")
         return message
 
+    def send(self, message: object) -> None:
+        """Tell the child something; it reads it from its end of the pipe."""
+        self._conn.send(message)
+
     def explain(self, exc: Exception, timeout: float = 2.0) -> Exception:
         """The child's own error if it reports one soon; a broken pipe is only its symptom."""
         try:

@@ -81,6 +81,9 @@ class Figure:
     #: each in round i): the ratio is then the median of the rounds' ratios,
     #: which a machine whose speed drifts between rounds disturbs less.
     paired: bool = False
+    #: The ratio of a time is the baseline's over the row's: its speed next to the
+    #: baseline's (above 1: faster), where a figure of times has it the other way.
+    speed_ratio: bool = False
     parameters: dict[str, object] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -102,19 +105,23 @@ class Figure:
         """``value(row) / value(baseline)`` for the baseline of the row's group.
 
         For a paired figure: the median over rounds of sample / baseline sample.
+        With ``speed_ratio`` each quotient is the other way up.
         """
         value = self.value(row)
         for other in self.rows:
             if other.baseline and other.group == row.group:
                 if self.paired and value is not None and len(row.samples) == len(other.samples):
                     return statistics.median(
-                        mine / theirs
+                        self._quotient(mine, theirs)
                         for mine, theirs in zip(row.samples, other.samples, strict=True)
                     )
                 base = self.value(other)
                 if value is not None and base:
-                    return value / base
+                    return self._quotient(value, base)
         return None
+
+    def _quotient(self, mine: float, base: float) -> float:
+        return base / mine if self.speed_ratio else mine / base
 
     def to_json(self) -> dict[str, object]:
         """The figure as plain data, every sample included."""
@@ -124,6 +131,7 @@ class Figure:
             "unit": self.unit,
             "statistic": self.statistic,
             "higher_is_better": self.higher_is_better,
+            "speed_ratio": self.speed_ratio,
             "parameters": self.parameters,
             "notes": self.notes,
             "rows": [

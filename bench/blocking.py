@@ -27,7 +27,7 @@ from typing import Literal
 
 from . import _loops, _report, fdrate
 from ._report import Figure, Row
-from .fdrate import Ready, Received, Transfer
+from .fdrate import Hook, Ready, Received, Transfer, nothing
 
 __all__ = ["HELP", "NAME", "add_arguments", "run"]
 
@@ -62,22 +62,24 @@ class Case:
     def progress(self, row: Row) -> str:
         return f"{self.kind:8} {self.loop or 'none':8} {row.error or 'ok'}"
 
-    def send(self, transfer: Transfer, memfds: list[int]) -> int:
+    def send(self, transfer: Transfer, memfds: list[int], connected: Hook = nothing) -> int:
         if self.kind == "stdlib":
-            return fdrate._send_stdlib(transfer, memfds)
+            return fdrate._send_stdlib(transfer, memfds, connected)
         if self.kind == "blocking":
-            return _send_blocking(transfer, memfds)
+            return _send_blocking(transfer, memfds, connected)
         assert self.loop is not None
-        return _loops.run(self.loop, fdrate._send_state, "native", transfer, memfds)
+        return _loops.run(self.loop, fdrate._send_state, "native", transfer, memfds, connected)
 
-    def receive(self, conn: Connection, transfer: Transfer, repeat: int) -> None:
+    def receive(
+        self, conn: Connection, transfer: Transfer, repeat: int, accepted: Hook = nothing
+    ) -> None:
         if self.kind == "stdlib":
-            fdrate._receive_stdlib(conn, transfer, repeat)
+            fdrate._receive_stdlib(conn, transfer, repeat, accepted)
         elif self.kind == "blocking":
-            _receive_blocking(conn, transfer, repeat)
+            _receive_blocking(conn, transfer, repeat, accepted)
         else:
             assert self.loop is not None
-            _loops.run(self.loop, fdrate._receive_state, conn, transfer, repeat)
+            _loops.run(self.loop, fdrate._receive_state, conn, transfer, repeat, accepted)
 
 
 def cases() -> list[Case]:
@@ -127,32 +129,34 @@ def _blocking_ratios(figure: Figure) -> list[str]:
 # --- the receiving child -------------------------------------------------------------------
 
 
-def _receive_blocking(conn: Connection, transfer: Transfer, repeat: int) -> None:
+def _receive_blocking(
+    conn: Connection, transfer: Transfer, repeat: int, accepted: Hook = nothing
+) -> None:
     from fdchannel import blocking
     from fdchannel.address import UnixAddress
 
     with blocking.listen(UnixAddress(transfer.path)) as listener:
         conn.send(Ready())
         for _ in range(repeat):
-            with (
-                listener.accept(transfer.timeout) as stream,
-                blocking.receive_state(stream, timeout=transfer.timeout) as state,
-            ):
-                end_ns = time.monotonic_ns()
-                held = len(state.fds)
+            with listener.accept(transfer.timeout) as stream:
+                accepted()
+                with blocking.receive_state(stream, timeout=transfer.timeout) as state:
+                    end_ns = time.monotonic_ns()
+                    held = len(state.fds)
             conn.send(Received(held, end_ns))
 
 
 # --- the sending parent --------------------------------------------------------------------
 
 
-def _send_blocking(transfer: Transfer, memfds: list[int]) -> int:
+def _send_blocking(transfer: Transfer, memfds: list[int], connected: Hook = nothing) -> int:
     import fdchannel
     from fdchannel import blocking
     from fdchannel.address import UnixAddress
 
     state = fdchannel.FdState([fdchannel.NamedFd("fd", i, fd) for i, fd in enumerate(memfds)])
     with blocking.connect(UnixAddress(transfer.path), timeout=transfer.timeout) as stream:
+        connected()
         start_ns = time.monotonic_ns()
         blocking.send_state(stream, state, timeout=transfer.timeout)
     return start_ns

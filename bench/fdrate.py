@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import gc
 import os
 import resource
@@ -30,10 +31,10 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import anyio
 
@@ -65,6 +66,13 @@ TIMED = (
     "after an unmeasured warm-up transfer"
 )
 
+#: Called at a step of a transfer (see ``Measured``); a blocking call, even on a loop.
+Hook = Callable[[], object]
+
+
+def nothing() -> None:
+    """The hook that does nothing: the plain transfer, as this figure runs it."""
+
 
 class Measured(Protocol):
     """A case as the harness here runs it: this figure's ``Case`` and ``bench.blocking``'s.
@@ -86,11 +94,15 @@ class Measured(Protocol):
     def progress(self, row: Row) -> str:
         """The line that reports the measured (or failed) ``row``."""
 
-    def send(self, transfer: Transfer, memfds: list[int]) -> int:
-        """Sender: connect, pass every memfd; the monotonic_ns() of the first send."""
+    def send(self, transfer: Transfer, memfds: list[int], connected: Hook = nothing) -> int:
+        """Sender: connect, call ``connected``, pass every memfd; the monotonic_ns() of
+        the first send (taken after ``connected`` returns)."""
 
-    def receive(self, conn: Connection, transfer: Transfer, repeat: int) -> None:
-        """Receiver (in the child): listen, say Ready, take ``repeat`` transfers."""
+    def receive(
+        self, conn: Connection, transfer: Transfer, repeat: int, accepted: Hook = nothing
+    ) -> None:
+        """Receiver (in the child): listen, say Ready, take ``repeat`` transfers,
+        calling ``accepted`` once each is connected, before it is received."""
 
 
 @dataclass(frozen=True)
@@ -113,19 +125,21 @@ class Case:
         done = " ".join(f"{s:,.0f}" for s in row.samples) if row.error is None else row.error
         return f"{self.implementation:7} {self.loop or 'blocking':8} {done}"
 
-    def send(self, transfer: Transfer, memfds: list[int]) -> int:
+    def send(self, transfer: Transfer, memfds: list[int], connected: Hook = nothing) -> int:
         if self.implementation == "stdlib":
-            return _send_stdlib(transfer, memfds)
+            return _send_stdlib(transfer, memfds, connected)
         assert self.loop is not None
         codec: Codec = self.implementation
-        return _loops.run(self.loop, _send_state, codec, transfer, memfds)
+        return _loops.run(self.loop, _send_state, codec, transfer, memfds, connected)
 
-    def receive(self, conn: Connection, transfer: Transfer, repeat: int) -> None:
+    def receive(
+        self, conn: Connection, transfer: Transfer, repeat: int, accepted: Hook = nothing
+    ) -> None:
         if self.implementation == "stdlib":
-            _receive_stdlib(conn, transfer, repeat)
+            _receive_stdlib(conn, transfer, repeat, accepted)
         else:
             assert self.loop is not None
-            _loops.run(self.loop, _receive_state, conn, transfer, repeat)
+            _loops.run(self.loop, _receive_state, conn, transfer, repeat, accepted)
 
 
 @dataclass(frozen=True)
@@ -143,6 +157,11 @@ class Transfer:
 @dataclass(frozen=True)
 class Ready:
     """The receiver listens."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The receiver holds a connection and goes on to receive (when asked to say so)."""
 
 
 @dataclass(frozen=True)
@@ -261,19 +280,24 @@ def new_figure(name: str, title: str, count: int, repeat: int, *notes: str) -> F
     )
 
 
+M = TypeVar("M", bound=Measured)
+
+
 def measure_figure(
     figure: Figure,
-    cases: Sequence[Measured],
+    cases: Sequence[M],
     count: int,
     repeat: int,
     cpus: tuple[int, int] | None,
     too_many: str | None,
+    rows: Callable[[Sequence[M], list[int], int, str, int | None], list[Row]] | None = None,
 ) -> None:
     """Add a row per case to ``figure``: ``repeat`` transfers of ``count`` memfds each.
 
     ``cpus``: the sender's and the receivers' (see split_cpus), or None to
     leave them unpinned; ``too_many``: why ``count`` descriptors cannot fit
-    (see raise_fd_limit), every row's error then.
+    (see raise_fd_limit), every row's error then; ``rows``: what measures
+    them, given what ``measure`` is given (bench.cold has its own).
     """
     sockdir = tempfile.mkdtemp(prefix="fdchbench-")
     memfds: list[int] = []
@@ -293,7 +317,7 @@ def measure_figure(
         gc.freeze()
         if too_many is None:
             receiver_cpu = None if cpus is None else cpus[1]
-            figure.rows.extend(measure(cases, memfds, repeat, sockdir, receiver_cpu))
+            figure.rows.extend((rows or measure)(cases, memfds, repeat, sockdir, receiver_cpu))
         else:
             figure.rows.extend(dataclasses.replace(c.row(), error=too_many) for c in cases)
     finally:
@@ -377,22 +401,30 @@ def _kernel_timeout(sock: socket.socket, seconds: float) -> None:
 # --- the receiving child -------------------------------------------------------------------
 
 
-def _receiver(conn: Connection, case: Measured, transfer: Transfer, repeat: int) -> None:
-    """Child process: listen, then take ``repeat`` transfers, reporting each."""
+def _receiver(
+    conn: Connection, case: Measured, transfer: Transfer, repeat: int, announce: bool = False
+) -> None:
+    """Child process: listen, then take ``repeat`` transfers, reporting each;
+    ``announce``: also say Accepted once each is connected, before receiving it."""
     if transfer.cpu is not None:
         os.sched_setaffinity(0, {transfer.cpu})
     too_many = raise_fd_limit(transfer.count)
     if too_many is not None:
         raise RuntimeError(too_many)
+    accepted: Hook = nothing
+    if announce:
+        accepted = functools.partial(conn.send, Accepted())
     try:
-        case.receive(conn, transfer, repeat)
+        case.receive(conn, transfer, repeat, accepted)
     finally:
         # A stdlib listener leaves its socket file behind (fdchannel's removes it).
         if os.path.lexists(transfer.path):
             os.unlink(transfer.path)
 
 
-def _receive_stdlib(conn: Connection, transfer: Transfer, repeat: int) -> None:
+def _receive_stdlib(
+    conn: Connection, transfer: Transfer, repeat: int, accepted: Hook = nothing
+) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
         server.bind(transfer.path)
         server.listen()
@@ -402,6 +434,7 @@ def _receive_stdlib(conn: Connection, transfer: Transfer, repeat: int) -> None:
             peer, _ = server.accept()
             with peer:
                 _kernel_timeout(peer, transfer.timeout)
+                accepted()
                 held: list[int] = []
                 try:
                     while len(held) < transfer.count:
@@ -416,16 +449,20 @@ def _receive_stdlib(conn: Connection, transfer: Transfer, repeat: int) -> None:
             conn.send(Received(len(held), end_ns))
 
 
-async def _receive_state(conn: Connection, transfer: Transfer, repeat: int) -> None:
-    import fdchannel
+async def _receive_state(
+    conn: Connection, transfer: Transfer, repeat: int, accepted: Hook = nothing
+) -> None:
+    # The names a program imports at its top: no lazy export in the timed path.
+    from fdchannel import listen, receive_state
     from fdchannel.address import UnixAddress
 
-    async with await fdchannel.listen(UnixAddress(transfer.path)) as listener:
+    async with await listen(UnixAddress(transfer.path)) as listener:
         conn.send(Ready())
         for _ in range(repeat):
             with anyio.fail_after(transfer.timeout):
                 async with await listener.accept() as stream:
-                    with await fdchannel.receive_state(stream) as state:
+                    accepted()
+                    with await receive_state(stream) as state:
                         end_ns = time.monotonic_ns()
                         held = len(state.fds)
             conn.send(Received(held, end_ns))
@@ -434,10 +471,11 @@ async def _receive_state(conn: Connection, transfer: Transfer, repeat: int) -> N
 # --- the sending parent --------------------------------------------------------------------
 
 
-def _send_stdlib(transfer: Transfer, memfds: list[int]) -> int:
+def _send_stdlib(transfer: Transfer, memfds: list[int], connected: Hook = nothing) -> int:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         _kernel_timeout(sock, transfer.timeout)
         sock.connect(transfer.path)
+        connected()
         start_ns = time.monotonic_ns()
         for i in range(0, len(memfds), PER_MESSAGE):
             socket.send_fds(sock, [b"x"], memfds[i : i + PER_MESSAGE])
@@ -445,13 +483,17 @@ def _send_stdlib(transfer: Transfer, memfds: list[int]) -> int:
     return start_ns
 
 
-async def _send_state(codec: Codec, transfer: Transfer, memfds: list[int]) -> int:
-    import fdchannel
+async def _send_state(
+    codec: Codec, transfer: Transfer, memfds: list[int], connected: Hook = nothing
+) -> int:
+    # The names a program imports at its top: no lazy export in the timed path.
+    from fdchannel import FdState, NamedFd, connect, send_state
     from fdchannel.address import UnixAddress
 
-    state = fdchannel.FdState([fdchannel.NamedFd("fd", i, fd) for i, fd in enumerate(memfds)])
+    state = FdState([NamedFd("fd", i, fd) for i, fd in enumerate(memfds)])
     with anyio.fail_after(transfer.timeout):
-        async with await fdchannel.connect(UnixAddress(transfer.path)) as stream:
+        async with await connect(UnixAddress(transfer.path)) as stream:
+            connected()
             start_ns = time.monotonic_ns()
-            await fdchannel.send_state(stream, state, codec=codec)
+            await send_state(stream, state, codec=codec)
     return start_ns

@@ -19,11 +19,15 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("speed_ratio", [False, True])
 @pytest.mark.parametrize(("samples", "paired", "expected"), CASES)
-def test_ratio(samples: tuple[float, ...], paired: bool, expected: float) -> None:
-    figure = Figure("f", "t", ("name",), "u", "vs base", paired=paired)
+def test_ratio(
+    samples: tuple[float, ...], paired: bool, expected: float, speed_ratio: bool
+) -> None:
+    figure = Figure("f", "t", ("name",), "u", "vs base", paired=paired, speed_ratio=speed_ratio)
     figure.rows = [Row(("base",), BASE, baseline=True), Row(("row",), samples)]
-    assert figure.ratio(figure.rows[1]) == pytest.approx(expected)
+    # A speed ratio (samples are times) is each quotient the other way up.
+    assert figure.ratio(figure.rows[1]) == pytest.approx(1 / expected if speed_ratio else expected)
     assert figure.ratio(figure.rows[0]) == pytest.approx(1.0)
 
 
