@@ -328,27 +328,38 @@ def test_exchange_with_a_hostile_peer(
     backend: tuple[str, dict[str, Any]], chunks: list[bytes], ending: str, codec: Codec
 ) -> None:
     async def exchange() -> None:
-        ours, theirs = socket.socketpair()
-        stream = fdchannel.transports._socket.UnixSocketStream(ours, None)
-        memfd = os.memfd_create("ram0", os.MFD_CLOEXEC)
-        try:
-            for chunk in chunks:
-                theirs.sendall(chunk)
-            _end(theirs, ending)
+        with _hung_up_peer(chunks, ending) as (ours, state):
+            stream = fdchannel.transports._socket.UnixSocketStream(ours, None)
             try:
-                (await fdchannel.receive_state(stream)).close()
-            except Exception as exc:
-                _only_ours(exc)
-            try:
-                await fdchannel.send_state(stream, FdState([NamedFd("ram0", 0, memfd)]), codec)
-            except Exception as exc:
-                _only_ours(exc)
-        finally:
-            await stream.aclose()
-            theirs.close()
-            os.close(memfd)
+                try:
+                    (await fdchannel.receive_state(stream)).close()
+                except Exception as exc:
+                    _only_ours(exc)
+                try:
+                    await fdchannel.send_state(stream, state, codec)
+                except Exception as exc:
+                    _only_ours(exc)
+            finally:
+                await stream.aclose()
 
     _run(backend, exchange)
+
+
+@contextmanager
+def _hung_up_peer(chunks: list[bytes], ending: str) -> Iterator[tuple[socket.socket, FdState]]:
+    """Our end of a socketpair whose peer sent ``chunks`` and ended so, and a
+    state of one memfd to send back."""
+    ours, theirs = socket.socketpair()
+    memfd = os.memfd_create("ram0", os.MFD_CLOEXEC)
+    try:
+        for chunk in chunks:
+            theirs.sendall(chunk)
+        _end(theirs, ending)
+        yield ours, FdState([NamedFd("ram0", 0, memfd)])
+    finally:
+        ours.close()
+        theirs.close()
+        os.close(memfd)
 
 
 def _end(sock: socket.socket, how: str) -> None:
@@ -544,23 +555,13 @@ def test_blocking_exchange_with_a_hostile_peer(
 ) -> None:
     """Whatever the peer sent, it has hung up: every call returns at once, so any
     timeout the caller passes must be taken, not only the ones poll() can."""
-    ours, theirs = socket.socketpair()
-    stream = blocking.Stream(ours, None)
-    memfd = os.memfd_create("ram0", os.MFD_CLOEXEC)
-    try:
-        for chunk in chunks:
-            theirs.sendall(chunk)
-        _end(theirs, ending)
+    with _hung_up_peer(chunks, ending) as (ours, state), blocking.Stream(ours, None) as stream:
         try:
             blocking.receive_state(stream, timeout=timeout).close()
         except Exception as exc:
             _only_ours(exc)
-        _call(lambda: blocking.send_state(stream, FdState([NamedFd("ram0", 0, memfd)]), codec))
+        _call(lambda: blocking.send_state(stream, state, codec))
         _call(lambda: stream.receive(timeout=timeout))
-    finally:
-        stream.close()
-        theirs.close()
-        os.close(memfd)
 
 
 @_settings(40)
