@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 
+from .. import transitions
 from ..errors import HandoffError
 
 __all__ = [
@@ -123,26 +124,13 @@ INCOMING: Table = _with_failures(
 )
 
 
-class Machine:
+class Machine(transitions.Machine[State, Event]):
     """One handoff's current state, moved only through its table."""
 
+    error = HandoffError
+
     def __init__(self, table: Table, side: str) -> None:
-        self._table = table
-        self.side = side
-        self.state = S.IDLE
-        #: Every state passed through, for diagnostics.
-        self.history: list[State] = [S.IDLE]
+        super().__init__(table, side, S.IDLE)
 
-    def allows(self, event: Event) -> bool:
-        return (self.state, event) in self._table
-
-    def fire(self, event: Event) -> State:
-        """Apply ``event``; HandoffError if the current state does not allow it."""
-        try:
-            self.state = self._table[(self.state, event)]
-        except KeyError:
-            raise HandoffError(
-                f"{self.side} handoff: cannot {event.value} while {self.state.value}"
-            ) from None
-        self.history.append(self.state)
-        return self.state
+    def refusal(self, event: Event) -> str:
+        return f"{self.side} handoff: cannot {event.value} while {self.state.value}"

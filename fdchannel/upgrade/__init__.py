@@ -2,6 +2,11 @@
 
 ``Upgrader`` is used by the server; ``request_upgrade`` (and ``fdchannel
 upgrade``) asks a running one to upgrade.  See docs/upgrade.md.
+
+Inside, by job: a generation's lifecycle (``upgrader``), the handshake between
+two generations (``handshake``: its state table, no I/O; ``sides``: each
+end's I/O), the line format of every link that carries words (``lines``),
+the control socket's server (``control_server``) and client (``control``).
 """
 
 from __future__ import annotations

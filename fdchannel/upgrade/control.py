@@ -1,11 +1,12 @@
 """Asking a running server for an upgrade: through its control socket, or with a
 signal and its pidfile.  Blocking (the command line has no event loop).
 
-The control socket speaks JSON lines: the client sends ``upgrade``, the
-server answers with one object once the upgrade is over: ``{"ok": true,
-"pid": ..., "warnings": [...]}``, or ``{"ok": false, "error": ..., "busy":
-true?}``.  Anyone may have bound the path: the answer is believed only from
-a server of our own uid or root (SO_PEERCRED), and read up to 64 KiB.
+The control socket speaks JSON lines (``lines.py``; the server's end is
+``control_server.py``): the client sends ``upgrade``, the server answers
+with one object once the upgrade is over: ``{"ok": true, "pid": ...,
+"warnings": [...]}``, or ``{"ok": false, "error": ..., "busy": true?}``.
+Anyone may have bound the path: the answer is believed only from a server
+of our own uid or root (SO_PEERCRED), and read up to 64 KiB.
 
 A pidfile's process is signalled only once verified to be the one the
 pidfile names (``pidfile.open_named``), through a pidfd; the outcome of
@@ -14,7 +15,6 @@ this very request is then read from the status file beside the pidfile.
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -26,10 +26,12 @@ from typing import Any
 
 from ..credentials import peer_credentials, same_user_or_root
 from ..errors import UpgradeBusy, UpgradeError, UpgradeFailed
-from . import pidfile as pidfiles
+from . import lines, pidfile as pidfiles
 
-__all__ = ["request_upgrade"]
+__all__ = ["REQUEST", "request_upgrade"]
 
+#: The one request a control socket understands.
+REQUEST = "upgrade"
 #: The most read of a control socket's answer (one JSON line of a few hundred bytes).
 _ANSWER_BYTES = 1 << 16
 #: How often the pidfile's status is read while waiting (a file has nothing to wait on).
@@ -64,32 +66,31 @@ def request_upgrade(
 
 def _ask_socket(path: Path, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
+    reader = lines.LineReader(_ANSWER_BYTES)
+    line: bytes | None = None
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect(os.fspath(path))
             _check_server(sock, path)
-            sock.sendall(b"upgrade\n")
-            data = b""
-            while b"\n" not in data:
+            sock.sendall(lines.encode(REQUEST))
+            while line is None:
                 sock.settimeout(max(0.001, deadline - time.monotonic()))
-                chunk = sock.recv(_ANSWER_BYTES + 1 - len(data))
+                chunk = sock.recv(reader.room())
                 if not chunk:
                     break
-                data += chunk
-                if len(data) > _ANSWER_BYTES:
-                    raise UpgradeError(
-                        f"{path} answered a line longer than {_ANSWER_BYTES} bytes: not an upgrader"
-                    )
+                line = reader.feed(chunk)
+        except lines.LineTooLong:
+            raise UpgradeError(
+                f"{path} answered a line longer than {_ANSWER_BYTES} bytes: not an upgrader"
+            ) from None
         except TimeoutError:
             raise UpgradeError(f"{path} did not answer within {timeout} s") from None
         except OSError as exc:
             raise UpgradeError(f"cannot ask {path}: {exc.strerror or exc}") from exc
-    try:
-        reply = json.loads(data)
-    except ValueError:
-        reply = None
-    if not isinstance(reply, dict):
+    data = reader.pending if line is None else line  # a last line without its newline
+    reply = lines.decode(data)
+    if reply is None:
         raise UpgradeError(f"{path} hung up without an answer" if not data else f"{path}: {data!r}")
     return reply
 

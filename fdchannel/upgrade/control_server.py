@@ -1,0 +1,107 @@
+"""The control socket's server end: ``upgrade`` in, the outcome out, one JSON line each.
+
+Each client is answered in a scope of its own: whatever goes wrong with one
+(silence, a half or huge line, leaving, an error of ours) is logged,
+answered if the client is still there, and stays there.  The client end is
+``control.py``; both frame with ``lines.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from ..errors import UpgradeBusy, UpgradeError
+from ..transports import Listener, Stream
+from . import lines
+from .control import REQUEST
+from .reasons import reason
+
+__all__ = ["REQUEST", "ControlServer"]
+
+log = logging.getLogger("fdchannel.upgrade")
+
+#: The longest control request taken (it is one word).
+REQUEST_BYTES = 4096
+
+
+class ControlServer:
+    """Answers ``upgrade`` requests with what ``upgrade`` returns or raises."""
+
+    def __init__(
+        self, upgrade: Callable[[], Awaitable[dict[str, Any]]], generation: Callable[[], int]
+    ) -> None:
+        self._upgrade = upgrade
+        self._generation = generation
+        #: A client has this long to send its request (and to take the answer).
+        self.timeout = 10.0
+        #: Clients answered at once; one more is refused.
+        self.clients = 8
+        self._replies = 0
+        self._quiet: anyio.Event | None = None
+
+    async def serve(self, listener: Listener) -> None:
+        async with listener:
+            await listener.serve(self._answer)
+
+    async def quiesce(self, timeout: float) -> None:
+        """Let the replies in flight go out (up to ``timeout``)."""
+        if self._replies:
+            self._quiet = anyio.Event()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+                await self._quiet.wait()
+
+    async def _answer(self, stream: Stream) -> None:
+        self._replies += 1
+        try:
+            if self._replies > self.clients:
+                reply: dict[str, Any] | None = _refusal(
+                    f"too many control clients: at most {self.clients} at once"
+                )
+            else:
+                reply = await self._reply(stream)
+            if reply is not None:
+                with anyio.move_on_after(self.timeout):
+                    await stream.send(lines.encode(reply))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            log.warning("control socket: the client left before its answer: %s", reason(exc))
+        except Exception:
+            log.exception("control socket: answering a request went wrong")
+        finally:
+            self._replies -= 1
+            if not self._replies and self._quiet is not None:
+                self._quiet.set()
+
+    async def _reply(self, stream: Stream) -> dict[str, Any] | None:
+        """The answer to the request on ``stream``; None when the client left."""
+        request: bytes | None = None
+        with anyio.move_on_after(self.timeout):
+            try:
+                request = await lines.receive_line(stream, REQUEST_BYTES)
+            except lines.LineTooLong:
+                return _refusal(f"a request is one line, not longer than {REQUEST_BYTES} bytes")
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                log.warning("control socket: a client left without a request")
+                return None
+        if request is None:
+            return _refusal(f"no request within {self.timeout} s")
+        if request.strip() != REQUEST.encode():
+            return _refusal(f"unknown request; send '{REQUEST}'")
+        try:
+            return await self._upgrade()
+        except UpgradeBusy as exc:
+            return {"ok": False, "busy": True, "error": str(exc)}
+        except UpgradeError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # ours: logged, answered, and the server serves on
+            log.exception("generation %d: the upgrade went wrong", self._generation())
+            return {"ok": False, "error": f"the upgrade went wrong: {reason(exc)}"}
+
+
+def _refusal(error: str) -> dict[str, Any]:
+    """A reply saying no, and why (logged: the client may be up to no good)."""
+    log.warning("control socket: %s", error)
+    return {"ok": False, "error": error}
