@@ -7,23 +7,57 @@ Inside, by job: a generation's lifecycle (``upgrader``), the handshake between
 two generations (``handshake``: its state table, no I/O; ``sides``: each
 end's I/O), the line format of every link that carries words (``lines``),
 the control socket's server (``control_server``) and client (``control``).
+The names below are imported on first use, so that asking for an upgrade
+(``request_upgrade``, ``fdchannel upgrade``) loads no event loop.
 """
 
 from __future__ import annotations
 
-from ..errors import UpgradeBusy, UpgradeError, UpgradeFailed
-from .control import request_upgrade
-from .upgrader import CONTROL, NEW_STEPS, OLD_STEPS, Upgrader, UpgradeResult, default_command
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "CONTROL",
-    "NEW_STEPS",
-    "OLD_STEPS",
-    "UpgradeBusy",
-    "UpgradeError",
-    "UpgradeFailed",
-    "UpgradeResult",
-    "Upgrader",
-    "default_command",
-    "request_upgrade",
-]
+if TYPE_CHECKING:
+    from ..errors import (
+        UpgradeBusy as UpgradeBusy,
+        UpgradeError as UpgradeError,
+        UpgradeFailed as UpgradeFailed,
+    )
+    from .control import request_upgrade as request_upgrade
+    from .upgrader import (
+        CONTROL as CONTROL,
+        NEW_STEPS as NEW_STEPS,
+        OLD_STEPS as OLD_STEPS,
+        Upgrader as Upgrader,
+        UpgradeResult as UpgradeResult,
+        default_command as default_command,
+    )
+
+#: Each public name and the module it lives in, imported on first use (PEP 562):
+#: asking for an upgrade (``fdchannel upgrade``) loads no event loop.
+_WHERE = {
+    "CONTROL": ".upgrader",
+    "NEW_STEPS": ".upgrader",
+    "OLD_STEPS": ".upgrader",
+    "UpgradeBusy": "..errors",
+    "UpgradeError": "..errors",
+    "UpgradeFailed": "..errors",
+    "UpgradeResult": ".upgrader",
+    "Upgrader": ".upgrader",
+    "default_command": ".upgrader",
+    "request_upgrade": ".control",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -8,6 +8,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -285,3 +287,15 @@ async def test_listening_on_a_descriptor_that_is_no_listener_is_an_upgrade_error
     finally:
         os.close(read)
         os.close(write)
+
+
+def test_asking_for_an_upgrade_loads_no_event_loop() -> None:
+    """``fdchannel upgrade`` has no event loop: it does not pay for importing one."""
+    code = (
+        "import sys; from fdchannel.upgrade import request_upgrade; import fdchannel.cli.upgrade; "
+        "print(sorted(m for m in ('anyio', 'trio', 'sniffio') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert done.stdout.strip() == "[]"
