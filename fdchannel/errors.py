@@ -54,7 +54,8 @@ class TransportError(FdChannelError):
 
 
 class TransportTimeout(TransportError, TimeoutError):
-    """A blocking wait on a stream or listener passed its deadline (fdchannel.blocking)."""
+    """A wait on a stream or listener passed its deadline: any blocking call, or an
+    async ``send_state``/``receive_state`` given a ``timeout``."""
 
 
 class ConnectError(TransportError):

@@ -1,4 +1,8 @@
-"""send_state and receive_state: the codecs driven over a stream.
+"""send_state and receive_state: the transfer drivers looped over an async stream.
+
+What to send and read, and every rule of the exchange, is
+``fdchannel.transfer_driver``'s (the blocking layer loops over the same
+drivers); this module only does the I/O they ask for.
 
 The codec choice and its checks (``Codec``, ``check_qemu_target``) live in
 ``fdchannel.codec_choice`` and the room made for incoming descriptors
@@ -9,16 +13,17 @@ them too; they can still be imported from here.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import anyio
 
+from . import transfer_driver as driver
 from .capabilities import Capability
 from .codec_choice import Codec as Codec, check_qemu_target as check_qemu_target
-from .codecs import Decoder, native
-from .codecs.encoder import Encoder, Phase
-from .errors import CapabilityError, ConnectionLostError, FdPassingError, HandoffError
-from .fds import SCM_MAX_FD, ensure_fd_room as ensure_fd_room
+from .codecs.encoder import Encoder
+from .deadlines import seconds, timeout_text
+from .errors import CapabilityError, ConnectionLostError, TransportTimeout
+from .fds import ensure_fd_room as ensure_fd_room
 from .state import DEFAULT_LIMITS, FdState, Limits
 from .transports import Stream, UnixSocketStream
 
@@ -31,7 +36,8 @@ __all__ = [
     "send_with",
 ]
 
-_READ = 65536
+#: A connection that can tell us nothing more.
+_GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
 @contextmanager
@@ -54,6 +60,7 @@ async def send_state(
     window: int | None = None,
     eof: bool = True,
     qemu_target: str | None = None,
+    timeout: float | None = None,
 ) -> None:
     """Send ``state`` on ``stream`` and, unless ``eof`` is False, half-close it.
 
@@ -61,11 +68,30 @@ async def send_state(
     e.g. "10.0" or "11.1" (see ``qemu.subsections_for``); None sends the
     state's own subsections, i.e. what the QEMU it came from sent.  The
     sender keeps its descriptors: the kernel passes copies.  A peer that
-    hangs up first is a ConnectionLostError.
+    hangs up first is a ConnectionLostError.  ``timeout`` bounds the whole
+    state, the native codec's acknowledgements included (TransportTimeout).
     """
     check_qemu_target(codec, qemu_target)
     encoder = Encoder(state, codec, window=window, qemu_target=qemu_target)
-    await send_with(stream, encoder, eof=eof)
+    with _within(stream, timeout, "sending the state"):
+        await send_with(stream, encoder, eof=eof)
+
+
+@contextmanager
+def _within(stream: Stream, timeout: float | None, doing: str) -> Iterator[None]:
+    """Bound what runs inside by ``timeout``: a TransportTimeout, as a blocking
+    stream's deadline raises it.  None: no deadline, and no cancel scope."""
+    if timeout is None:
+        yield
+        return
+    try:
+        with anyio.fail_after(seconds(timeout)):
+            yield
+    except TimeoutError as exc:
+        raise TransportTimeout(
+            f"{stream._describe()}: {doing} did not finish within {timeout_text(timeout)}",
+            stream.address,
+        ) from exc
 
 
 async def send_with(stream: Stream, encoder: Encoder, *, eof: bool = True) -> None:
@@ -73,25 +99,15 @@ async def send_with(stream: Stream, encoder: Encoder, *, eof: bool = True) -> No
     then half-close unless ``eof`` is False; ``await_verdict`` follows."""
     if len(encoder.state) and Capability.FD_PASSING not in stream.capabilities:
         raise CapabilityError(f"{stream._describe()} cannot pass the state's descriptors")
+    sending = driver.Sending(encoder, eof=eof)
     with _peer_loss_typed(stream, "we sent the state"):
         try:
-            while True:
-                # Every message up to the next acknowledgement due, in one call
-                # (the stream's fast path).
-                await stream.send_fds_many(encoder.data_to_send())
-                if encoder.phase is not Phase.AWAITING_ACK:
-                    break
-                while encoder.phase is Phase.AWAITING_ACK:
-                    encoder.receive_data(await stream.receive(_READ))
+            await _drive(stream, sending)
         except anyio.BrokenResourceError:
-            # A receiver that rejects says why, then closes while we may still be
-            # sending: its STATUS is waiting in our receive queue.
-            reason = await _rejection(stream, encoder)
-            if reason is not None:
-                raise HandoffError(f"the receiver rejected the state: {reason}") from None
+            sending.broken()
+            with anyio.move_on_after(driver.REJECTION_GRACE), suppress(*_GONE):
+                await _drive(stream, sending)  # a HandoffError if it said why
             raise
-        if eof:
-            await stream.send_eof()
 
 
 async def await_verdict(stream: Stream, encoder: Encoder) -> str:
@@ -103,91 +119,82 @@ async def await_verdict(stream: Stream, encoder: Encoder) -> str:
     before acknowledging are told apart from the ack.
     """
     with _peer_loss_typed(stream, "we waited for the acknowledgement"):
-        if encoder.codec == "qemu":
-            await stream.wait_peer_closed()
-            encoder.receive_eof()
-            return "closed"
-        while True:
+        return await _drive(stream, driver.Sending(encoder, eof=False))
+
+
+async def _drive(stream: Stream, sending: driver.Sending) -> str:
+    """Do what ``sending`` asks until the state is sent (returns "") or the
+    verdict came (returns it)."""
+    while True:
+        action = sending.next_action()
+        if isinstance(action, driver.SendMessages):
+            await stream.send_fds_many(action.messages)
+        elif isinstance(action, driver.Receive):
             try:
-                data = await stream.receive(_READ)
+                data = await stream.receive(action.max_bytes)
             except anyio.EndOfStream:
-                encoder.receive_eof()
-                return "accepted"
-            encoder.receive_data(data)
-            if encoder.status_accepted:
-                # Anything after the status is the peer's business: the close
-                # is what we wait for (wait_peer_closed keeps stray bytes).
-                await stream.wait_peer_closed()
-                encoder.receive_eof()
-                return "accepted"
+                data = b""
+            sending.receive_data(data)
+        elif isinstance(action, driver.HalfClose):
+            await stream.send_eof()
+        elif isinstance(action, driver.WaitPeerClosed):
+            await stream.wait_peer_closed()
+            sending.peer_closed()
+        elif isinstance(action, driver.Verdict):
+            return action.kind
+        else:
+            return ""
 
 
-async def _rejection(stream: Stream, encoder: Encoder) -> str | None:
-    """The reason of a rejecting STATUS already received, if there is one."""
-    with anyio.move_on_after(1):
-        try:
-            while True:
-                reason = encoder.rejection(await stream.receive(_READ))
-                if reason is not None:
-                    return reason
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return None
-    return None
-
-
-async def _make_room(stream: Stream, count: int) -> None:
-    """ensure_fd_room, telling a native sender why we refuse."""
-    try:
-        ensure_fd_room(count)
-    except FdPassingError as exc:
-        await stream.send(native.status_frame(False, str(exc)))
-        raise
-
-
-async def receive_state(stream: Stream, *, limits: Limits = DEFAULT_LIMITS) -> FdState:
+async def receive_state(
+    stream: Stream, *, limits: Limits = DEFAULT_LIMITS, timeout: float | None = None
+) -> FdState:
     """Read a state to EOF; the codec is detected from its magic (``state.codec``).
 
     The returned state owns its descriptors.  On any error every descriptor
-    received so far is closed.
+    received so far is closed.  ``timeout`` bounds the whole state
+    (TransportTimeout).
     """
-    state, _ = await receive_state_and_codec(stream, limits=limits)
+    state, _ = await receive_state_and_codec(stream, limits=limits, timeout=timeout)
     return state
 
 
 async def receive_state_and_codec(
-    stream: Stream, *, limits: Limits = DEFAULT_LIMITS
+    stream: Stream, *, limits: Limits = DEFAULT_LIMITS, timeout: float | None = None
 ) -> tuple[FdState, Codec]:
     """``receive_state``, also telling which codec the sender used."""
-    with _peer_loss_typed(stream, "we received the state"):
+    with (
+        _within(stream, timeout, "receiving the state"),
+        _peer_loss_typed(stream, "we received the state"),
+    ):
         return await _receive_state(stream, limits)
 
 
 async def _receive_state(stream: Stream, limits: Limits) -> tuple[FdState, Codec]:
+    unix = isinstance(stream, UnixSocketStream)
     fd_passing = Capability.FD_PASSING in stream.capabilities
-    decoder = Decoder(limits)
-    if isinstance(stream, UnixSocketStream):
-        # Make room before the first read that could install descriptors.
-        count = native.announced_count(await stream.peek(native.HEADER_SIZE))
-        if count is not None:
-            await _make_room(stream, min(count, limits.max_entries))
+    receiving = driver.Receiving(limits, peek=unix)
     try:
         while True:
-            try:
-                if isinstance(stream, UnixSocketStream):
-                    data, fds = await stream.receive_fds_many(_READ, SCM_MAX_FD)
-                elif fd_passing:
-                    data, fds = await stream.receive_fds(_READ, SCM_MAX_FD)
-                else:
-                    data, fds = await stream.receive(_READ), []
-            except anyio.EndOfStream:
-                break
-            decoder.feed(data, fds)
-            for frame in decoder.take_outgoing():
-                await stream.send(frame)
-            if decoder.done and stream.at_eof:
-                break  # the EOF came with the last read: no trip back for it
-        state = decoder.finish()
-        return state, "native" if state.codec == "native" else "qemu"
+            action = receiving.next_action()
+            if isinstance(action, driver.Receive):
+                try:
+                    if isinstance(stream, UnixSocketStream):
+                        data, fds = await stream.receive_fds_many(action.max_bytes, action.max_fds)
+                    elif fd_passing:
+                        data, fds = await stream.receive_fds(action.max_bytes, action.max_fds)
+                    else:
+                        data, fds = await stream.receive(action.max_bytes), []
+                except anyio.EndOfStream:
+                    data, fds = b"", []
+                receiving.receive_data(data, fds, at_eof=stream.at_eof)
+            elif isinstance(action, driver.Reply):
+                await stream.send(action.frame)
+            elif isinstance(action, driver.Peek):
+                assert isinstance(stream, UnixSocketStream)
+                receiving.peeked(await stream.peek(action.size))
+            else:
+                return action.state, action.codec
     except BaseException:
-        decoder.close()
+        receiving.close()
         raise

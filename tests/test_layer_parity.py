@@ -181,6 +181,62 @@ async def test_the_same_handoff_in_every_pairing(
     assert got == Received(codec, COUNT, (VerdictGiven, VerdictGiven), END_STATE[verdict])
 
 
+#: Each layer's module-level calls.
+MODULES: dict[str, Any] = {"async": fdchannel, "blocking": blocking}
+
+
+async def run(layer: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Await an async call; run a blocking one in a worker thread (bounded by its timeout)."""
+    if layer == "async":
+        return await call(*args, **kwargs)
+    return await anyio.to_thread.run_sync(functools.partial(call, *args, **kwargs))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("codec", "verdict"), list(SENDER_SEES))
+@pytest.mark.parametrize("receiver", LAYERS)
+@pytest.mark.parametrize("sender", LAYERS)
+async def test_the_same_cpr_exchange_in_every_pairing(
+    sockdir: Path, sender: str, receiver: str, codec: Codec, verdict: str
+) -> None:
+    """send_cpr and receive_cpr, each layer's own, and ReceivedCpr's accept or reject:
+    the same Ack or error, the same state, the same outcome and a second answer refused."""
+    address = f"unix:{sockdir / 'cpr'}"
+    sent: list[Acked | type[BaseException]] = []
+
+    async def send() -> None:
+        with state_of(COUNT, codec) as state:
+            try:
+                ack = await run(
+                    sender, MODULES[sender].send_cpr, address, state, codec=codec, timeout=LONG
+                )
+            except FdChannelError as exc:
+                check_state(state, COUNT, codec)  # the rollback: every descriptor still ours
+                sent.append(type(exc))
+            else:
+                sent.append(Acked(ack.codec, ack.descriptors, ack.kind))
+
+    with anyio.fail_after(LONG * 2):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)  # it retries until the receiver listens
+            received = await run(receiver, MODULES[receiver].receive_cpr, address, timeout=LONG)
+            with received.state:
+                check_state(received.state, COUNT, codec)
+                count = len(received.state)
+            if verdict == "accept":
+                outcome = await run(receiver, received.accept)
+            else:
+                outcome = await run(receiver, received.reject, REJECTION)
+            again = await _raised(run(receiver, received.reject, "again"))
+    assert sent == [SENDER_SEES[codec, verdict]]
+    assert (received.codec, count, outcome, again) == (
+        codec,
+        COUNT,
+        "closed the connection",
+        VerdictGiven,
+    )
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("side", ["sender", "receiver"])
 @pytest.mark.parametrize("layer", LAYERS)
@@ -305,10 +361,6 @@ def layer_differences() -> set[str]:
     return found
 
 
-#: The handoff calls issue 20 makes the same in both layers ("the blocking layer has
-#: every public call the async one has for the handoff, with the same names,
-#: parameters and results").
-ISSUE_20 = "issue 20, scope 2: the same handoff calls in both layers"
 #: fdchannel.blocking's rule: "only waiting differs".  A blocking call that may wait
 #: takes ``timeout``; an async one waits under the caller's cancel scope.
 WAITS = "by design: a blocking wait takes timeout, an async one the caller's cancel scope"
@@ -321,15 +373,6 @@ SOCKETS = "by design: a blocking stream is a socket"
 #: The test fails on a difference not listed here, and on a listed one that is gone:
 #: remove it from the table when issue 20 (or anyone) closes it.
 KNOWN: dict[str, str] = {
-    # The handoff: gaps issue 20 closes.
-    "Incoming.listen_main: parameter 'timeout' only in blocking": ISSUE_20,
-    "Incoming.reject: parameter 'timeout' only in blocking": ISSUE_20,
-    "ReceivedCpr: only in async": ISSUE_20,
-    "receive_cpr: only in async": ISSUE_20,
-    "send_cpr: only in async": ISSUE_20,
-    "send_state: parameter 'timeout' only in blocking": ISSUE_20,
-    "receive_state: parameter 'timeout' only in blocking": ISSUE_20,
-    "receive_state_and_codec: parameter 'timeout' only in blocking": ISSUE_20,
     # Transports: how each layer waits.
     "connect: parameter 'timeout' only in blocking": WAITS,
     "Listener.accept: parameter 'timeout' only in blocking": WAITS,

@@ -86,6 +86,7 @@ LOOP_FREE = [
     "fdchannel.handoff.machine",
     "fdchannel.handoff.sides",
     "fdchannel.handoff.ack",
+    "fdchannel.handoff.received",
     "fdchannel.codec_choice",
     "fdchannel.deadlines",
     "fdchannel.retry",
@@ -93,6 +94,7 @@ LOOP_FREE = [
     "fdchannel.tcp_sockets",
     "fdchannel.fd_names",
     "fdchannel.state",
+    "fdchannel.transfer_driver",
 ]
 
 

@@ -1,9 +1,11 @@
 """fdchannel without an event loop: the same protocol for synchronous tools and prefork servers.
 
-``connect``, ``listen``, ``send_state``, ``receive_state``, ``Outgoing`` and
-``Incoming`` behave as their async namesakes in ``fdchannel``, on the wire
-and in their errors (the ``fdchannel.errors`` tree only), and are driven by
-the same sans-I/O codecs and state machine; only waiting differs: every
+``connect``, ``listen``, ``send_state``, ``receive_state``, ``send_cpr``,
+``receive_cpr``, ``Outgoing`` and ``Incoming`` behave as their async
+namesakes in ``fdchannel``, with the same parameters and results, on the
+wire and in their errors (the ``fdchannel.errors`` tree only), and are
+driven by the same sans-I/O drivers, codecs and state machine; only waiting
+differs: every
 call that may wait takes ``timeout`` (seconds) and waits with ``poll(2)``.
 A wait that passes its deadline raises ``TransportTimeout`` (a
 ``TransportError`` and a ``TimeoutError``), or ``HandoffTimeout`` inside a
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from ..handoff.ack import Ack
 from ..handoff.machine import State
+from ._cpr import ReceivedCpr, receive_cpr, send_cpr
 from ._deadline import TransportTimeout
 from ._incoming import Incoming
 from ._listener import Listener
@@ -36,12 +39,15 @@ __all__ = [
     "Incoming",
     "Listener",
     "Outgoing",
+    "ReceivedCpr",
     "State",
     "Stream",
     "TransportTimeout",
     "connect",
     "listen",
+    "receive_cpr",
     "receive_state",
     "receive_state_and_codec",
+    "send_cpr",
     "send_state",
 ]

@@ -13,15 +13,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..channel import Channel
-from ..deadlines import timeout_text
 from ..errors import (
     ConnectError,
-    FdChannelError,
-    HandoffError,
-    HandoffTimeout,
     PeerCredentialsError,
 )
-from ..handoff.machine import Event, Machine
+from ..handoff.machine import Machine
+from ..handoff.sides import fail_step
 from ..retry import delays, not_yet
 from ._deadline import Deadline, TransportTimeout
 from ._listener import Listener
@@ -38,33 +35,24 @@ def step(machine: Machine, what: str, timeout: float | None) -> Iterator[Deadlin
     """Run one handoff step under a deadline; failures become HandoffError.
 
     The machine moves to FAILED on any error, ABORTED on an interruption
-    (KeyboardInterrupt, SystemExit).
+    (KeyboardInterrupt, SystemExit): ``sides.fail_step``, the async rule too.
     """
     deadline = Deadline(timeout)
     try:
         yield deadline
-    except TransportTimeout as exc:
-        machine.fire(Event.FAIL)
-        raise HandoffTimeout(
-            f"{machine.side} handoff: {what} did not finish within {timeout_text(timeout)} ({exc})"
-        ) from exc
-    except HandoffError:
-        machine.fire(Event.FAIL)
-        raise
-    except (FdChannelError, OSError) as exc:
-        machine.fire(Event.FAIL)
-        detail = str(exc) or type(exc).__name__
-        raise HandoffError(f"{machine.side} handoff: {what} failed: {detail}") from exc
-    except BaseException:
-        machine.fire(Event.ABORT)
-        raise
+    except BaseException as exc:
+        late = isinstance(exc, TransportTimeout)  # the step's deadline passed
+        fail_step(machine, exc, what, timeout, timed_out=late, lost=False)
 
 
-def connect_retrying(channel: Channel, deadline: Deadline) -> Stream:
+def connect_retrying(
+    channel: Channel, deadline: Deadline, attempts: list[str] | None = None
+) -> Stream:
     """Connect, retrying while the peer's socket is missing or refuses, until the deadline.
 
     QEMU does not retry; a new process that is still starting is normal for
     us, so we back off briefly (as the async side does) until the deadline.
+    Each failed attempt's reason is appended to ``attempts`` if given.
     """
     pauses = delays()
     while True:
@@ -74,6 +62,8 @@ def connect_retrying(channel: Channel, deadline: Deadline) -> Stream:
             cause = not_yet(exc)
             if cause is None:
                 raise
+            if attempts is not None:
+                attempts.append(cause.strerror or str(cause))
             left = deadline.left()
             if left == 0:
                 raise TransportTimeout(

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any
 
 from ..channel import Channel
-from ..codecs import native
 from ..codecs.main import MainReader
-from ..errors import ConnectionLostError, HandoffError
+from ..errors import HandoffError
 from ..handoff.machine import Event, State
 from ..handoff.sides import IncomingSide
 from ..state import FdState
 from ._closing import Closing
-from ._deadline import Deadline
+from ._cpr import ReceivedCpr, take_cpr
+from ._deadline import TransportTimeout
 from ._handoff import accept_admitted, log_refused, step
 from ._listener import Listener
 from ._open import check_listen_options, listen
 from ._stream import Stream
-from ._transfer import receive_state_and_codec
 
 __all__ = ["Incoming"]
 
@@ -35,7 +35,7 @@ class Incoming(IncomingSide, Closing):
     """
 
     _cpr_listener: Listener | None = None
-    _cpr_stream: Stream | None = None
+    _received: ReceivedCpr | None = None
     _main_listener: Listener | None = None
     _main_stream: Stream | None = None
 
@@ -62,14 +62,11 @@ class Incoming(IncomingSide, Closing):
         if listener is None:
             raise HandoffError(f"incoming handoff: cannot receive while {self.state.value}")
         with step(self._machine, "receiving the state on the cpr channel", timeout) as deadline:
-            self._cpr_stream = accept_admitted(listener, deadline, log_refused)
-            self._machine.fire(Event.PEER_ACCEPTED)
-            self._close_listener()
-            received, self.codec = receive_state_and_codec(
-                self._cpr_stream, limits=self.limits, timeout=deadline.left()
+            self._received = take_cpr(
+                listener, deadline, self.limits, log_refused, progress=self._progress
             )
-            self._machine.fire(Event.STATE_RECEIVED)
-        return received
+            self.codec = self._received.codec
+        return self._received.state
 
     def listen_main(self, timeout: float | None = 10) -> Listener:
         """Listen on the main channel, then close cpr: the acknowledgement.
@@ -79,7 +76,12 @@ class Incoming(IncomingSide, Closing):
         self._answer(Event.LISTEN_MAIN)
         with step(self._machine, "listening on the main channel", timeout) as deadline:
             self._main_listener = listen(self.main, **self._main_options)
-            self._send_status(deadline, accepted=True)
+            received, self._received = self._received, None
+            if (
+                received is not None
+                and received._give("accepted", "", deadline.left()) != "closed the connection"
+            ):
+                raise HandoffError("the old process hung up before the acknowledgement")
             self._close_cpr()
         return self._main_listener
 
@@ -115,21 +117,19 @@ class Incoming(IncomingSide, Closing):
         return data
 
     def reject(self, reason: str, timeout: float | None = 10) -> None:
-        """Refuse the received state: close cpr without listening on main."""
+        """Refuse the received state: close cpr without listening on main.
+
+        ``timeout`` bounds sending the reason (native codec): a sender already
+        gone, or not reading, needs none.
+        """
         self._answer(Event.REJECT)
+        received, self._received = self._received, None
         try:
-            self._send_status(Deadline(timeout), accepted=False, reason=reason)
+            if received is not None:
+                with suppress(TransportTimeout):
+                    received._give("rejected", reason, timeout)
         finally:
             self._close_cpr()
-
-    def _send_status(self, deadline: Deadline, accepted: bool, reason: str = "") -> None:
-        if self.codec == "native" and self._cpr_stream is not None:
-            try:
-                self._cpr_stream.send(native.status_frame(accepted, reason), deadline.left())
-            except ConnectionLostError:
-                if accepted:
-                    raise
-                # A rejected sender that already left needs no reason.
 
     def _close_listener(self) -> None:
         if self._cpr_listener is not None:
@@ -138,9 +138,9 @@ class Incoming(IncomingSide, Closing):
 
     def _close_cpr(self) -> None:
         self._close_listener()
-        if self._cpr_stream is not None:
-            stream, self._cpr_stream = self._cpr_stream, None
-            stream.close()
+        if self._received is not None:
+            received, self._received = self._received, None
+            received.close()
 
     def _close_main(self) -> None:
         if self._main_stream is not None:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import warnings
 
 from ..codecs import main as main_channel
-from ..codecs.encoder import Encoder
-from ..deadlines import now
 from ..handoff.ack import Ack
 from ..handoff.machine import Event, State
 from ..handoff.sides import OutgoingSide
 from ..state import FdState
 from ._closing import Closing
+from ._cpr import exchange_cpr
 from ._handoff import connect_retrying, step
 from ._stream import Stream
-from ._transfer import await_verdict, send_with
 
 __all__ = ["Outgoing"]
 
@@ -30,25 +28,15 @@ class Outgoing(OutgoingSide, Closing):
     timeout (HandoffTimeout); every other failure is a HandoffError.
     """
 
-    _cpr_stream: Stream | None = None
     _main_stream: Stream | None = None
 
     def send_cpr(self, state: FdState, timeout: float | None = 10) -> Ack:
         """Send ``state`` on the cpr channel and wait for the close-as-ack."""
         self._machine.fire(Event.START)
-        started = now()
-        try:
-            with step(self._machine, "sending the state on the cpr channel", timeout) as deadline:
-                self._cpr_stream = connect_retrying(self.cpr, deadline)
-                self._machine.fire(Event.CPR_CONNECTED)
-                encoder = Encoder(state, self.codec, qemu_target=self.qemu_target)
-                send_with(self._cpr_stream, encoder, timeout=deadline.left())
-                self._machine.fire(Event.STATE_SENT)
-                kind = await_verdict(self._cpr_stream, encoder, deadline.left())
-                self._machine.fire(Event.ACK)
-        finally:
-            self._close_cpr()
-        return Ack(self.codec, len(state), now() - started, kind)
+        with step(self._machine, "sending the state on the cpr channel", timeout) as deadline:
+            return exchange_cpr(
+                self.cpr, state, self.codec, self.qemu_target, deadline, self._progress
+            )
 
     def connect_main(self, timeout: float | None = 10) -> Stream:
         """Connect the main channel (after the ack) and return its stream."""
@@ -83,11 +71,6 @@ class Outgoing(OutgoingSide, Closing):
             self._main_stream = None
             stream.close()
 
-    def _close_cpr(self) -> None:
-        if self._cpr_stream is not None:
-            stream, self._cpr_stream = self._cpr_stream, None
-            stream.close()
-
     # The names before 0.2, kept for one release.
 
     def start(self, state: FdState, timeout: float | None = 10) -> Ack:
@@ -108,7 +91,6 @@ class Outgoing(OutgoingSide, Closing):
     def abort(self) -> None:
         """Give up at any step; safe to call more than once."""
         self._machine.fire(Event.ABORT)
-        self._close_cpr()
         if self._main_stream is not None:
             stream, self._main_stream = self._main_stream, None
             stream.close()

@@ -1,25 +1,20 @@
-"""send_state and receive_state without an event loop: the same sans-I/O codecs.
+"""send_state and receive_state without an event loop: the same transfer drivers.
 
-The ``Encoder`` (sending: messages, acknowledgements, the verdict) and the
-``Decoder`` (receiving) do all the format work; this module only moves
-their bytes and descriptors over a blocking stream, under one deadline
+``fdchannel.transfer_driver``'s ``Sending`` and ``Receiving`` (the async
+layer loops over them too) hold every rule of the exchange; this module
+only does the I/O they ask for over a blocking stream, under one deadline
 for the whole state.
 """
 
 from __future__ import annotations
 
+from contextlib import suppress
+
+from .. import transfer_driver as driver
 from ..capabilities import Capability
 from ..codec_choice import Codec, check_qemu_target
-from ..codecs import Decoder, native
-from ..codecs.encoder import Encoder, Phase
-from ..errors import (
-    CapabilityError,
-    ConnectionLostError,
-    FdPassingError,
-    HandoffError,
-    TransportError,
-)
-from ..fds import SCM_MAX_FD, ensure_fd_room
+from ..codecs.encoder import Encoder
+from ..errors import CapabilityError, ConnectionLostError, TransportError
 from ..state import DEFAULT_LIMITS, FdState, Limits
 from ._deadline import Deadline
 from ._stream import Stream
@@ -31,10 +26,6 @@ __all__ = [
     "send_state",
     "send_with",
 ]
-
-_READ = 65536
-#: How long a sender whose receiver hung up looks for the receiver's reason.
-_REJECTION_GRACE = 1.0
 
 
 def send_state(
@@ -65,32 +56,16 @@ def send_with(
     then half-close unless ``eof`` is False; ``await_verdict`` follows."""
     if len(encoder.state) and Capability.FD_PASSING not in stream.capabilities:
         raise CapabilityError(f"{stream._describe()} cannot pass the state's descriptors")
-    deadline = Deadline(timeout)
+    sending = driver.Sending(encoder, eof=eof)
     try:
-        while True:
-            # Every message up to the next acknowledgement due, in one call.
-            stream.send_fds_many(encoder.data_to_send(), deadline.left())
-            if encoder.phase is not Phase.AWAITING_ACK:
-                break
-            while encoder.phase is Phase.AWAITING_ACK:
-                _feed(encoder, stream.receive(_READ, deadline.left()))
+        _drive(stream, sending, Deadline(timeout))
     except ConnectionLostError:
-        # A receiver that rejects says why, then closes while we may still be
-        # sending: its STATUS is waiting in our receive queue.
-        reason = _rejection(stream, encoder)
-        if reason is not None:
-            raise HandoffError(f"the receiver rejected the state: {reason}") from None
+        sending.broken()
+        # A HandoffError if it said why; gone for good, or said nothing in
+        # time: what broke stands.
+        with suppress(TransportError):
+            _drive(stream, sending, Deadline(driver.REJECTION_GRACE))
         raise
-    if eof:
-        stream.send_eof()
-
-
-def _feed(encoder: Encoder, data: bytes) -> None:
-    """What a receive gave: bytes for the encoder, or (empty) the receiver's close."""
-    if data:
-        encoder.receive_data(data)
-    else:
-        encoder.receive_eof()
 
 
 def await_verdict(stream: Stream, encoder: Encoder, timeout: float | None = None) -> str:
@@ -100,34 +75,27 @@ def await_verdict(stream: Stream, encoder: Encoder, timeout: float | None = None
     rejection (with its reason) and a receiver that died before
     acknowledging are told apart from the ack.
     """
-    deadline = Deadline(timeout)
-    if encoder.codec == "qemu":
-        stream.wait_peer_closed(deadline.left())
-        encoder.receive_eof()
-        return "closed"
-    while not encoder.status_accepted:
-        data = stream.receive(_READ, deadline.left())
-        _feed(encoder, data)
-        if not data:
-            return "accepted"
-    # Anything after the status is the peer's business: the close is what we
-    # wait for (wait_peer_closed keeps stray bytes).
-    stream.wait_peer_closed(deadline.left())
-    encoder.receive_eof()
-    return "accepted"
+    return _drive(stream, driver.Sending(encoder, eof=False), Deadline(timeout))
 
 
-def _rejection(stream: Stream, encoder: Encoder) -> str | None:
-    """The reason of a rejecting STATUS already received, if there is one."""
-    deadline = Deadline(_REJECTION_GRACE)
-    try:
-        while data := stream.receive(_READ, deadline.left()):
-            reason = encoder.rejection(data)
-            if reason is not None:
-                return reason
-    except TransportError:  # gone for good, or said nothing in time
-        return None
-    return None
+def _drive(stream: Stream, sending: driver.Sending, deadline: Deadline) -> str:
+    """Do what ``sending`` asks until the state is sent (returns "") or the
+    verdict came (returns it)."""
+    while True:
+        action = sending.next_action()
+        if isinstance(action, driver.SendMessages):
+            stream.send_fds_many(action.messages, deadline.left())
+        elif isinstance(action, driver.Receive):
+            sending.receive_data(stream.receive(action.max_bytes, deadline.left()))
+        elif isinstance(action, driver.HalfClose):
+            stream.send_eof()
+        elif isinstance(action, driver.WaitPeerClosed):
+            stream.wait_peer_closed(deadline.left())
+            sending.peer_closed()
+        elif isinstance(action, driver.Verdict):
+            return action.kind
+        else:
+            return ""
 
 
 def receive_state(
@@ -148,36 +116,25 @@ def receive_state_and_codec(
     """``receive_state``, also telling which codec the sender used."""
     deadline = Deadline(timeout)
     fd_passing = Capability.FD_PASSING in stream.capabilities
-    if fd_passing:
-        # Make room before the first read that could install descriptors.
-        count = native.announced_count(stream.peek(native.HEADER_SIZE, deadline.left()))
-        if count is not None:
-            _make_room(stream, min(count, limits.max_entries), deadline)
-    decoder = Decoder(limits)
+    # A blocking stream that passes descriptors is a unix socket: it can peek.
+    receiving = driver.Receiving(limits, peek=fd_passing)
     try:
         while True:
-            if fd_passing:
-                data, fds = stream.receive_fds_many(_READ, SCM_MAX_FD, timeout=deadline.left())
+            action = receiving.next_action()
+            if isinstance(action, driver.Receive):
+                if fd_passing:
+                    data, fds = stream.receive_fds_many(
+                        action.max_bytes, action.max_fds, timeout=deadline.left()
+                    )
+                else:
+                    data, fds = stream.receive(action.max_bytes, deadline.left()), []
+                receiving.receive_data(data, fds, at_eof=stream.at_eof)
+            elif isinstance(action, driver.Reply):
+                stream.send(action.frame, deadline.left())
+            elif isinstance(action, driver.Peek):
+                receiving.peeked(stream.peek(action.size, deadline.left()))
             else:
-                data, fds = stream.receive(_READ, deadline.left()), []
-            if not data and not fds:
-                break  # EOF
-            decoder.feed(data, fds)
-            for frame in decoder.take_outgoing():
-                stream.send(frame, deadline.left())
-            if decoder.done and stream.at_eof:
-                break  # the EOF came with the last read: no trip back for it
-        state = decoder.finish()
-        return state, "native" if state.codec == "native" else "qemu"
+                return action.state, action.codec
     except BaseException:
-        decoder.close()
-        raise
-
-
-def _make_room(stream: Stream, count: int, deadline: Deadline) -> None:
-    """ensure_fd_room, telling a native sender why we refuse."""
-    try:
-        ensure_fd_room(count)
-    except FdPassingError as exc:
-        stream.send(native.status_frame(False, str(exc)), deadline.left())
+        receiving.close()
         raise

@@ -1,9 +1,11 @@
 """The close-as-ack handoff: a pure state machine and the two sides that drive it.
 
 ``machine.py`` (the states and transitions, no I/O), ``sides.py`` (what an
-Outgoing and an Incoming are in either layer) and ``ack.py`` (``Ack``)
-load no event loop; ``cpr.py`` (``send_cpr``, ``receive_cpr``),
-``outgoing.py``, ``incoming.py`` and ``steps.py`` are the async layer's
+Outgoing and an Incoming are in either layer, the events their steps
+report, the rule for a step that fails), ``received.py`` (a received state
+answered once) and ``ack.py`` (``Ack``) load no event loop; ``cpr.py``
+(``send_cpr``, ``receive_cpr``), ``outgoing.py``, ``incoming.py`` and
+``steps.py`` are the async layer's thin loops over them
 (``fdchannel.blocking`` has its own).  The names below are imported on
 first use (PEP 562), so that importing the loop-free modules, or this
 package, loads no event loop.

@@ -6,45 +6,32 @@ sends the state, half-closes and waits for the close-as-ack.
 reads its state to EOF; the caller then ``accept()``s (the close that is
 the acknowledgement, after an "accepted" status for a native sender) or
 ``reject(reason)``s it.  ``Outgoing``, ``Incoming`` and the command line
-are built on these; the rules of the exchange are the codecs' (Encoder,
-Decoder), so these only move bytes.
+are built on these; the rules of the exchange are the transfer drivers'
+(``fdchannel.transfer_driver``) and ``received.ReceivedCprCore``'s, shared
+with ``fdchannel.blocking``'s namesakes, so these only move bytes.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import anyio
 
-from ..channel import Channel, ChannelType
 from ..codec_choice import Codec, check_qemu_target
-from ..codecs import native
 from ..codecs.encoder import Encoder
-from ..deadlines import seconds, timeout_text
-from ..errors import HandoffTimeout, PeerCredentialsError, VerdictGiven
+from ..deadlines import now, seconds
+from ..errors import HandoffTimeout, PeerCredentialsError
 from ..state import DEFAULT_LIMITS, FdState, Limits
 from ..transfer import await_verdict, receive_state_and_codec, send_with
-from ..transports import Listener, Stream, Target, listen, resolve_target
+from ..transports import Listener, Stream, Target, listen
 from ..transports.retrying import accept_admitted, connect_retrying
 from .ack import Ack
+from .received import Progress, ReceivedCprCore, cpr_channel, no_ack_within, no_state_within
 
 __all__ = ["Ack", "ReceivedCpr", "receive_cpr", "send_cpr"]
 
 log = logging.getLogger("fdchannel")
-
-#: What send_cpr reports as it goes: "connected", "sent", "acknowledged".
-Progress = Callable[[str], object]
-
-
-def _cpr(target: Target) -> Channel:
-    """The channel to use: a Channel as it is, anything else as a cpr channel."""
-    if isinstance(target, Channel):
-        return target
-    address, _ = resolve_target(target)
-    return Channel(ChannelType.CPR, address)
 
 
 async def send_cpr(
@@ -66,10 +53,10 @@ async def send_cpr(
     """
     check_qemu_target(codec, qemu_target)
     report = progress or (lambda _: None)
-    started = time.monotonic()
+    started = now()
     try:
         with anyio.fail_after(seconds(timeout)):
-            stream = await connect_retrying(_cpr(target), attempts)
+            stream = await connect_retrying(cpr_channel(target), attempts)
             report("connected")
             async with stream:
                 encoder = Encoder(state, codec, qemu_target=qemu_target)
@@ -78,29 +65,14 @@ async def send_cpr(
                 kind = await await_verdict(stream, encoder)
                 report("acknowledged")
     except TimeoutError as exc:
-        raise HandoffTimeout(
-            f"no acknowledgement on {_cpr(target).addr} within {timeout_text(timeout)}"
-        ) from exc
-    return Ack(codec, len(state), time.monotonic() - started, kind)
+        raise HandoffTimeout(no_ack_within(target, timeout)) from exc
+    return Ack(codec, len(state), now() - started, kind)
 
 
-@dataclass
-class ReceivedCpr:
+class ReceivedCpr(ReceivedCprCore[Stream]):
     """A state received on a cpr channel, its connection still open: ``accept()``
     (the acknowledgement) or ``reject(reason)``, once (a second answer, or one after
     ``aclose()``, is a VerdictGiven).  The state owns its descriptors."""
-
-    state: FdState
-    codec: Codec
-    #: The connection to the sender, open until accept, reject or aclose.
-    stream: Stream
-    #: Where it was received (the address actually listened on).
-    listened_on: str
-    #: Seconds spent waiting for the peer, then reading its state.
-    timings: dict[str, float] = field(default_factory=dict)
-
-    #: "accepted", "rejected" or "closed" once answered (a state is answered once).
-    _verdict: str | None = field(default=None, init=False, repr=False)
 
     async def accept(self) -> str:
         """Acknowledge: an "accepted" status for a native sender, then the close.
@@ -108,27 +80,23 @@ class ReceivedCpr:
         Returns what happened: "closed the connection", or "the sender had
         already hung up".  VerdictGiven if the state was answered already.
         """
-        return await self._close(native.status_frame(True), "accepted")
+        return await self._close(self._answer("accepted"))
 
     async def reject(self, reason: str) -> str:
         """Refuse: a native sender reads ``reason``; QEMU's protocol has no
         refusal, so a qemu sender sees the close (its own QEMU then fails to
         connect the main channel and keeps running)."""
-        return await self._close(native.status_frame(False, reason), "rejected")
+        return await self._close(self._answer("rejected", reason))
 
     async def aclose(self) -> None:
         """Close without a status (a native sender reads that as a failure)."""
-        if self._verdict is None:
-            self._verdict = "closed"
+        self._closing()
         with anyio.CancelScope(shield=True):
             await self.stream.aclose()
 
-    async def _close(self, status: bytes, verdict: str) -> str:
-        if self._verdict is not None:
-            raise VerdictGiven(f"the state received on {self.listened_on}", self._verdict)
-        self._verdict = verdict
+    async def _close(self, status: bytes | None) -> str:
         try:
-            if self.codec == "native":
+            if status is not None:
                 await self.stream.send(status)
             outcome = "closed the connection"
         except anyio.BrokenResourceError:
@@ -158,7 +126,7 @@ async def receive_cpr(
     """
     report = progress or (lambda _: None)
     refused = on_refused or (lambda exc: log.warning("%s", exc))
-    started = time.monotonic()
+    started = now()
     try:
         with anyio.fail_after(seconds(timeout)):
             if isinstance(source, Listener):
@@ -168,9 +136,9 @@ async def receive_cpr(
                 with anyio.CancelScope(shield=True):
                     await listener.aclose()
             else:
-                async with await listen(_cpr(source), **listen_options) as listener:
+                async with await listen(cpr_channel(source), **listen_options) as listener:
                     stream = await accept_admitted(listener, refused)
-            accepted = time.monotonic()
+            accepted = now()
             report("accepted")
             try:
                 state, codec = await receive_state_and_codec(stream, limits=limits)
@@ -180,6 +148,6 @@ async def receive_cpr(
                     await stream.aclose()
                 raise
     except TimeoutError as exc:
-        raise HandoffTimeout(f"no state arrived within {timeout_text(timeout)}") from exc
-    timings = {"accept": accepted - started, "receive": time.monotonic() - accepted}
+        raise HandoffTimeout(no_state_within(timeout)) from exc
+    timings = {"accept": accepted - started, "receive": now() - accepted}
     return ReceivedCpr(state, codec, stream, str(listener.address), timings)

@@ -10,6 +10,7 @@ import anyio.abc
 
 from ..channel import Channel
 from ..codecs.main import MainReader
+from ..deadlines import seconds
 from ..errors import HandoffError
 from ..state import FdState
 from ..transports import Listener, Stream, check_options, listen
@@ -70,17 +71,22 @@ class Incoming(IncomingSide, anyio.abc.AsyncResource):
             raise HandoffError(f"incoming handoff: cannot receive while {self.state.value}")
         async with step(self._machine, "receiving the state on the cpr channel", timeout):
             self._received = await receive_cpr(
-                listener, timeout=None, limits=self.limits, on_refused=_log_refused
+                listener,
+                timeout=None,  # the step's deadline
+                limits=self.limits,
+                on_refused=_log_refused,
+                progress=self._progress,
             )
-            self._machine.fire(Event.PEER_ACCEPTED)
             self.codec = self._received.codec
-            self._machine.fire(Event.STATE_RECEIVED)
         return self._received.state
 
-    async def listen_main(self) -> Listener:
-        """Listen on the main channel, then close cpr: the acknowledgement."""
+    async def listen_main(self, timeout: float | None = 10) -> Listener:
+        """Listen on the main channel, then close cpr: the acknowledgement.
+
+        ``timeout`` bounds sending the native codec's STATUS frame.
+        """
         self._answer(Event.LISTEN_MAIN)
-        async with step(self._machine, "listening on the main channel", None):
+        async with step(self._machine, "listening on the main channel", timeout):
             self._main_listener = await listen(self.main, **self._main_options)
             received, self._received = self._received, None
             if received is not None and await received.accept() != "closed the connection":
@@ -124,12 +130,17 @@ class Incoming(IncomingSide, anyio.abc.AsyncResource):
             await self._close_main()
         return data
 
-    async def reject(self, reason: str) -> None:
-        """Refuse the received state: close cpr without listening on main."""
+    async def reject(self, reason: str, timeout: float | None = 10) -> None:
+        """Refuse the received state: close cpr without listening on main.
+
+        ``timeout`` bounds sending the reason (native codec): a sender already
+        gone, or not reading, needs none.
+        """
         self._answer(Event.REJECT)
         received, self._received = self._received, None
         if received is not None:
-            await received.reject(reason)  # a sender already gone needs no reason
+            with anyio.move_on_after(seconds(timeout)):
+                await received.reject(reason)
         await self._close_cpr()
 
     async def _close_listener(self) -> None:

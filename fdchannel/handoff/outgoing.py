@@ -40,11 +40,6 @@ class Outgoing(OutgoingSide, anyio.abc.AsyncResource):
     async def send_cpr(self, state: FdState, timeout: float | None = 10) -> Ack:
         """Send ``state`` on the cpr channel and wait for the close-as-ack."""
         self._machine.fire(Event.START)
-        events = {
-            "connected": Event.CPR_CONNECTED,
-            "sent": Event.STATE_SENT,
-            "acknowledged": Event.ACK,
-        }
         async with step(self._machine, "sending the state on the cpr channel", timeout):
             return await cpr.send_cpr(
                 self.cpr,
@@ -52,7 +47,7 @@ class Outgoing(OutgoingSide, anyio.abc.AsyncResource):
                 codec=self.codec,
                 qemu_target=self.qemu_target,
                 timeout=None,  # the step's deadline
-                progress=lambda what: self._machine.fire(events[what]),
+                progress=self._progress,
             )
 
     async def connect_main(self, timeout: float | None = 10) -> Stream:

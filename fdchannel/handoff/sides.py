@@ -8,16 +8,17 @@ anything: each layer's class adds its steps.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from ..channel import Channel, parse_channel, validate_channels
 from ..codec_choice import Codec, check_qemu_target
-from ..errors import VerdictGiven
+from ..deadlines import timeout_text
+from ..errors import FdChannelError, HandoffError, HandoffTimeout, VerdictGiven
 from ..registry import load_transports
 from ..state import DEFAULT_LIMITS, Limits
 from .machine import INCOMING, OUTGOING, Event, Machine, State, Table
 
-__all__ = ["IncomingSide", "OutgoingSide"]
+__all__ = ["IncomingSide", "OutgoingSide", "fail_step"]
 
 #: The incoming states in which the received state was answered, and how.
 _ANSWERED = {
@@ -26,6 +27,48 @@ _ANSWERED = {
     State.DONE: "accepted",
     State.REJECTED: "rejected",
 }
+
+#: The machine's event for each step ``send_cpr`` and ``receive_cpr`` report.
+_REPORTED = {
+    "connected": Event.CPR_CONNECTED,
+    "sent": Event.STATE_SENT,
+    "acknowledged": Event.ACK,
+    "accepted": Event.PEER_ACCEPTED,
+    "received": Event.STATE_RECEIVED,
+}
+
+
+def fail_step(
+    machine: Machine,
+    exc: BaseException,
+    what: str,
+    timeout: float | None,
+    *,
+    timed_out: bool,
+    lost: bool,
+) -> NoReturn:
+    """A handoff step that did not finish, in either layer (called while ``exc`` is
+    handled): the machine moves to FAILED (ABORTED when cancelled or
+    interrupted), and ``exc`` is raised again, or the HandoffError it becomes.
+
+    ``timed_out``: the layer's deadline for the step passed; ``lost``: the
+    layer's own word for a connection that went (anyio's end-of-stream).
+    """
+    if timed_out:
+        machine.fire(Event.FAIL)
+        detail = f" ({exc})" if str(exc) else ""
+        raise HandoffTimeout(
+            f"{machine.side} handoff: {what} did not finish within {timeout_text(timeout)}{detail}"
+        ) from exc
+    if isinstance(exc, HandoffError):
+        machine.fire(Event.FAIL)
+        raise exc
+    if lost or isinstance(exc, FdChannelError | OSError):
+        machine.fire(Event.FAIL)
+        detail = str(exc) or type(exc).__name__
+        raise HandoffError(f"{machine.side} handoff: {what} failed: {detail}") from exc
+    machine.fire(Event.ABORT)  # cancelled, interrupted, or a bug: the step is over
+    raise exc
 
 
 def _parse_channels(channels: Iterable[Channel | str]) -> tuple[Channel, Channel]:
@@ -50,6 +93,11 @@ class _Side:
     def state(self) -> State:
         """Where the handoff stands."""
         return self._machine.state
+
+    def _progress(self, what: str) -> None:
+        """What ``send_cpr`` or ``receive_cpr`` reports as it goes, as the machine's event:
+        either layer's side passes this as their ``progress``."""
+        self._machine.fire(_REPORTED[what])
 
 
 class OutgoingSide(_Side):

@@ -14,10 +14,11 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from ..deadlines import seconds, timeout_text
-from ..errors import FdChannelError, HandoffError, HandoffTimeout
+from ..deadlines import seconds
+from ..errors import FdChannelError
 from ..transports import Stream
-from .machine import Event, Machine
+from .machine import Machine
+from .sides import fail_step
 
 __all__ = ["discard", "step"]
 
@@ -28,26 +29,15 @@ log = logging.getLogger("fdchannel")
 async def step(machine: Machine, what: str, timeout: float | None) -> AsyncIterator[None]:
     """Run one handoff step under a deadline; failures become HandoffError.
 
-    The machine moves to FAILED on any error, ABORTED on cancellation.
+    The machine moves to FAILED on any error, ABORTED on cancellation
+    (``sides.fail_step``, the blocking layer's rule too).
     """
     try:
         with anyio.fail_after(seconds(timeout)):
             yield
-    except TimeoutError as exc:
-        machine.fire(Event.FAIL)
-        raise HandoffTimeout(
-            f"{machine.side} handoff: {what} did not finish within {timeout_text(timeout)}"
-        ) from exc
-    except HandoffError:
-        machine.fire(Event.FAIL)
-        raise
-    except (FdChannelError, OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-        machine.fire(Event.FAIL)
-        detail = str(exc) or type(exc).__name__
-        raise HandoffError(f"{machine.side} handoff: {what} failed: {detail}") from exc
-    except anyio.get_cancelled_exc_class():
-        machine.fire(Event.ABORT)
-        raise
+    except BaseException as exc:
+        cut = isinstance(exc, anyio.BrokenResourceError | anyio.EndOfStream)
+        fail_step(machine, exc, what, timeout, timed_out=isinstance(exc, TimeoutError), lost=cut)
 
 
 async def discard(stream: Stream) -> None:
