@@ -13,8 +13,9 @@ package, loads no event loop.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ..lazy import exports
 
 if TYPE_CHECKING:
     from .ack import Ack as Ack
@@ -31,30 +32,20 @@ if TYPE_CHECKING:
 
 #: Each public name and the module it lives in (the imports above, for type checkers).
 _WHERE = {
-    "Ack": "ack",
-    "INCOMING": "machine",
-    "OUTGOING": "machine",
-    "Event": "machine",
-    "Incoming": "incoming",
-    "Machine": "machine",
-    "Outgoing": "outgoing",
-    "ReceivedCpr": "cpr",
-    "State": "machine",
-    "receive_cpr": "cpr",
-    "send_cpr": "cpr",
+    "Ack": ".ack",
+    "INCOMING": ".machine",
+    "OUTGOING": ".machine",
+    "Event": ".machine",
+    "Incoming": ".incoming",
+    "Machine": ".machine",
+    "Outgoing": ".outgoing",
+    "ReceivedCpr": ".cpr",
+    "State": ".machine",
+    "receive_cpr": ".cpr",
+    "send_cpr": ".cpr",
 }
 
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str) -> object:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = exports(__name__, _WHERE)
