@@ -149,10 +149,12 @@ class Sending:
             return _READ_REPLIES
         if self._looking is _Looking.NOTHING:
             return Sent()
-        if encoder.phase is Phase.SENDING:
-            # Every message up to the next acknowledgement due, in one call
-            # (the stream's fast path).
-            return SendMessages(encoder.data_to_send())
+        while encoder.phase is Phase.SENDING:
+            # The first message alone (the receiver starts at once), then batches
+            # for the stream's many-message fast path.
+            messages = encoder.messages_to_send()
+            if messages:
+                return SendMessages(messages)
         if encoder.phase is Phase.AWAITING_ACK:
             return _READ_REPLIES
         if encoder.phase is Phase.ACCEPTED:

@@ -24,6 +24,10 @@ from . import native, qemu
 
 __all__ = ["Encoder", "Phase"]
 
+#: Native messages returned by one data_to_send() after the first (which returns
+#: one alone): enough for a stream's many-message fast path.
+_BATCH = 16
+
 
 class Phase(enum.Enum):
     """What the encoder waits for."""
@@ -54,6 +58,8 @@ class Encoder:
         self._parser: Generator[int, None, int | native.Status] | None = None
         self._awaiting = 0
         self._steps: Iterator[native.Send | native.AwaitAck] | None = None
+        #: Messages the next data_to_send() returns at most (native).
+        self._batch = 1
         self._whole: list[qemu.Message] | None = None
         if codec == "qemu":
             # Encoded in full before the first byte goes: a state the target
@@ -65,6 +71,15 @@ class Encoder:
     def data_to_send(self) -> list[tuple[bytes, list[int]]]:
         """The messages to send now, in order: up to the next acknowledgement due,
         or to the end of the state (then the phase is AWAITING_VERDICT)."""
+        out: list[tuple[bytes, list[int]]] = []
+        while self.phase is Phase.SENDING:
+            out += self.messages_to_send()
+        return out
+
+    def messages_to_send(self) -> list[tuple[bytes, list[int]]]:
+        """``data_to_send`` a few at a time, for a driver in a hurry: the first
+        message alone, then batches; call again while the phase is SENDING (a
+        call may return nothing as it reaches the end)."""
         if self.phase is not Phase.SENDING:
             return []
         if self._whole is not None:
@@ -79,6 +94,11 @@ class Encoder:
                 self.phase = Phase.AWAITING_ACK
                 return out
             out.append(step)
+            if len(out) == self._batch:
+                # The rest on the next call: the first messages leave, and the
+                # receiver starts installing them, while later ones are encoded.
+                self._batch = _BATCH
+                return out
         self.phase = Phase.AWAITING_VERDICT
         return out
 

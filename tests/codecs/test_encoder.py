@@ -115,3 +115,28 @@ def test_encoder_and_decoder_talk_without_io(memfds: list[int]) -> None:
 def test_an_unknown_codec_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown codec"):
         Encoder(FdState(), "json")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("window", [0, SCM_MAX_FD])
+def test_the_first_message_leaves_alone_then_batches(window: int) -> None:
+    """A driver in a hurry gets the first message before the rest is encoded; the
+    batches, strung together, are what data_to_send gives at once."""
+    fds = [os.memfd_create(f"m{i}", os.MFD_CLOEXEC) for i in range(40 * SCM_MAX_FD)]
+    try:
+        state = _state(fds)
+        whole, hurried = Encoder(state, window=window), Encoder(state, window=window)
+        sizes: list[int] = []
+        while whole.phase is not Phase.AWAITING_VERDICT:
+            expected = whole.data_to_send()
+            got: list[tuple[bytes, list[int]]] = []
+            while hurried.phase is Phase.SENDING:
+                batch = hurried.messages_to_send()
+                sizes.append(len(batch))
+                got += batch
+            assert got == expected and hurried.phase is whole.phase
+            if whole.phase is Phase.AWAITING_ACK:
+                for encoder in (whole, hurried):
+                    encoder.receive_data(native.ack_frame(encoder._awaiting))
+        assert sizes[0] == 1 and max(sizes) > 1
+    finally:
+        close_fds(fds)
