@@ -19,7 +19,7 @@ from ..errors import (
 )
 from ..handoff.machine import Machine
 from ..handoff.sides import fail_step
-from ..retry import delays, not_yet
+from ..retry import delays, worth_retrying
 from ._deadline import Deadline, TransportTimeout
 from ._listener import Listener
 from ._open import connect
@@ -59,11 +59,7 @@ def connect_retrying(
         try:
             return connect(channel, timeout=deadline.left())
         except ConnectError as exc:
-            cause = not_yet(exc)
-            if cause is None:
-                raise
-            if attempts is not None:
-                attempts.append(cause.strerror or str(cause))
+            cause = worth_retrying(exc, attempts)
             left = deadline.left()
             if left == 0:
                 raise TransportTimeout(

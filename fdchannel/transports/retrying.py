@@ -14,7 +14,7 @@ import anyio
 
 from ..channel import Channel
 from ..errors import ConnectError, PeerCredentialsError
-from ..retry import delays, not_yet
+from ..retry import delays, worth_retrying
 from . import connect
 from ._base import Listener, Stream
 
@@ -33,11 +33,7 @@ async def connect_retrying(channel: Channel, attempts: list[str] | None = None) 
         try:
             return await connect(channel)
         except ConnectError as exc:
-            cause = not_yet(exc)
-            if cause is None:
-                raise
-            if attempts is not None:
-                attempts.append(cause.strerror or str(cause))
+            worth_retrying(exc, attempts)
         await anyio.sleep(next(pauses))
 
 
