@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -189,6 +191,45 @@ HANDOFF_ENDS = {
 }
 
 
+async def killed_peer(
+    role: str,
+    codec: str,
+    at: str,
+    task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """A peer in a child that kills itself with the other side's bytes unread
+    (tests.relay_reset_peer); a receiver says where it listens."""
+    argv = [sys.executable, "-m", "tests.relay_reset_peer", role, codec, at]
+    async with await anyio.open_process(argv, cwd=ROOT, stderr=None) as peer:
+        assert peer.stdout is not None
+        if role == "receiver":
+            line = await BufferedByteReceiveStream(peer.stdout).receive_until(b"\n", 200)
+            task_status.started(line.decode().removeprefix("listening "))
+        assert await peer.wait() == -signal.SIGKILL
+
+
+async def exchange(
+    receiver: Callable[..., Coroutine[Any, Any, None]],
+    sender: Callable[[str], Coroutine[Any, Any, None]],
+    front: str | None,
+) -> list[RelayStats]:
+    """The receiver started, then the sender, directly or through a relay on
+    ``front``; the relay's stats."""
+    stats: list[RelayStats] = []
+
+    async def run_relay(target: str, *, task_status: anyio.abc.TaskStatus[object]) -> None:
+        assert front is not None
+        stats.append(await relay(front, target, task_status=task_status))
+
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            address = target = await tg.start(receiver)
+            if front is not None:
+                address = str(await tg.start(run_relay, target))
+            tg.start_soon(sender, address)
+    return stats
+
+
 async def handoff_end(
     sockdir: Path,
     codec: str,
@@ -200,22 +241,10 @@ async def handoff_end(
     """What the side facing ``who`` got (the sender's Ack or error; facing a
     sender, the receiver's), directly or through a relay; and the relay's stats."""
     outcomes: dict[str, str] = {}
-    stats: list[RelayStats] = []
-
-    async def killed(
-        role: str, at: str, task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        argv = [sys.executable, "-m", "tests.relay_reset_peer", role, codec, at]
-        async with await anyio.open_process(argv, cwd=ROOT, stderr=None) as peer:
-            assert peer.stdout is not None
-            if role == "receiver":
-                line = await BufferedByteReceiveStream(peer.stdout).receive_until(b"\n", 200)
-                task_status.started(line.decode().removeprefix("listening "))
-            assert await peer.wait() == -signal.SIGKILL
 
     async def receiver(*, task_status: anyio.abc.TaskStatus[str]) -> None:
         if who == "receiver" and how == "killed":
-            return await killed("receiver", f"unix:{sockdir / 'receiver'}", task_status)
+            return await killed_peer("receiver", codec, f"unix:{sockdir / 'receiver'}", task_status)
         async with await fdchannel.listen(f"unix:{sockdir / 'receiver'}") as listener:
             task_status.started(str(listener.address))
             if who == "receiver":
@@ -232,7 +261,7 @@ async def handoff_end(
 
     async def sender(address: str) -> None:
         if who == "sender" and how == "killed":
-            return await killed("sender", address)
+            return await killed_peer("sender", codec, address)
         if who == "sender":
             async with unread_reply(address, codec):
                 return
@@ -244,15 +273,7 @@ async def handoff_end(
             else:
                 outcomes["sender"] = f"Ack({ack.kind})"
 
-    async def run_relay(target: str, *, task_status: anyio.abc.TaskStatus[object]) -> None:
-        stats.append(await relay(f"unix:{sockdir / 'front'}", target, task_status=task_status))
-
-    with anyio.fail_after(TIMEOUT):
-        async with anyio.create_task_group() as tg:
-            address = target = await tg.start(receiver)
-            if relayed:
-                address = str(await tg.start(run_relay, target))
-            tg.start_soon(sender, address)
+    stats = await exchange(receiver, sender, f"unix:{sockdir / 'front'}" if relayed else None)
     return outcomes["receiver" if who == "sender" else "sender"], stats
 
 
@@ -287,7 +308,6 @@ async def stream_end(
     through a relay listening on a ``kinds[0]`` socket for a receiver on a
     ``kinds[1]`` one; and the relay's stats."""
     outcomes: dict[str, str] = {}
-    stats: list[RelayStats] = []
 
     def where(kind: str, name: str) -> str:
         return f"unix:{sockdir / name}" if kind == "unix" else "tcp:127.0.0.1:0"
@@ -308,13 +328,7 @@ async def stream_end(
     async def receiver(*, task_status: anyio.abc.TaskStatus[str]) -> None:
         at = where(kinds[1], "receiver")
         if who == "receiver" and how == "killed":
-            argv = [sys.executable, "-m", "tests.relay_reset_peer", "receiver", "qemu", at]
-            async with await anyio.open_process(argv, cwd=ROOT, stderr=None) as peer:
-                assert peer.stdout is not None
-                line = await BufferedByteReceiveStream(peer.stdout).receive_until(b"\n", 200)
-                task_status.started(line.decode().removeprefix("listening "))
-                assert await peer.wait() == -signal.SIGKILL
-                return
+            return await killed_peer("receiver", "qemu", at, task_status)
         async with await fdchannel.listen(at) as listener:
             task_status.started(str(listener.address))
             if who == "receiver":
@@ -336,15 +350,7 @@ async def stream_end(
                 return
             await read_to_end(stream, "sender", b"end")
 
-    async def run_relay(target: str, *, task_status: anyio.abc.TaskStatus[object]) -> None:
-        stats.append(await relay(where(kinds[0], "front"), target, task_status=task_status))
-
-    with anyio.fail_after(TIMEOUT):
-        async with anyio.create_task_group() as tg:
-            address = target = await tg.start(receiver)
-            if relayed:
-                address = str(await tg.start(run_relay, target))
-            tg.start_soon(sender, address)
+    stats = await exchange(receiver, sender, where(kinds[0], "front") if relayed else None)
     return outcomes["receiver" if who == "sender" else "sender"], stats
 
 
