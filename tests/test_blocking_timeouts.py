@@ -34,6 +34,7 @@ from fdchannel.codecs import native
 from fdchannel.state import FdState
 
 from .blocking_peer import MAIN_DATA, channels, check_state, state_of
+from .waiting import in_poll
 
 LONG = 30.0
 SHORT = 0.3
@@ -63,12 +64,6 @@ PASSED = [
 # --- waiting in poll(2), for real ---------------------------------------------------------
 
 
-def _in_poll(thread_id: int) -> bool:
-    """Whether the thread sleeps in poll(2) (its kernel wait channel is poll's)."""
-    with open(f"/proc/self/task/{thread_id}/wchan", encoding="ascii") as wchan:
-        return "poll" in wchan.read()
-
-
 @contextmanager
 def worker(call: Callable[[], Any]) -> Iterator[tuple[Future[Any], Callable[[], None]]]:
     """Run ``call`` in a worker thread; yields its future and ``parked()``, which
@@ -86,7 +81,7 @@ def worker(call: Callable[[], Any]) -> Iterator[tuple[Future[Any], Callable[[], 
 
         def parked() -> None:
             deadline = time.monotonic() + LONG
-            while not future.done() and not _in_poll(thread_id):
+            while not future.done() and not in_poll(thread_id):
                 assert time.monotonic() < deadline, "the call never waited in poll(2)"
                 time.sleep(0.001)  # a bounded check of a condition, not a guess at timing
             if future.done():

@@ -21,7 +21,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import socket
 import tempfile
 import threading
@@ -45,6 +44,7 @@ from fdchannel.upgrade import Upgrader, lineage as lineage_env, request_upgrade
 
 from .conftest import BACKENDS
 from .fuzzing import examples
+from .waiting import in_poll
 
 #: Numbers as hostile input spells them.
 NUMBERS = [
@@ -599,17 +599,12 @@ def test_blocking_waits_take_any_timeout(timeout: float | None, chunks: list[byt
                 _only_ours(exc)
 
 
-#: poll(2) and ppoll(2) on x86-64, ppoll on the architectures without poll.
-_POLL_CALLS = {"x86_64": {"7", "271"}}.get(platform.machine(), {"73"})
-
-
 def _once_waiting(tid: int, done: threading.Event, limit: float = 5.0) -> None:
     """Return once thread ``tid`` sits in poll(2), or is ``done``, or after ``limit`` s."""
     deadline = time.monotonic() + limit
     while not done.is_set() and time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            call = Path(f"/proc/self/task/{tid}/syscall").read_text().split(" ", 1)[0]
-            if call in _POLL_CALLS:
+        with contextlib.suppress(OSError):  # the thread may have ended
+            if in_poll(tid):
                 return
         time.sleep(0.001)
 
