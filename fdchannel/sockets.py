@@ -11,10 +11,12 @@ its way of waiting (the event loop, or poll under a deadline).
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
+import logging
 import socket
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from . import fds as fdpass
 from .capabilities import Capability
@@ -25,16 +27,21 @@ if TYPE_CHECKING:
     from .address import Address
 
 __all__ = [
+    "BLOCKED",
     "BROKEN_ERRNOS",
     "BUFFER_SIZE",
     "DEFAULT_RECEIVE",
     "MAX_PENDING",
     "ConnectAttempts",
     "ListeningSocket",
+    "attempt",
     "drain_queued",
     "keep_until_closed",
+    "read_closing_strays",
     "tune_buffers",
 ]
+
+log = logging.getLogger("fdchannel")
 
 T = TypeVar("T")
 #: For annotations in classes that have a ``socket`` attribute of their own.
@@ -55,6 +62,58 @@ def tune_buffers(sock: socket.socket) -> None:
     for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         with contextlib.suppress(OSError):  # the kernel's cap is not a failure
             sock.setsockopt(socket.SOL_SOCKET, option, BUFFER_SIZE)
+
+
+class Blocked(enum.Enum):
+    """A non-blocking call that would have waited."""
+
+    BLOCKED = "would block"
+
+
+BLOCKED = Blocked.BLOCKED
+
+
+class _Attempting(Protocol):
+    """A stream of either layer, as ``attempt`` uses it."""
+
+    def _check_open(self) -> None: ...
+
+    def _translate(self, exc: OSError) -> Exception: ...
+
+
+class _Counting(Protocol):
+    """A socket stream of either layer, as ``read_closing_strays`` uses it."""
+
+    discarded_fds: int
+
+    def _describe(self) -> str: ...
+
+
+def attempt(stream: _Attempting, op: Callable[[], T]) -> T | Blocked:
+    """One non-blocking try of ``op`` on an open ``stream``: its result, BLOCKED when
+    it would have waited, or the stream's own error for what the kernel said."""
+    stream._check_open()
+    try:
+        return op()
+    except BlockingIOError:
+        return BLOCKED
+    except OSError as exc:
+        raise stream._translate(exc) from exc
+
+
+def read_closing_strays(stream: _Counting, sock: socket.socket, max_bytes: int) -> bytes:
+    """One plain read on a socket that passes descriptors: those that came with the
+    bytes, which nobody asked for, are closed here (counted in the stream's
+    ``discarded_fds`` and logged) instead of staying open in the process."""
+    data, dropped = fdpass.recvmsg_discarding(sock, max_bytes)
+    if dropped:
+        stream.discarded_fds += dropped
+        log.warning(
+            "%s: closed descriptor(s) that arrived on a plain receive (%d so far)",
+            stream._describe(),
+            stream.discarded_fds,
+        )
+    return data
 
 
 def keep_until_closed(pending: bytearray, data: bytes, what: str, address: Address | None) -> bool:

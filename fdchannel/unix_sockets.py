@@ -31,6 +31,7 @@ __all__ = [
     "BACKLOG_RETRY_DELAYS",
     "Connecting",
     "bind_listening",
+    "listening",
     "clear_stale",
     "new_socket",
     "sockaddr",
@@ -184,6 +185,29 @@ def bind_listening(
             os.chmod(target, mode)  # the umask may have removed bits asked for
         sock.listen(backlog)
         return sock, unlink
+    except BaseException:
+        sock.close()
+        if unlink is not None:
+            unlink()
+        raise
+
+
+L = TypeVar("L")
+
+
+def listening(
+    address: UnixAddress,
+    make: Callable[[socket.socket, Callable[[], None] | None], L],
+    *,
+    mode: int,
+    backlog: int,
+) -> L:
+    """A listener of either layer on ``address``: ``make(sock, unlink)`` given the
+    listening socket and what removes its file at close (``bind_listening``);
+    if ``make`` fails, both are undone."""
+    sock, unlink = bind_listening(address, mode=mode, backlog=backlog)
+    try:
+        return make(sock, unlink)
     except BaseException:
         sock.close()
         if unlink is not None:

@@ -44,9 +44,10 @@ from fdchannel import (
     blocking,
 )
 from fdchannel.address import TcpAddress, UnixAddress
-from fdchannel.codecs import main as main_channel, native
+from fdchannel.codecs import native
 from fdchannel.fds import SCM_MAX_FD
-from fdchannel.handoff.machine import State
+from fdchannel.protocol import main_framing as main_channel
+from fdchannel.protocol.machine import State
 from fdchannel.state import FdState
 from fdchannel.transfer import Codec
 from fdchannel.transports import fd as fd_transport

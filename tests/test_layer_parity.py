@@ -30,7 +30,7 @@ import fdchannel.transfer
 from fdchannel import FdChannelError, HandoffError, HandoffTimeout, blocking
 from fdchannel.channel import Channel
 from fdchannel.errors import VerdictGiven
-from fdchannel.handoff.machine import State
+from fdchannel.protocol.machine import State
 from fdchannel.transfer import Codec
 
 from .blocking_peer import MAIN_DATA, REJECTION, channels, check_state, state_of

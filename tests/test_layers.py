@@ -83,10 +83,17 @@ def test_a_blocking_handoff_loads_no_event_loop(sockdir: Path) -> None:
 #: What both layers share and never waits: each loads no event loop on import.
 LOOP_FREE = [
     "fdchannel.blocking",
+    "fdchannel.protocol.machine",
+    "fdchannel.protocol.side",
+    "fdchannel.protocol.outgoing_side",
+    "fdchannel.protocol.incoming_side",
+    "fdchannel.protocol.ack",
+    "fdchannel.protocol.received",
+    "fdchannel.protocol.actions",
+    "fdchannel.protocol.exchange",
+    "fdchannel.protocol.main_framing",
     "fdchannel.handoff.machine",
     "fdchannel.handoff.sides",
-    "fdchannel.handoff.ack",
-    "fdchannel.handoff.received",
     "fdchannel.codec_choice",
     "fdchannel.deadlines",
     "fdchannel.retry",
@@ -126,8 +133,15 @@ OLD_PATHS = [
     ("fdchannel.transfer", "ensure_fd_room", "fdchannel.fds"),
     ("fdchannel.codecs", "CODECS", "fdchannel.codec_choice"),
     ("fdchannel.codecs.encoder", "Codec", "fdchannel.codec_choice"),
-    ("fdchannel.handoff.cpr", "Ack", "fdchannel.handoff.ack"),
-    ("fdchannel.handoff", "Ack", "fdchannel.handoff.ack"),
+    ("fdchannel.handoff.cpr", "Ack", "fdchannel.protocol.ack"),
+    ("fdchannel.handoff", "Ack", "fdchannel.protocol.ack"),
+    ("fdchannel.handoff.ack", "Ack", "fdchannel.protocol.ack"),
+    ("fdchannel.handoff.machine", "State", "fdchannel.protocol.machine"),
+    ("fdchannel.handoff.machine", "Machine", "fdchannel.protocol.machine"),
+    ("fdchannel.handoff.sides", "OutgoingSide", "fdchannel.protocol.outgoing_side"),
+    ("fdchannel.handoff.sides", "IncomingSide", "fdchannel.protocol.incoming_side"),
+    ("fdchannel.handoff.sides", "fail_step", "fdchannel.protocol.side"),
+    ("fdchannel.handoff.received", "ReceivedCprCore", "fdchannel.protocol.received"),
     ("fdchannel.transports", "Target", "fdchannel.channel"),
     ("fdchannel.transports", "resolve_target", "fdchannel.channel"),
     ("fdchannel.transports.unix", "BACKLOG", "fdchannel.unix_sockets"),
@@ -148,8 +162,8 @@ OLD_PATHS = [
     ("fdchannel.codecs.qemu", "VFIO_DEVICES", "fdchannel.qemu.vmstate"),
     ("fdchannel.codecs.qemu", "PREFIX", "fdchannel.qemu.vmstate"),
     ("fdchannel.codecs.qemu", "MAY_END", "fdchannel.parsing"),
-    ("fdchannel.blocking", "Ack", "fdchannel.handoff.ack"),
-    ("fdchannel", "Ack", "fdchannel.handoff.ack"),
+    ("fdchannel.blocking", "Ack", "fdchannel.protocol.ack"),
+    ("fdchannel", "Ack", "fdchannel.protocol.ack"),
     ("fdchannel", "Limits", "fdchannel.limits"),
 ]
 
@@ -273,6 +287,78 @@ def test_no_import_circles() -> None:
     assert len(graph) > 80
     assert graph["fdchannel.blocking._unix"] >= {"fdchannel.address"}
     assert circles(graph) == []
+
+
+#: Event-loop libraries as a module imports them.
+LOOP_IMPORTS = {"anyio", "trio", "sniffio", "uvloop", "asyncio"}
+
+
+def layers() -> dict[str, str]:
+    """Each module's floor, from the imports alone: "blocking" (the package
+    ``fdchannel.blocking``), "async" (imports an event-loop library, or a
+    module that does), or "core" (neither)."""
+    direct: dict[str, bool] = {}
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        loaded = set()
+        for node in _imports(tree):
+            if isinstance(node, ast.Import):
+                loaded |= {alias.name.split(".")[0] for alias in node.names}
+            elif node.level == 0 and node.module:
+                loaded.add(node.module.split(".")[0])
+        direct[name] = bool(loaded & LOOP_IMPORTS)
+    graph = import_graph()
+    floor: dict[str, str] = {}
+
+    def on_a_loop(name: str, seen: set[str]) -> bool:
+        if direct[name]:
+            return True
+        seen.add(name)
+        return any(on_a_loop(other, seen) for other in graph[name] - seen)
+
+    for name in MODULES:
+        if name == "fdchannel.blocking" or name.startswith("fdchannel.blocking."):
+            floor[name] = "blocking"
+        else:
+            floor[name] = "async" if on_a_loop(name, set()) else "core"
+    return floor
+
+
+#: The floors each package's modules stand on (the rest of the package is on top).
+FLOORS = {
+    "fdchannel.protocol": {"core"},
+    "fdchannel.codecs": {"core"},
+    "fdchannel.qemu": {"core"},
+    # A transport's loop-free helper (its errors' wording) may live beside it.
+    "fdchannel.transports": {"async", "core"},
+    "fdchannel.blocking": {"blocking"},
+}
+
+
+def test_the_layers_stand_side_by_side_on_the_core() -> None:
+    """The blocking layer imports nothing of the async one, nor the async layer of
+    the blocking one, and the core neither; the packages are on their floors."""
+    floor, graph = layers(), import_graph()
+    crossing = sorted(
+        f"{name} -> {other}"
+        for name, imported in graph.items()
+        for other in imported
+        if (floor[name], floor[other])
+        in {("blocking", "async"), ("async", "blocking"), ("core", "blocking"), ("core", "async")}
+    )
+    assert crossing == []
+    misplaced = sorted(
+        name
+        for name in MODULES
+        for package, expected in FLOORS.items()
+        if (name == package or name.startswith(package + ".")) and floor[name] not in expected
+    )
+    assert misplaced == []
+    handoff = [name for name in MODULES if name.startswith("fdchannel.handoff.")]
+    # Only the names kept for old imports are not the async layer's.
+    assert sorted(n for n in handoff if floor[n] == "core") == [
+        f"fdchannel.handoff.{old}" for old in ("ack", "machine", "received", "sides")
+    ]
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ A wait that passes its deadline raises ``TransportTimeout`` (a
 handoff step.  Nothing here uses signals or an event loop, so it runs in
 any thread, a thread of a program whose main thread runs one included.
 It stands beside the async layer on the loop-free core both share (the
-state machine and sides in ``fdchannel.handoff``, the codecs and their
-choice, deadlines and the retry policy, the socket steps), and importing
-it loads no event-loop library.
+handoff's state machine, sides and drivers in ``fdchannel.protocol``, the
+codecs and their choice, deadlines and the retry policy, the socket
+steps), and importing it loads no event-loop library.
 
 Transports: ``unix:`` (paths and abstract names, with the async listener's
 security), ``tcp:`` (for main channels) and ``fd:`` sockets (numbers,
@@ -23,8 +23,8 @@ registered and inherited names).  The others raise CapabilityError.
 
 from __future__ import annotations
 
-from ..handoff.ack import Ack
-from ..handoff.machine import State
+from ..protocol.ack import Ack
+from ..protocol.machine import State
 from ._cpr import ReceivedCpr, receive_cpr, send_cpr
 from ._deadline import TransportTimeout
 from ._incoming import Incoming

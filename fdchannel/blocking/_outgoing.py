@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import warnings
 
-from ..codecs import main as main_channel
-from ..handoff.ack import Ack
-from ..handoff.machine import Event, State
-from ..handoff.sides import OutgoingSide
+from ..protocol.ack import Ack
+from ..protocol.outgoing_side import OutgoingSide
 from ..state import FdState
 from ._closing import Closing
-from ._cpr import exchange_cpr
-from ._handoff import connect_retrying, step
+from ._handoff import drive, run_step
 from ._stream import Stream
 
 __all__ = ["Outgoing"]
@@ -28,23 +25,13 @@ class Outgoing(OutgoingSide, Closing):
     timeout (HandoffTimeout); every other failure is a HandoffError.
     """
 
-    _main_stream: Stream | None = None
-
     def send_cpr(self, state: FdState, timeout: float | None = 10) -> Ack:
         """Send ``state`` on the cpr channel and wait for the close-as-ack."""
-        self._machine.fire(Event.START)
-        with step(self._machine, "sending the state on the cpr channel", timeout) as deadline:
-            return exchange_cpr(
-                self.cpr, state, self.codec, self.qemu_target, deadline, self._progress
-            )
+        return run_step(self._machine, self._sending_cpr(state), timeout)
 
     def connect_main(self, timeout: float | None = 10) -> Stream:
         """Connect the main channel (after the ack) and return its stream."""
-        self._machine.fire(Event.FINISH)
-        with step(self._machine, "connecting the main channel", timeout) as deadline:
-            stream = connect_retrying(self.main, deadline)
-            self._main_stream = stream
-            self._machine.fire(Event.MAIN_CONNECTED)
+        stream: Stream = run_step(self._machine, self._connecting_main(), timeout)
         return stream
 
     def send_main(self, data: bytes = b"", timeout: float | None = 10) -> None:
@@ -53,23 +40,9 @@ class Outgoing(OutgoingSide, Closing):
         Calls ``connect_main`` first if it was not called; the main stream is closed
         afterwards, and at once if anything failed.
         """
-        if self._machine.state is State.ACKED:
+        if self._main_due:
             self.connect_main(timeout)
-        stream = self._main_stream
-        if stream is None or self._machine.state is not State.MAIN_OPEN:
-            self._machine.fire(Event.COMPLETE)  # raises: not allowed here
-            raise AssertionError  # pragma: no cover
-        try:
-            with step(self._machine, "sending the main stream", timeout) as deadline:
-                # A length first, so the new process tells our death from the end.
-                stream.send(main_channel.header(len(data)), deadline.left())
-                stream.send(data, deadline.left())
-                stream.send_eof()
-                stream.wait_peer_closed(deadline.left())
-                self._machine.fire(Event.COMPLETE)
-        finally:
-            self._main_stream = None
-            stream.close()
+        run_step(self._machine, self._sending_main(data), timeout)
 
     # The names before 0.2, kept for one release.
 
@@ -90,10 +63,7 @@ class Outgoing(OutgoingSide, Closing):
 
     def abort(self) -> None:
         """Give up at any step; safe to call more than once."""
-        self._machine.fire(Event.ABORT)
-        if self._main_stream is not None:
-            stream, self._main_stream = self._main_stream, None
-            stream.close()
+        drive(self._aborting())
 
     def close(self) -> None:
         """``abort``: leaving ``with`` gives up whatever is not finished."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import logging
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, TypeVar
@@ -21,7 +20,15 @@ from .. import fds as fdpass
 from ..capabilities import Capability
 from ..credentials import Credentials, peer_credentials
 from ..errors import CapabilityError, ConnectionLostError, TransportError
-from ..sockets import BROKEN_ERRNOS, DEFAULT_RECEIVE, drain_queued, keep_until_closed
+from ..sockets import (
+    BROKEN_ERRNOS,
+    DEFAULT_RECEIVE,
+    Blocked,
+    attempt,
+    drain_queued,
+    keep_until_closed,
+    read_closing_strays,
+)
 from ._closing import Closing
 from ._deadline import READABLE, WRITABLE, Deadline, wait_ready
 
@@ -30,7 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Stream"]
 
-log = logging.getLogger("fdchannel")
 
 T = TypeVar("T")
 _MSG_NOSIGNAL = int(socket.MSG_NOSIGNAL)
@@ -255,30 +261,16 @@ class Stream(Closing):
     def _read_once(self, max_bytes: int) -> bytes:
         if Capability.FD_PASSING not in self.capabilities:
             return self._sock.recv(max_bytes)
-        # Plain reads use recvmsg too, so descriptors nobody asked for are
-        # closed here instead of staying open in the process.
-        data, dropped = fdpass.recvmsg_discarding(self._sock, max_bytes)
-        if dropped:
-            self.discarded_fds += dropped
-            log.warning(
-                "%s: closed descriptor(s) that arrived on a plain receive (%d so far)",
-                self._describe(),
-                self.discarded_fds,
-            )
-        return data
+        return read_closing_strays(self, self._sock, max_bytes)
 
     # --- waiting and errors ------------------------------------------------------------
 
     def _retry(self, op: Callable[[], T], events: int, deadline: Deadline, what: str) -> T:
-        """Run ``op`` until it stops raising BlockingIOError, waiting for readiness."""
+        """``op`` once it does not block, each wait for ``events`` by ``deadline``."""
         while True:
-            self._check_open()
-            try:
-                return op()
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise self._translate(exc) from exc
+            result = attempt(self, op)
+            if not isinstance(result, Blocked):
+                return result
             wait_ready(
                 self._sock.fileno(), events, deadline, f"{self._describe()}: {what}", self.address
             )

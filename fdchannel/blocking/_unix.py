@@ -11,7 +11,7 @@ import time
 
 from ..address import UnixAddress
 from ..credentials import CredentialPolicy, same_user_or_root
-from ..unix_sockets import BACKLOG, Connecting, bind_listening
+from ..unix_sockets import BACKLOG, Connecting, listening
 from ._deadline import Deadline
 from ._listener import SocketListener
 from ._stream import Stream
@@ -38,17 +38,11 @@ def listen(
     policy: CredentialPolicy | None = same_user_or_root,
     backlog: int = BACKLOG,
 ) -> SocketListener:
-    """Listen on a unix socket (path or abstract name).
-
-    ``mode`` is the socket file's permission; ``policy`` decides which peers
-    ``accept`` returns (None accepts everyone); a refused peer is closed
-    unread and ``accept`` raises PeerCredentialsError.
-    """
-    sock, unlink = bind_listening(address, mode=mode, backlog=backlog)
-    try:
-        return SocketListener(sock, address, policy=policy, on_close=unlink)
-    except BaseException:
-        sock.close()
-        if unlink is not None:
-            unlink()
-        raise
+    """As ``fdchannel``'s: ``mode`` is the socket file's, ``policy`` admits each peer
+    (a refused one is closed unread: PeerCredentialsError)."""
+    return listening(
+        address,
+        lambda sock, unlink: SocketListener(sock, address, policy=policy, on_close=unlink),
+        mode=mode,
+        backlog=backlog,
+    )

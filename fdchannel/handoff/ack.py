@@ -1,19 +1,9 @@
-"""What the old process learns once its state was acknowledged: ``Ack``, in either layer."""
+"""Moved to ``fdchannel.protocol``: importable from here as before."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..protocol.ack import (
+    Ack as Ack,
+)
 
 __all__ = ["Ack"]
-
-
-@dataclass(frozen=True)
-class Ack:
-    """The new process acknowledged the state by closing the cpr channel."""
-
-    codec: str
-    descriptors: int
-    #: Seconds from the first connect attempt to the acknowledgement.
-    seconds: float
-    #: "accepted" (native: the receiver's status, then its close) or "closed" (qemu).
-    kind: str = "closed"

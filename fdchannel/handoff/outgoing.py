@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import warnings
 
-import anyio
 import anyio.abc
 
-from ..codecs import main as main_channel
+from ..protocol.ack import Ack
+from ..protocol.outgoing_side import OutgoingSide
 from ..state import FdState
 from ..transports import Stream
-from ..transports.retrying import connect_retrying
-from . import cpr
-from .ack import Ack
-from .machine import Event, State
-from .sides import OutgoingSide
-from .steps import discard, step
+from .steps import drive, run_step
 
 __all__ = ["Ack", "Outgoing"]
 
@@ -35,28 +30,14 @@ class Outgoing(OutgoingSide, anyio.abc.AsyncResource):
     """
 
     _load_transports = True
-    _main_stream: Stream | None = None
 
     async def send_cpr(self, state: FdState, timeout: float | None = 10) -> Ack:
         """Send ``state`` on the cpr channel and wait for the close-as-ack."""
-        self._machine.fire(Event.START)
-        async with step(self._machine, "sending the state on the cpr channel", timeout):
-            return await cpr.send_cpr(
-                self.cpr,
-                state,
-                codec=self.codec,
-                qemu_target=self.qemu_target,
-                timeout=None,  # the step's deadline
-                progress=self._progress,
-            )
+        return await run_step(self._machine, self._sending_cpr(state), timeout)
 
     async def connect_main(self, timeout: float | None = 10) -> Stream:
         """Connect the main channel (after the ack) and return its stream."""
-        self._machine.fire(Event.FINISH)
-        async with step(self._machine, "connecting the main channel", timeout):
-            stream = await connect_retrying(self.main)
-            self._main_stream = stream
-            self._machine.fire(Event.MAIN_CONNECTED)
+        stream: Stream = await run_step(self._machine, self._connecting_main(), timeout)
         return stream
 
     async def send_main(self, data: bytes = b"", timeout: float | None = 10) -> None:
@@ -66,31 +47,9 @@ class Outgoing(OutgoingSide, anyio.abc.AsyncResource):
         closed afterwards; failures become HandoffError, and a main stream
         that failed is closed at once (an ``exec:`` command is killed).
         """
-        if self._machine.state is State.ACKED:
+        if self._main_due:
             await self.connect_main(timeout)
-        stream = self._main_stream
-        if stream is None or self._machine.state is not State.MAIN_OPEN:
-            self._machine.fire(Event.COMPLETE)  # raises: not allowed here
-            raise AssertionError  # pragma: no cover
-        try:
-            async with step(self._machine, "sending the main stream", timeout):
-                # A length first, so the new process tells our death from the end.
-                await stream.send(main_channel.header(len(data)))
-                await stream.send(data)
-                await stream.send_eof()
-                await stream.wait_peer_closed()
-                # Closing belongs to the step: what it reports (a file's delayed
-                # write error) fails the handoff as a HandoffError.
-                self._main_stream = None
-                with anyio.CancelScope(shield=True):
-                    await stream.aclose()
-                self._machine.fire(Event.COMPLETE)
-        except BaseException:
-            # Failed or cancelled: no graceful close (a command that stopped
-            # reading would be waited for, and its status raised over ours).
-            self._main_stream = None
-            await discard(stream)
-            raise
+        await run_step(self._machine, self._sending_main(data), timeout)
 
     # The names before 0.2, kept for one release.
 
@@ -111,10 +70,7 @@ class Outgoing(OutgoingSide, anyio.abc.AsyncResource):
 
     async def abort(self) -> None:
         """Give up at any step; safe to call more than once."""
-        self._machine.fire(Event.ABORT)
-        if self._main_stream is not None:
-            stream, self._main_stream = self._main_stream, None
-            await discard(stream)
+        await drive(self._aborting())
 
     async def aclose(self) -> None:
         """``abort``: leaving ``async with`` gives up whatever is not finished."""

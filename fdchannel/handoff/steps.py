@@ -1,9 +1,10 @@
-"""The async handoff's steps: each under a deadline, its failures typed, its leftovers closed.
+"""The async layer's loop under the handoff's drivers: their I/O, each step under its deadline.
 
-``step`` runs one step of a side (send the state, connect main, ...) under
-its timeout and moves the side's state machine to FAILED or ABORTED when
-the step does not finish; ``discard`` closes a stream such a step leaves
-behind.
+``drive`` runs a driver (``actions``), doing each request on anyio streams
+and listeners; ``run_step`` runs one step of a side (send the state, connect
+main, ...) under its timeout and moves the side's state machine to FAILED or
+ABORTED when the step does not finish (``protocol.side.fail_step``, the blocking
+layer's rule too); ``discard`` closes a stream such a step leaves behind.
 """
 
 from __future__ import annotations
@@ -11,18 +12,105 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import anyio
 
-from ..deadlines import seconds
-from ..errors import FdChannelError
-from ..transports import Stream
-from .machine import Machine
-from .sides import fail_step
+from ..deadlines import seconds, timeout_text
+from ..errors import ConnectionLostError, FdChannelError, HandoffTimeout, TransportTimeout
+from ..protocol import actions as do
+from ..protocol.machine import Machine
+from ..protocol.side import fail_step
+from ..transfer import await_verdict, receive_state_and_codec, send_with
+from ..transports import Stream, listen
+from ..transports.retrying import accept_admitted, connect_retrying
 
-__all__ = ["discard", "step"]
+__all__ = ["bounded", "discard", "drive", "run_step", "step"]
 
 log = logging.getLogger("fdchannel")
+
+T = TypeVar("T")
+
+
+class _AnyioIO:
+    """Each request of a driver, done on anyio streams and listeners."""
+
+    async def connect(self, r: do.Connect) -> Stream:
+        return await connect_retrying(r.channel, r.attempts)
+
+    async def listen(self, r: do.Listen) -> Any:
+        return await listen(r.channel, **r.options)
+
+    async def accept(self, r: do.Accept) -> Stream:
+        return await accept_admitted(r.listener, r.on_refused)
+
+    async def send_state(self, r: do.SendState) -> None:
+        await send_with(r.stream, r.encoder)
+
+    async def await_verdict(self, r: do.AwaitVerdict) -> str:
+        return await await_verdict(r.stream, r.encoder)
+
+    async def receive_state(self, r: do.ReceiveState) -> Any:
+        return await receive_state_and_codec(r.stream, limits=r.limits)
+
+    async def send(self, r: do.Send) -> None:
+        try:
+            with anyio.fail_after(seconds(r.timeout)):
+                await r.stream.send(r.data)
+        except anyio.BrokenResourceError as exc:
+            raise ConnectionLostError(f"{r.stream._describe()}: {exc}", r.stream.address) from exc
+        except TimeoutError as exc:
+            raise TransportTimeout(
+                f"{r.stream._describe()}: sending did not finish within {timeout_text(r.timeout)}",
+                r.stream.address,
+            ) from exc
+
+    async def send_eof(self, r: do.SendEof) -> None:
+        await r.stream.send_eof()
+
+    async def wait_peer_closed(self, r: do.WaitPeerClosed) -> None:
+        await r.stream.wait_peer_closed()
+
+    async def receive(self, r: do.Receive) -> bytes:
+        try:
+            data: bytes = await r.stream.receive(r.max_bytes)
+        except anyio.EndOfStream:
+            return b""
+        return data
+
+    async def close(self, r: do.Close) -> None:
+        with anyio.CancelScope(shield=True):
+            await r.resource.aclose()
+
+    async def discard(self, r: do.Discard) -> None:
+        await discard(r.stream)
+
+
+_IO = _AnyioIO()
+
+
+async def drive(driver: do.Driver[T]) -> T:
+    """Run ``driver`` to its end: what it returns, or what it raises."""
+    driving = do.Driving(driver)
+    for request in driving:
+        with driving.catching():
+            driving.done(await getattr(_IO, request.verb)(request))
+    return driving.result
+
+
+async def bounded(driver: do.Driver[T], timeout: float | None, late: str) -> T:
+    """``drive`` within ``timeout``: a HandoffTimeout saying ``late`` once it passed."""
+    try:
+        with anyio.fail_after(seconds(timeout)):
+            return await drive(driver)
+    except TimeoutError as exc:
+        raise HandoffTimeout(late) from exc
+
+
+async def run_step(machine: Machine, step_: do.Step[T], timeout: float | None) -> T:
+    """Run one step of a side under its deadline: ``step``."""
+    async with step(machine, step_.what, timeout):
+        return await drive(step_.driver)
 
 
 @asynccontextmanager
@@ -30,7 +118,7 @@ async def step(machine: Machine, what: str, timeout: float | None) -> AsyncItera
     """Run one handoff step under a deadline; failures become HandoffError.
 
     The machine moves to FAILED on any error, ABORTED on cancellation
-    (``sides.fail_step``, the blocking layer's rule too).
+    (``protocol.side.fail_step``, the blocking layer's rule too).
     """
     try:
         with anyio.fail_after(seconds(timeout)):

@@ -24,7 +24,7 @@ import anyio.lowlevel
 from ..capabilities import Capability
 from ..credentials import CredentialPolicy, Credentials, same_user_or_root
 from ..errors import CapabilityError, PeerCredentialsError, TransportError
-from ..sockets import BROKEN_ERRNOS, DEFAULT_RECEIVE, keep_until_closed
+from ..sockets import BROKEN_ERRNOS, DEFAULT_RECEIVE, Blocked, attempt, keep_until_closed
 
 if TYPE_CHECKING:
     from ..address import Address
@@ -201,15 +201,11 @@ class DescriptorStream(Stream):
         os.close(self._fd)
 
     async def _retry(self, op: Callable[[], T], readable: bool) -> T:
-        """Run ``op`` until it stops raising BlockingIOError, waiting for readiness."""
+        """``op`` once it does not block, waiting on the event loop for readiness."""
         while True:
-            self._check_open()
-            try:
-                return op()
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise self._translate(exc) from exc
+            result = attempt(self, op)
+            if not isinstance(result, Blocked):
+                return result
             try:
                 if readable:
                     await anyio.wait_readable(self._fd)

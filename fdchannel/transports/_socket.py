@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -17,7 +16,7 @@ from .. import fds as fdpass
 from ..capabilities import Capability
 from ..credentials import peer_credentials
 from ..errors import ConnectError
-from ..sockets import ListeningSocket, drain_queued
+from ..sockets import ListeningSocket, drain_queued, read_closing_strays
 from ._base import DescriptorStream, FdAttribute, Listener, Stream
 
 if TYPE_CHECKING:
@@ -30,8 +29,6 @@ __all__ = [
     "async_connect",
     "stream_for_socket",
 ]
-
-log = logging.getLogger("fdchannel")
 
 
 class SocketStream(DescriptorStream):
@@ -94,17 +91,7 @@ class UnixSocketStream(SocketStream):
         }
 
     def _read_once(self, max_bytes: int) -> bytes:
-        # Plain reads use recvmsg too, so descriptors nobody asked for are
-        # closed here instead of staying open in the process.
-        data, dropped = fdpass.recvmsg_discarding(self._sock, max_bytes)
-        if dropped:
-            self.discarded_fds += dropped
-            log.warning(
-                "%s: closed descriptor(s) that arrived on a plain receive (%d so far)",
-                self._describe(),
-                self.discarded_fds,
-            )
-        return data
+        return read_closing_strays(self, self._sock, max_bytes)
 
     async def receive_fds_many(
         self, max_bytes: int, maxfds: int = fdpass.SCM_MAX_FD, max_messages: int = 64

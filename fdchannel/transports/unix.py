@@ -15,7 +15,14 @@ import anyio
 from ..address import UnixAddress
 from ..credentials import CredentialPolicy, Credentials, peer_credentials, same_user_or_root
 from ..sockdiag import Binding, Bound, binding, bound_to_file, bound_to_name
-from ..unix_sockets import BACKLOG, Connecting, bind_listening, new_socket, sockaddr
+from ..unix_sockets import (
+    BACKLOG,
+    Connecting,
+    bind_listening,
+    listening,
+    new_socket,
+    sockaddr,
+)
 from ._socket import SocketListener, UnixSocketStream
 
 # Binding and the credential helpers are re-exported from their homes
@@ -68,11 +75,9 @@ async def listen(
     ``accept`` returns (None accepts everyone); a refused peer is closed and
     ``accept`` raises PeerCredentialsError.
     """
-    sock, unlink = bind_listening(address, mode=mode, backlog=backlog)
-    try:
-        return UnixListener(sock, address, policy=policy, on_close=unlink)
-    except BaseException:
-        sock.close()
-        if unlink is not None:
-            unlink()
-        raise
+    return listening(
+        address,
+        lambda sock, unlink: UnixListener(sock, address, policy=policy, on_close=unlink),
+        mode=mode,
+        backlog=backlog,
+    )

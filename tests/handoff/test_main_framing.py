@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fdchannel import ProtocolError
-from fdchannel.codecs.main import MainReader, header
+from fdchannel.protocol.main_framing import MainReader, header
 
 #: (what arrives, in pieces; the data, or the error)
 CASES = [
