@@ -1,9 +1,11 @@
 """The QEMU version matrix: which cpr-transfer test passed on which QEMU and event loop.
 
-A pytest plugin (``pytest -p tests.interop.matrix``, as ``make interop-qemu``
-runs it) that prints, after the run, one row per kind of test and one column
-per QEMU version or cross-version route; a cell sums up the runs on asyncio,
-uvloop and trio.
+A pytest plugin (``pytest -p tests.interop.matrix``, as ``make test`` and
+``make interop-qemu`` run it) that prints, after the run, one row per kind of
+test and one column per QEMU version or cross-version route; a cell sums up
+the runs on asyncio, uvloop and trio.  Below the table it says which cells
+were skipped and why: the tests' reasons, and first the one ``qemu_cache.py``
+passes in ``FDCHANNEL_QEMU_SKIPPED`` (e.g. not root).
 
 A test names its row with ``@row(...)``; its column is the ``matrix_column``
 of one of its parameters (a QEMU version, a route).  Files that know nothing
@@ -12,13 +14,17 @@ of this are placed by ``FILE_CELLS``.  Tests in neither are left out.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import pytest
+from .qemu_cache import ROOT_VARIABLES, SKIPPED_VARIABLE
+
+if TYPE_CHECKING:  # only in annotations: qemu_cache.py imports the rows without pytest
+    import pytest
 
 __all__ = ["COLUMNS", "ROWS", "row"]
 
@@ -60,6 +66,8 @@ class Run:
     loop: str
     outcome: str = "not run"
     seconds: float = 0.0
+    #: Why it was skipped.
+    reason: str = ""
 
 
 @dataclass
@@ -81,7 +89,7 @@ class Matrix:
         if report.failed:
             run.outcome = "fail"
         elif report.skipped:
-            run.outcome = "skip"
+            run.outcome, run.reason = "skip", _skip_reason(report)
         elif report.when == "call":
             run.outcome, run.seconds = "pass", report.duration
 
@@ -91,6 +99,8 @@ class Matrix:
         terminalreporter.write_sep("=", "QEMU version matrix")
         for line in self.table():
             terminalreporter.write_line(line)
+        for line in self.skipped():
+            terminalreporter.write_line(line, yellow=True, bold=True)
 
     def table(self) -> list[str]:
         """The matrix as aligned text lines."""
@@ -108,6 +118,34 @@ class Matrix:
         ]
         lines.append(f"(each cell: runs on {', '.join(LOOPS)}; mean seconds of the passed runs)")
         return [line.rstrip() for line in lines]
+
+    def skipped(self) -> list[str]:
+        """Which cells were skipped and why (nothing if none was)."""
+        runs = [run for run in self.runs.values() if run.outcome == "skip"]
+        if not runs:
+            return []
+        why = os.environ.get(SKIPPED_VARIABLE)
+        lines = [f"SKIPPED {len(runs)} of {len(self.runs)} runs" + (f": {why}" if why else "")]
+        by_reason: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        for run in runs:
+            # A root not named is what ``why`` explains: one group, no reason repeated.
+            unnamed = why and any(v in run.reason for v in ROOT_VARIABLES.values())
+            by_reason["" if unnamed else run.reason][run.row].add(run.column)
+        for reason, rows in sorted(by_reason.items()):
+            if reason:
+                lines.append(f"  because {reason}:")
+            indent = "    " if reason else "  "
+            for name in _ordered(ROWS, set(rows)):
+                lines.append(f"{indent}{name}: {', '.join(_ordered(COLUMNS, rows[name]))}")
+        return lines
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    """The reason a skip gave, as pytest -rs shows it."""
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
 
 
 def _ordered(known: tuple[str, ...], seen: set[str]) -> list[str]:

@@ -7,7 +7,8 @@ entered with ``chroot``:
 * version 11: a copy of the version 10 root with ``trixie-backports`` added
   to its apt sources and ``qemu-system-x86`` installed from there (QEMU 11.1).
 
-Run as a script (root only) it builds a root if it is missing, or removes it::
+Run as a script (root only) it builds a root if it is missing, or removes it
+(``qemu_cache.py`` keeps the roots ``make test`` uses, built with this)::
 
     python tests/interop/qemu_root.py --version 10 [DIR]   # DIR: .qemu10/root
     python tests/interop/qemu_root.py --version 11 [DIR]   # DIR: .qemu11/root
@@ -39,16 +40,21 @@ from pathlib import Path
 __all__ = [
     "FLAVOURS",
     "QEMU_IN_ROOT",
+    "RECIPE",
     "Flavour",
     "bind_mounts",
     "ensure_root",
     "installed_qemu",
     "is_complete",
     "main",
+    "mounts_under",
     "remove_root",
+    "remove_tree",
+    "root_lock",
 ]
 
-#: The project's top directory: roots live under it (ignored by git).
+#: The project's top directory: the script's default roots live under it (ignored by
+#: git); `make` keeps its roots in qemu_cache.py's cache instead.
 TOP = Path(__file__).resolve().parents[2]
 SUITE = "trixie"
 #: Debian's own mirror, the one the machine's apt sources name.
@@ -61,6 +67,9 @@ DPKG_STATUS = "var/lib/dpkg/status"
 #: What QEMU (and apt, while it installs) needs from the host: /proc (its own
 #: fds, memfd links) and /dev (null, urandom, kvm).  Neither has submounts it needs.
 BIND_MOUNTS = ("proc", "dev")
+#: The build's own version: bump it when ``build`` changes what a root holds,
+#: so that cached roots (``qemu_cache.py``) made the old way are rebuilt.
+RECIPE = 1
 #: Seconds an interrupted build gets to unmount and exit.
 STOP_GRACE = 30
 
@@ -75,6 +84,11 @@ class Flavour:
     default_root: Path
     #: Built from a copy of the version 10 root plus trixie-backports.
     backports: bool
+
+    @property
+    def suite(self) -> str:
+        """The Debian suite its QEMU comes from."""
+        return f"{SUITE}-backports" if self.backports else SUITE
 
 
 FLAVOURS = {
@@ -226,14 +240,30 @@ def disk_usage(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def build_lock(root: Path) -> Iterator[None]:
-    """Hold a lock next to ``root`` so that two builds never run at once."""
+def root_lock(root: Path, *, shared: bool = False, busy: str | None = None) -> Iterator[bool]:
+    """Hold the lock next to ``root``; yields whether it was taken.
+
+    Exclusive while a root is built, copied or removed; shared while tests
+    use it.  With ``busy`` a lock held elsewhere is waited for, after
+    logging ``busy``; without it the block gets False at once instead.
+    """
+    kind = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     with open(root.parent / f".{root.name}.lock", "w") as lock:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, kind | fcntl.LOCK_NB)
         except BlockingIOError:
-            log("another build of this root is running; waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            if busy is None:
+                yield False
+                return
+            log(busy)
+            fcntl.flock(lock, kind)
+        yield True
+
+
+@contextlib.contextmanager
+def build_lock(root: Path) -> Iterator[None]:
+    """Hold a lock next to ``root`` so that two builds never run at once."""
+    with root_lock(root, busy="another build of this root is running; waiting for it"):
         yield
 
 
@@ -306,7 +336,9 @@ def build(flavour: Flavour, partial: Path, base: Path | None) -> None:
     else:
         source = base or FLAVOURS["10"].default_root
         ensure_root(source, "10")
-        copy_root(source, partial)
+        # Tests hold a shared lock on the roots they mount /proc and /dev in.
+        with root_lock(source, busy=f"{source} is in use by a test run; waiting to copy it"):
+            copy_root(source, partial)
         install_backports(partial)
     if not is_complete(partial, flavour.version):
         found = installed_qemu(partial)

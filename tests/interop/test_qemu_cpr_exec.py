@@ -60,7 +60,7 @@ pytestmark = [
     pytest.mark.skipif(
         not os.environ.get(ROOT_VARIABLE),
         reason=f"{ROOT_VARIABLE} is not set: it names a Debian 13 root with QEMU 11.1 "
-        "('make interop-qemu' builds one and runs this, as root)",
+        "('make test' or 'make interop-qemu' sets it when run as root)",
     ),
 ]
 

@@ -112,8 +112,8 @@ class QemuVersion:
         """Skip unless this version's root is named."""
         return pytest.mark.skipif(
             not os.environ.get(self.variable),
-            reason=f"{self.variable} is not set: `make interop-qemu` runs this as root "
-            f"with a Debian 13 root holding QEMU {self.label}",
+            reason=f"{self.variable} is not set: `make test` or `make interop-qemu` sets it "
+            f"when run as root, to a cached Debian 13 root holding QEMU {self.label}",
         )
 
 
