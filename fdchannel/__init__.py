@@ -50,6 +50,8 @@ if TYPE_CHECKING:
         HandoffTimeout as HandoffTimeout,
         PeerCredentialsError as PeerCredentialsError,
         ProtocolError as ProtocolError,
+        QemuError as QemuError,
+        QmpError as QmpError,
         StateError as StateError,
         TransportError as TransportError,
         TransportTimeout as TransportTimeout,
@@ -66,6 +68,11 @@ if TYPE_CHECKING:
         ReceivedCpr as ReceivedCpr,
         receive_cpr as receive_cpr,
         send_cpr as send_cpr,
+    )
+    from .qemu_update import (
+        UpdateReport as UpdateReport,
+        check_qemu as check_qemu,
+        update_qemu as update_qemu,
     )
     from .relaying import (
         RelayStats as RelayStats,

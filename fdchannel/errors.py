@@ -14,6 +14,8 @@ __all__ = [
     "HandoffTimeout",
     "PeerCredentialsError",
     "ProtocolError",
+    "QemuError",
+    "QmpError",
     "StateError",
     "TransportError",
     "TransportTimeout",
@@ -118,3 +120,18 @@ class UpgradeBusy(UpgradeError):
 class UpgradeFailed(UpgradeError):
     """The new generation did not take over: it could not start, exited,
     reported a failure or timed out.  It was killed; the old one rolled back."""
+
+
+class QemuError(FdChannelError):
+    """A QEMU could not be driven: its monitor closed, it exited, or it did not
+    answer in time."""
+
+
+class QmpError(QemuError):
+    """A QMP command was refused: QEMU's ``error`` reply (``error_class``, and its
+    ``desc`` as the message)."""
+
+    def __init__(self, message: str, command: str, error_class: str) -> None:
+        super().__init__(message)
+        self.command = command
+        self.error_class = error_class

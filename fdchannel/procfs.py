@@ -52,11 +52,12 @@ def started_environment() -> dict[bytes, bytes]:
     return environment
 
 
-def socket_owners(inodes: list[int]) -> list[int]:
-    """Pids holding a descriptor to one of the socket ``inodes`` (those we may look at)."""
+def socket_owners(inodes: list[int], among: list[int] | None = None) -> list[int]:
+    """Pids holding a descriptor to one of the socket ``inodes`` (those we may look
+    at), looking at the processes ``among`` only if given."""
     targets = {f"socket:[{inode}]" for inode in inodes}
     owners = []
-    for entry in os.listdir("/proc"):
+    for entry in map(str, among) if among is not None else os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:

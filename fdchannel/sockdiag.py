@@ -19,14 +19,16 @@ import struct
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["Binding", "Bound", "binding", "bound_to_file", "bound_to_name"]
+__all__ = ["Binding", "Bound", "binding", "bound_to_file", "bound_to_name", "peer_inode"]
 
 _NETLINK_SOCK_DIAG = 4
 _SOCK_DIAG_BY_FAMILY = 20
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _UDIAG_SHOW_VFS = 0x2
+_UDIAG_SHOW_PEER = 0x4
 _UNIX_DIAG_VFS = 1
+_UNIX_DIAG_PEER = 2
 _TCP_LISTEN = 10
 _ALL = 0xFFFFFFFF  # every state bit; a cookie of ~0 matches any socket
 _SO_ACCEPTCON = 0x10000  # /proc/net/unix's Flags bit for a listening socket
@@ -164,3 +166,39 @@ def binding(path: bytes, st: os.stat_result) -> Binding:
     """Whether a socket of this namespace is bound to the socket file ``path``."""
     found = bound_to_file(path, st)
     return Binding.UNKNOWN if found is None else found.binding
+
+
+def peer_inode(sock: socket.socket) -> int | None:
+    """The socket inode at the other end of a connected unix socket (sock_diag),
+    for finding the process that holds it; None if the kernel cannot say."""
+    ours = os.fstat(sock.fileno()).st_ino & 0xFFFFFFFF
+    try:
+        nl = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG
+        )
+    except OSError:
+        return None
+    with nl:
+        nl.settimeout(2.0)
+        request = _REQUEST.pack(socket.AF_UNIX, 0, 0, _ALL, ours, _UDIAG_SHOW_PEER, _ALL, _ALL)
+        header = _NLMSG.pack(_NLMSG.size + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0)
+        try:
+            nl.send(header + request)
+            data = nl.recv(1 << 16)
+        except OSError:
+            return None
+    if len(data) < _NLMSG.size + _REPLY.size:
+        return None
+    length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, 0)
+    if kind != _SOCK_DIAG_BY_FAMILY:
+        return None  # an error: no unix_diag, or no such socket
+    at, end = _NLMSG.size + _REPLY.size, min(length, len(data))
+    while at + _ATTR.size <= end:
+        size, attr = _ATTR.unpack_from(data, at)
+        if size < _ATTR.size:
+            break
+        if attr == _UNIX_DIAG_PEER and size >= _ATTR.size + 4:
+            (peer,) = struct.unpack_from("=I", data, at + _ATTR.size)
+            return int(peer) or None
+        at += (size + 3) & ~3
+    return None

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 from ..protocol.ack import Ack
 from ..protocol.machine import State
+from ..protocol.qemu_update import UpdateReport
 from ._cpr import ReceivedCpr, receive_cpr, send_cpr
 from ._deadline import TransportTimeout
 from ._incoming import Incoming
 from ._listener import Listener
 from ._open import connect, listen
 from ._outgoing import Outgoing
+from ._qemu_update import check_qemu, update_qemu
 from ._stream import Stream
 from ._transfer import receive_state, receive_state_and_codec, send_state
 
@@ -43,6 +45,8 @@ __all__ = [
     "State",
     "Stream",
     "TransportTimeout",
+    "UpdateReport",
+    "check_qemu",
     "connect",
     "listen",
     "receive_cpr",
@@ -50,4 +54,5 @@ __all__ = [
     "receive_state_and_codec",
     "send_cpr",
     "send_state",
+    "update_qemu",
 ]

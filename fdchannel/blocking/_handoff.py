@@ -18,7 +18,7 @@ from ..protocol import actions as do
 from ..protocol.machine import Machine
 from ..protocol.side import fail_step
 from ..retry import delays, worth_retrying
-from ._deadline import Deadline, TransportTimeout
+from ._deadline import READABLE, Deadline, TransportTimeout, wait_ready
 from ._listener import Listener
 from ._open import connect, listen
 from ._stream import Stream
@@ -77,8 +77,28 @@ class _BlockingIO:
         r.stream.wait_peer_closed(self.deadline.left())
 
     def receive(self, r: do.Receive) -> bytes:
-        data: bytes = r.stream.receive(r.max_bytes, self.deadline.left())
+        data: bytes = r.stream.receive(r.max_bytes, _sooner(self.deadline.left(), r.timeout))
         return data
+
+    def send_fds(self, r: do.SendFds) -> None:
+        r.stream.send_fds(r.data, r.fds, self.deadline.left())
+
+    def adopt(self, r: do.Adopt) -> Stream:
+        return Stream(r.sock, None)
+
+    def wait_readable(self, r: do.WaitReadable) -> bool:
+        left = self.deadline.left()
+        try:
+            wait_ready(r.fd, READABLE, Deadline(_sooner(left, r.timeout)), f"descriptor {r.fd}")
+        except TransportTimeout:
+            if self.deadline.left() == 0:
+                raise  # the step's deadline, not the request's
+            return False
+        return True
+
+    def sleep(self, r: do.Sleep) -> None:
+        left = self.deadline.left()
+        time.sleep(r.seconds if left is None else min(r.seconds, left))
 
     def close(self, r: do.Close) -> None:
         r.resource.close()

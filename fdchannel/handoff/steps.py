@@ -10,8 +10,8 @@ layer's rule too); ``discard`` closes a stream such a step leaves behind.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import anyio
@@ -22,7 +22,7 @@ from ..protocol import actions as do
 from ..protocol.machine import Machine
 from ..protocol.side import fail_step
 from ..transfer import await_verdict, receive_state_and_codec, send_with
-from ..transports import Stream, listen
+from ..transports import Stream, UnixSocketStream, listen
 from ..transports.retrying import accept_admitted, connect_retrying
 
 __all__ = ["bounded", "discard", "drive", "run_step", "step"]
@@ -54,16 +54,12 @@ class _AnyioIO:
         return await receive_state_and_codec(r.stream, limits=r.limits)
 
     async def send(self, r: do.Send) -> None:
-        try:
-            with anyio.fail_after(seconds(r.timeout)):
-                await r.stream.send(r.data)
-        except anyio.BrokenResourceError as exc:
-            raise ConnectionLostError(f"{r.stream._describe()}: {exc}", r.stream.address) from exc
-        except TimeoutError as exc:
-            raise TransportTimeout(
-                f"{r.stream._describe()}: sending did not finish within {timeout_text(r.timeout)}",
-                r.stream.address,
-            ) from exc
+        with _typed(r.stream, r.timeout, "sending"):
+            await r.stream.send(r.data)
+
+    async def send_fds(self, r: do.SendFds) -> None:
+        with _typed(r.stream, None, "sending"):
+            await r.stream.send_fds(r.data, r.fds)
 
     async def send_eof(self, r: do.SendEof) -> None:
         await r.stream.send_eof()
@@ -73,10 +69,23 @@ class _AnyioIO:
 
     async def receive(self, r: do.Receive) -> bytes:
         try:
-            data: bytes = await r.stream.receive(r.max_bytes)
+            with _typed(r.stream, r.timeout, "receiving"):
+                data: bytes = await r.stream.receive(r.max_bytes)
         except anyio.EndOfStream:
             return b""
         return data
+
+    async def adopt(self, r: do.Adopt) -> Stream:
+        return UnixSocketStream(r.sock, None)
+
+    async def wait_readable(self, r: do.WaitReadable) -> bool:
+        with anyio.move_on_after(seconds(r.timeout)):
+            await anyio.wait_readable(r.fd)
+            return True
+        return False
+
+    async def sleep(self, r: do.Sleep) -> None:
+        await anyio.sleep(r.seconds)
 
     async def close(self, r: do.Close) -> None:
         with anyio.CancelScope(shield=True):
@@ -89,11 +98,29 @@ class _AnyioIO:
 _IO = _AnyioIO()
 
 
+@contextmanager
+def _typed(stream: Stream, timeout: float | None, doing: str) -> Iterator[None]:
+    """A request on ``stream`` within its own ``timeout``: a broken connection is a
+    ConnectionLostError and the time up a TransportTimeout, as in the blocking layer."""
+    try:
+        with anyio.fail_after(seconds(timeout)):
+            yield
+    except anyio.BrokenResourceError as exc:
+        raise ConnectionLostError(f"{stream._describe()}: {exc}", stream.address) from exc
+    except TimeoutError as exc:
+        raise TransportTimeout(
+            f"{stream._describe()}: {doing} did not finish within {timeout_text(timeout)}",
+            stream.address,
+        ) from exc
+
+
 async def drive(driver: do.Driver[T]) -> T:
     """Run ``driver`` to its end: what it returns, or what it raises."""
     driving = do.Driving(driver)
     for request in driving:
-        with driving.catching():
+        # Once cancelled, the driver's clean-up must still run (each of its
+        # requests is bounded by a timeout of its own).
+        with driving.catching(), anyio.CancelScope(shield=driving.unwinding):
             driving.done(await getattr(_IO, request.verb)(request))
     return driving.result
 

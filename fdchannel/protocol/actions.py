@@ -25,6 +25,7 @@ from ..state import Limits
 
 __all__ = [
     "Accept",
+    "Adopt",
     "AwaitVerdict",
     "Close",
     "Connect",
@@ -37,9 +38,12 @@ __all__ = [
     "Request",
     "Send",
     "SendEof",
+    "SendFds",
     "SendState",
+    "Sleep",
     "Step",
     "WaitPeerClosed",
+    "WaitReadable",
 ]
 
 T = TypeVar("T")
@@ -129,11 +133,49 @@ class WaitPeerClosed:
 
 @dataclass(frozen=True, slots=True)
 class Receive:
-    """Read up to ``max_bytes``: ``b""`` at the end."""
+    """Read up to ``max_bytes``: ``b""`` at the end; ``timeout`` bounds this request
+    alone (a TransportTimeout)."""
 
     stream: Any
     max_bytes: int
+    timeout: float | None = None
     verb: ClassVar[str] = "receive"
+
+
+@dataclass(frozen=True, slots=True)
+class SendFds:
+    """Send ``data`` with ``fds`` attached (one ``sendmsg``, then the rest of ``data``)."""
+
+    stream: Any
+    data: bytes
+    fds: list[int]
+    verb: ClassVar[str] = "send_fds"
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """Make a connected unix socket (ours from here on) the layer's stream."""
+
+    sock: Any
+    verb: ClassVar[str] = "adopt"
+
+
+@dataclass(frozen=True, slots=True)
+class WaitReadable:
+    """Wait until descriptor ``fd`` is readable (a pidfd: its process exited), for
+    ``timeout`` at most: True if it is, False once the time is up."""
+
+    fd: int
+    timeout: float | None
+    verb: ClassVar[str] = "wait_readable"
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Let ``seconds`` pass (a poll of something that cannot be waited for)."""
+
+    seconds: float
+    verb: ClassVar[str] = "sleep"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +208,10 @@ Request = (
     | Receive
     | Close
     | Discard
+    | SendFds
+    | Adopt
+    | WaitReadable
+    | Sleep
 )
 
 #: A driver: requests out, their results in, its own result at the end.
@@ -194,12 +240,15 @@ class Driving(Generic[T]):
     ask for more I/O to do so) and raises it again, or handles it.
     """
 
-    __slots__ = ("_driver", "_error", "_sent", "result")
+    __slots__ = ("_driver", "_error", "_sent", "result", "unwinding")
 
     def __init__(self, driver: Driver[T]) -> None:
         self._driver = driver
         self._sent: object = None
         self._error: BaseException | None = None
+        #: An error was thrown into the driver: what it asks for now cleans up,
+        #: and must run even when the error was a cancellation.
+        self.unwinding = False
         #: What the driver returned, once the loop is over.
         self.result: T
 
@@ -228,3 +277,4 @@ class Driving(Generic[T]):
             yield
         except BaseException as exc:
             self._error = exc
+            self.unwinding = True
