@@ -87,6 +87,17 @@ class Monitor:
             yield from self._read(f"waited for {command}", _left(started, timeout))
         return value
 
+    def wait_closed(self, timeout: float | None) -> Driver[None]:
+        """Until QEMU closes the monitor (it exits or execs); events read on the way
+        are kept."""
+        started = now()
+        while not self.session.closed:
+            try:
+                yield from self._read("waited for it to close", _left(started, timeout))
+            except QemuError:
+                if not self.session.closed:
+                    raise
+
     def wait_event(self, names: Iterable[str], timeout: float | None) -> Driver[Event]:
         """The first of the events ``names`` (one that came already counts)."""
         wanted = tuple(names)

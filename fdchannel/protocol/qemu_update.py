@@ -47,7 +47,9 @@ from .monitor import Monitor, connect_monitor
 
 __all__ = ["MODES", "QemuUpdate", "UpdateReport", "checking", "updating"]
 
-MODES = ("cpr-transfer",)
+MODES = ("cpr-transfer", "cpr-exec")
+#: The first QEMU of each mode.
+_SINCE = {"cpr-transfer": (10, 0, 0), "cpr-exec": (10, 2, 0)}
 #: How often the new QEMU's cpr listener is looked for while it starts.
 _LOOK_EVERY = 0.002
 #: How long a rollback step, or the old QEMU's exit, may take.
@@ -196,8 +198,11 @@ def _problems(monitor: Monitor, mode: str, clock: _Clock, *, change: bool) -> Dr
     """
     problems: list[str] = []
     version = monitor.session.version
-    if version < (10, 0, 0):
-        problems.append(f"QEMU {_version(version)} has no cpr-transfer (QEMU 10.0 and later)")
+    since = _SINCE[mode]
+    if version < since:
+        problems.append(
+            f"QEMU {_version(version)} has no {mode} (QEMU {since[0]}.{since[1]} and later)"
+        )
         return problems
     status = yield from monitor.execute("query-status", timeout=clock.left())
     if status.get("status") != "running":
@@ -247,6 +252,31 @@ def _listening(name: str) -> bool:
     return found is not None and bool(found.listening)
 
 
+def _check_command(program: str, root: str, pid: int) -> None:
+    """cpr-exec: the old QEMU must find ``program`` as execvp will, in its own root
+    and with its own PATH, or the exec fails with the guest stopped."""
+    if "/" in program:
+        candidates = [program]
+    else:
+        path = _environment(pid).get("PATH", "/usr/local/bin:/usr/bin:/bin")
+        candidates = [os.path.join(d or ".", program) for d in path.split(":")]
+    for candidate in candidates:
+        inside = os.path.join(root, candidate.lstrip("/"))
+        if os.path.isfile(inside) and os.access(inside, os.X_OK):
+            return
+    raise _Failed(f"the old QEMU would not find {program} to exec (looked in its root and PATH)")
+
+
+def _environment(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as file:
+            raw = file.read()
+    except OSError:
+        return {}
+    pairs = (os.fsdecode(item).partition("=") for item in raw.split(b"\0") if item)
+    return {name: value for name, _, value in pairs}
+
+
 class QemuUpdate:
     """One update: ``run()`` is its driver, ``report`` what it did so far (final once
     the driver ended, however it ended: an interrupted update rolled back first)."""
@@ -280,7 +310,12 @@ class QemuUpdate:
         #: The new QEMU read the cpr state (its monitor greeted us).
         self.took_state = False
         token = f"fdchannel-{os.getpid()}-{secrets.token_hex(4)}"
-        self.names = {"cpr": f"{token}-cpr", "main": f"{token}-main"}
+        self.names = {"cpr": f"{token}-cpr", "main": f"{token}-main", "monitor": f"{token}-qmp"}
+        #: cpr-exec: the migration stream's file, as we see it (through QEMU's root).
+        self.state_file: str | None = None
+        self.state_inside = f"/tmp/{token}.vmstate"
+        #: cpr-exec: the old QEMU has exec'd the new command: no way back.
+        self.execd = False
 
     def run(self) -> Driver[UpdateReport]:
         report = self.report
@@ -325,6 +360,9 @@ class QemuUpdate:
             timeout=clock.left(),
         )
         clock.done("check-old")
+        if self.mode == "cpr-exec":
+            yield from self._switch_by_exec(old)
+            return
         yield from self._start_new()
         clock.done("start-new")
         yield from self._await_listening()
@@ -339,6 +377,62 @@ class QemuUpdate:
         resume = yield from self.new.wait_event(["RESUME"], clock.left())
         report.downtime_ms = (resume.timestamp - stop.timestamp) * 1000
         clock.done("switch")
+
+    def _switch_by_exec(self, old: Monitor) -> Driver[None]:
+        """cpr-exec: the old QEMU writes its state to a file and execs the new
+        command line in its own place (the same pid).  Everything that can be
+        checked is checked before: after the exec there is no old QEMU to go
+        back to."""
+        clock, report = self.clock, self.report
+        if old.pid is None:
+            raise _Failed("cannot tell which process serves the QMP socket: cpr-exec needs it")
+        root = f"/proc/{old.pid}/root"
+        _check_command(self.command[0], root, old.pid)
+        self.state_file = root + self.state_inside
+        argv = [*self.command, "-incoming", "defer", *self._own_monitor_by_name()]
+        yield from old.execute(
+            "migrate-set-parameters", {"cpr-exec-command": argv}, timeout=clock.left()
+        )
+        self.pidfd = os.pidfd_open(old.pid)
+        report.new_pid = old.pid
+        self.migrating = True
+        yield from old.execute(
+            "migrate", {"channels": [self._state_channel()]}, timeout=clock.left()
+        )
+        clock.done("migrate")
+        stop = yield from old.wait_event(["STOP"], clock.left())
+        yield from old.wait_closed(clock.left())  # the exec closes its monitor
+        self.execd = True
+        clock.done("exec")
+        yield from self._await_name(self.names["monitor"], "its monitor")
+        self.new = new = yield from connect_monitor(
+            "\0" + self.names["monitor"], "the new QEMU", clock.left()
+        )
+        report.new_version = _version(new.session.version)
+        clock.done("new-listens")
+        yield from new.execute(
+            "migrate-incoming", {"channels": [self._state_channel()]}, timeout=clock.left()
+        )
+        resume = yield from new.wait_event(["RESUME"], clock.left())
+        report.downtime_ms = (resume.timestamp - stop.timestamp) * 1000
+        clock.done("switch")
+
+    def _state_channel(self) -> dict[str, Any]:
+        return {
+            "channel-type": "main",
+            "addr": {"transport": "file", "filename": self.state_inside, "offset": 0},
+        }
+
+    def _own_monitor_by_name(self) -> list[str]:
+        """A monitor for us on an abstract name (cpr-exec: the new QEMU inherits none
+        of our descriptors)."""
+        name = self.names["monitor"]
+        return [
+            "-chardev",
+            f"socket,id=fdchannel-qmp,path={name},abstract=on,server=on,wait=off",
+            "-mon",
+            "chardev=fdchannel-qmp,mode=control",
+        ]
 
     def _channels(self) -> list[dict[str, Any]]:
         """The incoming channels, on abstract unix names (no path to share)."""
@@ -418,17 +512,23 @@ class QemuUpdate:
         return " | ".join(line.strip() for line in lines[-_LOG_LINES:] if line.strip())
 
     def _exited(self) -> bool:
-        return self.process is not None and self.process.poll() is not None
+        if self.process is None:
+            return False  # cpr-exec: not our child; the pidfd tells
+        return self.process.poll() is not None
 
     def _await_listening(self) -> Driver[None]:
         """Until the new QEMU listens on its cpr channel (QEMU connects it once,
         with no retry: it must listen before ``migrate``)."""
+        yield from self._await_name(self.names["cpr"], "the cpr state")
+
+    def _await_name(self, name: str, what: str) -> Driver[None]:
+        """Until the new QEMU listens on the abstract unix ``name``, or exits."""
         assert self.pidfd is not None
-        while not _listening(self.names["cpr"]):
+        while not _listening(name):
             if self._exited() or (yield WaitReadable(self.pidfd, _LOOK_EVERY)):
-                raise _Failed("the new QEMU exited before it listened for the cpr state")
+                raise _Failed(f"the new QEMU exited before it listened for {what}")
             if self.clock.left() == 0:
-                raise _Failed("the new QEMU did not listen for the cpr state in time")
+                raise _Failed(f"the new QEMU did not listen for {what} in time")
 
     def _greet_new(self) -> Driver[None]:
         """The new QEMU's monitor greets once it has read the cpr state."""
@@ -455,6 +555,8 @@ class QemuUpdate:
         see it go.  What fails here is a warning: the new QEMU runs the guest."""
         old = self.old
         assert old is not None
+        if self.mode == "cpr-exec":
+            return  # the old QEMU became the new one
         yield from self._await_completed(old)
         watch = None
         if old.pid is not None:
@@ -474,6 +576,12 @@ class QemuUpdate:
     def _rollback(self) -> Driver[None]:
         """The guest keeps running on the old QEMU; nothing of the new one is left."""
         report = self.report
+        if self.execd:
+            # cpr-exec: the old QEMU is gone; a new one that failed took the guest.
+            report.result = "failed"
+            report.reason = f"{report.reason}; after the exec, so the guest is lost"
+            yield from self._kill_exec()
+            return
         yield from self._kill_new()
         report.result = "rolled-back" if self.took_state else "failed"
         old = self.old
@@ -517,6 +625,14 @@ class QemuUpdate:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=0.5)
 
+    def _kill_exec(self) -> Driver[None]:
+        """cpr-exec: the process that exec'd and failed is not our child."""
+        if self.pidfd is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        yield WaitReadable(self.pidfd, _GRACE)
+
     def _close(self) -> Driver[None]:
         for monitor in (self.new, self.old):
             if monitor is not None:
@@ -527,3 +643,6 @@ class QemuUpdate:
         if self.log_file is not None:
             self.log_file.close()
             self.log_file = None
+        if self.state_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.state_file)
