@@ -14,7 +14,7 @@ import ast
 import importlib
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -295,8 +295,9 @@ LOOP_IMPORTS = {"anyio", "trio", "sniffio", "uvloop", "asyncio"}
 
 def layers() -> dict[str, str]:
     """Each module's floor, from the imports alone: "blocking" (the package
-    ``fdchannel.blocking``), "async" (imports an event-loop library, or a
-    module that does), or "core" (neither)."""
+    ``fdchannel.blocking``), "async" (reaches an event-loop library through its
+    imports), "top" (reaches the blocking layer from outside it: the command
+    line, say), or "core" (neither)."""
     direct: dict[str, bool] = {}
     for name, path in MODULES.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -308,20 +309,43 @@ def layers() -> dict[str, str]:
                 loaded.add(node.module.split(".")[0])
         direct[name] = bool(loaded & LOOP_IMPORTS)
     graph = import_graph()
+
+    def blocking_layer(name: str) -> bool:
+        return name == "fdchannel.blocking" or name.startswith("fdchannel.blocking.")
+
+    def reaches(name: str, test: Callable[[str], bool]) -> bool:
+        seen, todo = {name}, [name]
+        while todo:
+            for other in graph[todo.pop()] - seen:
+                if test(other):
+                    return True
+                seen.add(other)
+                todo.append(other)
+        return False
+
     floor: dict[str, str] = {}
-
-    def on_a_loop(name: str, seen: set[str]) -> bool:
-        if direct[name]:
-            return True
-        seen.add(name)
-        return any(on_a_loop(other, seen) for other in graph[name] - seen)
-
     for name in MODULES:
-        if name == "fdchannel.blocking" or name.startswith("fdchannel.blocking."):
+        if blocking_layer(name):
             floor[name] = "blocking"
+        elif reaches(name, blocking_layer):
+            floor[name] = "top"
+        elif direct[name] or reaches(name, lambda other: direct[other]):
+            floor[name] = "async"
         else:
-            floor[name] = "async" if on_a_loop(name, set()) else "core"
+            floor[name] = "core"
     return floor
+
+
+#: Imports that would put a layer above the other, or the core above either.
+FORBIDDEN = {
+    ("blocking", "async"),
+    ("async", "blocking"),
+    ("core", "blocking"),
+    ("core", "async"),
+    ("core", "top"),
+    ("async", "top"),
+    ("blocking", "top"),
+}
 
 
 #: The floors each package's modules stand on (the rest of the package is on top).
@@ -343,8 +367,7 @@ def test_the_layers_stand_side_by_side_on_the_core() -> None:
         f"{name} -> {other}"
         for name, imported in graph.items()
         for other in imported
-        if (floor[name], floor[other])
-        in {("blocking", "async"), ("async", "blocking"), ("core", "blocking"), ("core", "async")}
+        if (floor[name], floor[other]) in FORBIDDEN
     )
     assert crossing == []
     misplaced = sorted(
