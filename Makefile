@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := qemu-system-x86 socat systemd wrk
 DEBIAN_PROGRAMS := qemu-system-x86_64 socat systemd-socket-activate wrk
 
-.PHONY: all test lint typecheck unit demo demo-upgrade bench stress fuzz debian-packages qemu-roots interop-qemu interop-qemu10 clean
+.PHONY: all test lint typecheck unit demo demo-upgrade demo-qemu-update bench stress fuzz debian-packages qemu-roots interop-qemu interop-qemu10 clean
 
 all: test
 
@@ -104,6 +104,13 @@ interop-qemu: $(STAMP)
 interop-qemu10: $(STAMP)
 	$(need_root)
 	$(PY) $(QEMU_CACHE) --versions 10 run --matrix require -- $(INTEROP_PYTEST) tests/interop/test_qemu_versions.py
+
+# A running guest moved live from QEMU 10.0 to QEMU 11.1 by `fdchannel qemu-update`:
+# each step, the guest's downtime, and proof that its memory was never copied.
+# Runs on the matrix's roots, built or reused as `make test` does (root only).
+demo-qemu-update: $(STAMP)
+	$(need_root)
+	$(PY) $(QEMU_CACHE) run --matrix require -- $(PY) examples/qemu_update_demo.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -202,6 +202,55 @@ def _add_upgrade(commands: argparse._SubParsersAction[_Parser], common: _Parser)
     _timeout(upgrade, "default 60")
 
 
+def _add_qemu_update(commands: argparse._SubParsersAction[_Parser], common: _Parser) -> None:
+    update = commands.add_parser(
+        "qemu-update",
+        parents=[common],
+        usage=f"{PROG} qemu-update [-h] [--json] [--debug] --qmp OLD-QMP-SOCKET "
+        "[--mode {cpr-transfer,cpr-exec}] [--timeout SECONDS] [--log PATH] -- NEW-QEMU-ARGV...\n"
+        f"       {PROG} qemu-update --check [--json] [--debug] --qmp OLD-QMP-SOCKET "
+        "[--mode {cpr-transfer,cpr-exec}] [--timeout SECONDS]",
+        help="replace a running QEMU by a new one, live: the guest keeps its memory",
+        description="Start the new QEMU from NEW-QEMU-ARGV (fdchannel appends its incoming "
+        "channels and a monitor), hand it the old QEMU's guest by cpr-transfer (guest RAM "
+        "is passed as descriptors, never copied; the guest pauses only while the devices' "
+        "state moves), then make the old QEMU quit.  Whatever fails, the guest keeps "
+        "running: on the old QEMU (rolled back) or on the new one (updated).  Exit status "
+        "0: updated; 1: not updated (the reason is printed), also when interrupted by "
+        "SIGINT or SIGTERM, which roll back.  With --check: whether the old QEMU can be "
+        "updated, changing nothing.",
+        epilog="The old QEMU needs shared guest RAM, e.g. -object "
+        "memory-backend-memfd,id=ram0,size=4G,share=on -machine "
+        "pc,aux-ram-share=on,memory-backend=ram0; across QEMU versions NEW-QEMU-ARGV names "
+        "the old machine type (-machine pc-i440fx-10.0,...).  See docs/qemu-update.md.",
+    )
+    update.add_argument(
+        "--qmp", required=True, metavar="OLD-QMP-SOCKET", help="the old QEMU's QMP unix socket"
+    )
+    update.add_argument(
+        "--mode",
+        choices=("cpr-transfer", "cpr-exec"),
+        default="cpr-transfer",
+        help="how the guest moves (default cpr-transfer; a mode the library does not "
+        "support yet is a usage error)",
+    )
+    update.add_argument(
+        "--check",
+        action="store_true",
+        help="only say whether the old QEMU can be updated (ready or not-ready, and why); "
+        "changes nothing and needs no NEW-QEMU-ARGV",
+    )
+    update.add_argument(
+        "--log",
+        metavar="PATH",
+        help="append the new QEMU's output to PATH (default: a new temporary file)",
+    )
+    # Caught only to say where the new QEMU's command line belongs: after "--".
+    update.add_argument("misplaced", nargs="*", help=argparse.SUPPRESS)
+    update.set_defaults(command=[])
+    _timeout(update, "the whole update, default 60; --check: default 10")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = _Parser(
@@ -214,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="name", metavar="COMMAND", parser_class=_Parser)
     common = _common()
-    for add in (_add_probe, _add_relay, _add_send, _add_recv, _add_upgrade):
+    for add in (_add_probe, _add_relay, _add_send, _add_recv, _add_upgrade, _add_qemu_update):
         add(commands, common)
     return parser
 
@@ -228,7 +277,9 @@ def _parse(args: list[str]) -> argparse.Namespace:
     # The command is the first word that is not an option (the top level has no
     # option that takes a value).
     name = next((arg for arg in args if not arg.startswith("-")), None)
-    if "--" in args and (name == "recv" or (name == "probe" and _flag(args, "--cpr-exec"))):
+    if "--" in args and (
+        name in ("recv", "qemu-update") or (name == "probe" and _flag(args, "--cpr-exec"))
+    ):
         # The command may hold options and "--" of its own: keep it verbatim.
         cut = args.index("--")
         options = parser.parse_args(args[:cut])
@@ -236,7 +287,7 @@ def _parse(args: list[str]) -> argparse.Namespace:
         return _probe_cpr_exec(options) if name == "probe" else options
     options = parser.parse_args(args)
     if options.name is None:
-        commands = "probe, relay, send, recv or upgrade"
+        commands = "probe, relay, send, recv, upgrade or qemu-update"
         raise UsageError(f"a command is required: {commands} (see '{PROG} --help')")
     if options.name == "recv" and options.misplaced:
         raise UsageError(f"put the command after '--': {PROG} recv URI -- CMD", f"{PROG} recv")
@@ -275,6 +326,7 @@ def _probe_cpr_exec(options: argparse.Namespace) -> argparse.Namespace:
 
 def _command(options: argparse.Namespace) -> _Command:
     name = "listen" if options.name == "probe" and options.listen else options.name
+    name = name.replace("-", "_")  # qemu-update: fdchannel.cli.qemu_update
     module: _Command = importlib.import_module(f".{name}", __name__)
     return module
 

@@ -338,7 +338,7 @@ class QemuUpdate:
                     report.warnings.append(str(exc) or type(exc).__name__)
         finally:
             yield from self._close()
-        report.steps, report.total_ms = self.clock.steps, self.clock.total_ms()
+            report.steps, report.total_ms = self.clock.steps, self.clock.total_ms()
         return report
 
     # --- the update -------------------------------------------------------------------------
@@ -350,7 +350,8 @@ class QemuUpdate:
         report.old_pid, report.old_version = old.pid, _version(old.session.version)
         clock.done("connect-old")
         parameters = yield from old.execute("query-migrate-parameters", timeout=clock.left())
-        self.mode_before = parameters.get("mode", "normal")
+        # None: a QEMU without the parameter (before 10.0), which nothing changes.
+        self.mode_before = parameters.get("mode")
         problems = yield from _problems(old, self.mode, clock, change=True)
         if problems:
             raise _Failed("; ".join(problems))
@@ -476,8 +477,8 @@ class QemuUpdate:
             raise
         finally:
             theirs.close()
-        self.report.new_pid = self.process.pid
         self.pidfd = os.pidfd_open(self.process.pid)
+        self.report.new_pid = self.process.pid
         self.new = Monitor((yield from self._adopt(ours)), "the new QEMU", self.process.pid)
 
     def _adopt(self, sock: socket.socket) -> Driver[Any]:
@@ -608,7 +609,13 @@ class QemuUpdate:
         """Kill the new QEMU; if it had exited by itself, its status and last words
         join the reason."""
         process = self.process
-        if process is None or self.pidfd is None:
+        if process is None:
+            return
+        if self.pidfd is None:  # interrupted before we could watch it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=_GRACE)
             return
         # A QEMU that failed may be exiting as we look: give it a moment.
         if (yield WaitReadable(self.pidfd, 0.2)) and process.poll() is not None:

@@ -15,6 +15,7 @@ WORDS = [
     "--timeout", "--mode", "cpr-transfer", "normal", "--codec", "native", "qemu", "--metadata",
     "--quiet", "--self-test", "--no-self-test", "--version", "--", "-", "unix:/tmp/x",
     "tcp:127.0.0.1:0", "fd:3", "exec:true", "ram=/dev/null", "a:1=3", "=", "1", "-1", "nan",
+    "qemu-update", "--qmp", "--check", "--log", "cpr-exec",
 ]  # fmt: skip
 ARGV = st.lists(st.one_of(st.sampled_from(WORDS), st.text(max_size=12)), max_size=8)
 

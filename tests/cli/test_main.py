@@ -20,8 +20,9 @@ from .helpers import cli, run
         (["relay"], "FROM"),
         (["send"], "NAME=SOURCE"),
         (["recv"], "-- CMD"),
+        (["qemu-update"], "--qmp,NEW-QEMU-ARGV"),
     ],
-    ids=["top", "probe", "relay", "send", "recv"],
+    ids=["top", "probe", "relay", "send", "recv", "qemu-update"],
 )
 def test_help(args: list[str], expected: str) -> None:
     done = run(cli(*args, "--help"))
