@@ -55,8 +55,9 @@ demo: $(STAMP)
 demo-upgrade: $(STAMP) debian-packages
 	$(PY) examples/upgrade_demo.py $(DEMO_UPGRADE_ARGS)
 
+# As root the QEMU roots are found (or built) for the qemu-update figure.
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) $(QEMU_CACHE) run --matrix auto -- $(PY) -m bench
 
 # The property tests with 100 times their examples: over a million inputs.
 FUZZ_TESTS := tests/test_address.py tests/test_channel.py tests/test_runs.py tests/codecs/test_fuzz.py tests/cli/test_fuzz_args.py tests/test_public_errors.py
@@ -73,14 +74,14 @@ stress: $(STAMP)
 # root (10.0: debootstrap of trixie; 11.1: a `cp -ax` copy of that plus
 # trixie-backports), built on first use (about 85 MB downloaded, 820 MiB,
 # 1.5 minutes here) into FDCHANNEL_QEMU_CACHE, outside the clone, and reused
-# until the archive offers another QEMU: the tests take about 15 s then.
+# until the archive offers another QEMU: the tests take about 70 s then.
 # FDCHANNEL_QEMU_MATRIX: auto (run it when root), skip, or require (fail
 # unless it runs). A version-by-test table closes the run. See docs/interop.md.
 FDCHANNEL_QEMU_CACHE ?= /var/cache/fdchannel
 FDCHANNEL_QEMU_MATRIX ?= auto
 QEMU_CACHE := -m tests.interop.qemu_cache --cache $(FDCHANNEL_QEMU_CACHE)
 # The cpr-exec test (QEMU 11.1, through `fdchannel probe --cpr-exec`) joins when present.
-INTEROP_QEMU_TESTS := tests/interop/test_qemu_versions.py $(wildcard tests/interop/test_qemu_cpr_exec.py)
+INTEROP_QEMU_TESTS := tests/interop/test_qemu_versions.py tests/interop/test_qemu_update.py $(wildcard tests/interop/test_qemu_cpr_exec.py)
 INTEROP_PYTEST := $(PY) -m pytest -q -p tests.interop.matrix
 define need_root
 	@if [ "$$(id -u)" != 0 ]; then \

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from . import _report, blocking, cold, fdrate, startup, throughput, upgrade
+from . import _report, blocking, cold, fdrate, qemu_update, startup, throughput, upgrade
 from ._report import Figure
 
 
@@ -29,7 +29,8 @@ class FigureModule(Protocol):
 
 
 FIGURES: dict[str, FigureModule] = {
-    module.NAME: module for module in (throughput, fdrate, blocking, cold, startup, upgrade)
+    module.NAME: module
+    for module in (throughput, fdrate, blocking, cold, startup, upgrade, qemu_update)
 }
 
 

@@ -208,7 +208,7 @@ async def test_an_update_of_a_qemu_without_cpr_transfer_fails_untouched(
     ("call", "match"),
     [
         (lambda: blocking.update_qemu("x", []), "command line is empty"),
-        (lambda: blocking.update_qemu("x", ["q"], mode="cpr-exec"), "mode 'cpr-exec'"),
+        (lambda: blocking.update_qemu("x", ["q"], mode="normal"), "mode 'normal'"),
         (lambda: blocking.update_qemu("x", ["q"], timeout=0), "positive number"),
         (lambda: blocking.check_qemu("x", mode="normal"), "mode 'normal'"),
     ],

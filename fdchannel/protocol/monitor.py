@@ -16,7 +16,7 @@ from typing import Any
 
 from ..credentials import peer_credentials
 from ..deadlines import now, timeout_text
-from ..errors import QemuError, TransportError, TransportTimeout
+from ..errors import ConnectionLostError, QemuError, TransportError, TransportTimeout
 from ..procfs import socket_owners
 from ..qemu.qmp import MISSING, Event, JsonObject, QmpSession
 from ..sockdiag import peer_inode
@@ -34,8 +34,10 @@ class Monitor:
     def __init__(self, stream: Any, name: str, pid: int | None = None) -> None:
         self.stream = stream
         self.session = QmpSession(name)
-        #: The process at the other end (SO_PEERCRED), when known.
+        #: The process at the other end, when known.
         self.pid = pid
+        #: The id of a qmp_capabilities sent before the greeting (``offer_capabilities``).
+        self._offered: str | None = None
 
     @property
     def name(self) -> str:
@@ -52,18 +54,33 @@ class Monitor:
             raise QemuError(
                 f"{self.name} did not answer within {timeout_text(timeout)} while we {doing}"
             ) from exc
+        except ConnectionLostError as exc:
+            # A QEMU that dies with our bytes unread resets the connection: a close.
+            self.session.receive_data(b"")
+            raise QemuError(f"{self.name} closed its monitor while we {doing}") from exc
         except TransportError as exc:
             raise QemuError(f"{self.name}'s monitor failed while we {doing}: {exc}") from exc
         self.session.receive_data(data)
         if not data:
             raise QemuError(f"{self.name} closed its monitor while we {doing}")
 
+    def offer_capabilities(self) -> Driver[None]:
+        """Send ``qmp_capabilities`` before the greeting comes: QEMU reads it as soon
+        as the monitor exists.  QEMU sends no event to a monitor still negotiating,
+        so a monitor that waited for the greeting first could miss the earliest
+        (a RESUME right after an incoming migration)."""
+        self._offered, line = self.session.request("qmp_capabilities")
+        yield Send(self.stream, line)
+
     def greet(self, timeout: float | None) -> Driver[tuple[int, int, int]]:
         """Read QEMU's greeting, enter command mode; QEMU's version."""
         started = now()
         while self.session.greeting is None:
             yield from self._read("waited for its QMP greeting", _left(started, timeout))
-        yield from self.execute("qmp_capabilities", timeout=_left(started, timeout))
+        if self._offered is None:
+            yield from self.execute("qmp_capabilities", timeout=_left(started, timeout))
+        else:
+            yield from self._reply(self._offered, "qmp_capabilities", started, timeout)
         return self.session.version
 
     def execute(
@@ -83,6 +100,11 @@ class Monitor:
             yield SendFds(self.stream, line, attached) if attached else Send(self.stream, line)
         except TransportError as exc:
             raise QemuError(f"{self.name}'s monitor failed while we sent {command}: {exc}") from exc
+        return (yield from self._reply(ident, command, started, timeout))
+
+    def _reply(
+        self, ident: str, command: str, started: float, timeout: float | None
+    ) -> Driver[Any]:
         while (value := self.session.reply(ident)) is MISSING:
             yield from self._read(f"waited for {command}", _left(started, timeout))
         return value

@@ -48,12 +48,18 @@ from .monitor import Monitor, connect_monitor
 __all__ = ["MODES", "QemuUpdate", "UpdateReport", "checking", "updating"]
 
 MODES = ("cpr-transfer", "cpr-exec")
+#: New QEMUs that took over: they outlive their update, and stay referenced here so
+#: that their Popen objects are not dropped while they run (Popen.__del__ warns
+#: "subprocess N is still running"); each update reaps those that exited since.
+_HANDED_OVER: list[subprocess.Popen[bytes]] = []
 #: The first QEMU of each mode.
 _SINCE = {"cpr-transfer": (10, 0, 0), "cpr-exec": (10, 2, 0)}
 #: How often the new QEMU's cpr listener is looked for while it starts.
 _LOOK_EVERY = 0.002
 #: How long a rollback step, or the old QEMU's exit, may take.
 _GRACE = 10.0
+#: How long the new QEMU may take to say whether it runs the guest, before a rollback.
+_ASK = 2.0
 #: Lines of the new QEMU's log that go into the reason when it fails.
 _LOG_LINES = 5
 #: Migration states in which the old QEMU is still migrating (qapi/migration.json).
@@ -319,27 +325,43 @@ class QemuUpdate:
 
     def run(self) -> Driver[UpdateReport]:
         report = self.report
+        interrupted: BaseException | None = None
         try:
             try:
                 yield from self._switch()
+                took_over = True
             except Exception as exc:
                 report.reason = str(exc) or type(exc).__name__
-                yield from self._rollback()
+                took_over = yield from self._rollback()
             except BaseException as exc:
                 report.reason = f"interrupted ({type(exc).__name__})"
-                yield from self._rollback()
-                raise
-            else:
-                # The new QEMU runs the guest: the update is done, whatever follows.
-                report.result, report.reason = "updated", None
-                try:
-                    yield from self._retire_old()
-                except Exception as exc:
-                    report.warnings.append(str(exc) or type(exc).__name__)
+                if not (yield from self._rollback()):
+                    raise
+                # The guest runs on the new QEMU: finish the update, then let the
+                # interruption (a cancellation) go on.
+                took_over, interrupted = True, exc
+            if took_over:
+                yield from self._take_over()
+            if interrupted is not None:
+                raise interrupted
         finally:
             yield from self._close()
             report.steps, report.total_ms = self.clock.steps, self.clock.total_ms()
         return report
+
+    def _take_over(self) -> Driver[None]:
+        """The new QEMU runs the guest: the update is done, whatever follows."""
+        report = self.report
+        if report.reason is not None:
+            report.warnings.append(f"{report.reason}; but the new QEMU runs the guest: kept")
+        report.result, report.reason = "updated", None
+        if self.process is not None:
+            _HANDED_OVER[:] = [p for p in _HANDED_OVER if p.poll() is None]
+            _HANDED_OVER.append(self.process)
+        try:
+            yield from self._retire_old()
+        except Exception as exc:
+            report.warnings.append(str(exc) or type(exc).__name__)
 
     # --- the update -------------------------------------------------------------------------
 
@@ -480,6 +502,7 @@ class QemuUpdate:
         self.pidfd = os.pidfd_open(self.process.pid)
         self.report.new_pid = self.process.pid
         self.new = Monitor((yield from self._adopt(ours)), "the new QEMU", self.process.pid)
+        yield from self.new.offer_capabilities()
 
     def _adopt(self, sock: socket.socket) -> Driver[Any]:
         try:
@@ -510,7 +533,10 @@ class QemuUpdate:
                 lines = log.read().decode(errors="replace").splitlines()
         except OSError:
             return ""
-        return " | ".join(line.strip() for line in lines[-_LOG_LINES:] if line.strip())
+        # QEMU's words about fdchannel's own monitor (11.1: "-mon is deprecated")
+        # are not why it failed.
+        kept = [line.strip() for line in lines if line.strip() and "fdchannel-qmp" not in line]
+        return " | ".join(kept[-_LOG_LINES:])
 
     def _exited(self) -> bool:
         if self.process is None:
@@ -574,20 +600,24 @@ class QemuUpdate:
 
     # --- rollback ---------------------------------------------------------------------------
 
-    def _rollback(self) -> Driver[None]:
-        """The guest keeps running on the old QEMU; nothing of the new one is left."""
+    def _rollback(self) -> Driver[bool]:
+        """The guest keeps running on the old QEMU; nothing of the new one is left.
+        False; True, touching nothing, if the new QEMU turns out to run the guest
+        (its RESUME was missed, or came as we gave up): then it is kept."""
         report = self.report
+        if (yield from self._new_runs_guest()):
+            return True
         if self.execd:
             # cpr-exec: the old QEMU is gone; a new one that failed took the guest.
             report.result = "failed"
             report.reason = f"{report.reason}; after the exec, so the guest is lost"
             yield from self._kill_exec()
-            return
+            return False
         yield from self._kill_new()
         report.result = "rolled-back" if self.took_state else "failed"
         old = self.old
         if old is None or old.session.closed:
-            return
+            return False
         try:
             if self.migrating:
                 migration = yield from old.execute("query-migrate", timeout=_GRACE)
@@ -604,6 +634,18 @@ class QemuUpdate:
                 )
         except FdChannelError as exc:
             report.reason = f"{report.reason}; and the rollback failed: {exc}"
+        return False
+
+    def _new_runs_guest(self) -> Driver[bool]:
+        """Whether the new QEMU, having taken the state, runs the guest now."""
+        new = self.new
+        if new is None or new.session.closed or not (self.took_state or self.execd):
+            return False
+        try:
+            status = yield from new.execute("query-status", timeout=_ASK)
+        except FdChannelError:
+            return False
+        return bool(status.get("status") == "running")
 
     def _kill_new(self) -> Driver[None]:
         """Kill the new QEMU; if it had exited by itself, its status and last words
@@ -618,7 +660,7 @@ class QemuUpdate:
                 process.wait(timeout=_GRACE)
             return
         # A QEMU that failed may be exiting as we look: give it a moment.
-        if (yield WaitReadable(self.pidfd, 0.2)) and process.poll() is not None:
+        if (yield WaitReadable(self.pidfd, 0.05)) and process.poll() is not None:
             tail = self._log_tail()
             self.report.reason = (
                 f"{self.report.reason}; the new QEMU exited with status {process.returncode}"

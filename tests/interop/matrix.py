@@ -8,8 +8,12 @@ were skipped and why: the tests' reasons, and first the one ``qemu_cache.py``
 passes in ``FDCHANNEL_QEMU_SKIPPED`` (e.g. not root).
 
 A test names its row with ``@row(...)``; its column is the ``matrix_column``
-of one of its parameters (a QEMU version, a route).  Files that know nothing
-of this are placed by ``FILE_CELLS``.  Tests in neither are left out.
+of one of its parameters (a QEMU version, a route), and a parameter with a
+``matrix_row`` (a case of a table) ends the row's name: "ROW: CASE".  Files
+that know nothing of this are placed by ``FILE_CELLS``.  Tests in neither
+are left out.  A number a test records with ``record_property`` under a
+name in ``MEASURES`` (the update's downtime) is shown in its cell, the mean
+of the passed runs.
 """
 
 from __future__ import annotations
@@ -28,6 +32,21 @@ if TYPE_CHECKING:  # only in annotations: qemu_cache.py imports the rows without
 
 __all__ = ["COLUMNS", "ROWS", "row"]
 
+#: test_qemu_update.py's rows, each with the async API and the blocking one.
+_UPDATE_ROWS = (
+    "update_qemu",
+    *(
+        f"update_qemu rollback: {case}"
+        for case in (
+            "bad option",
+            "no such program",
+            "killed after the cpr state",
+            "hangs after the cpr state",
+            "never resumes (-S)",
+        )
+    ),
+    "check_qemu",
+)
 ROWS = (
     "QEMU → Incoming",
     "QEMU → blocking Incoming",
@@ -37,11 +56,16 @@ ROWS = (
     "relay QEMU → QEMU",
     "probe --listen ← QEMU",
     "cpr-exec via probe",
+    *_UPDATE_ROWS,
+    *(f"blocking {name}" for name in _UPDATE_ROWS),
 )
 COLUMNS = ("10.0", "11.1", "11.1 → 10.0", "10.0 → 11.1")
 LOOPS = ("asyncio", "uvloop", "trio")
 #: Test files placed by name: (row, column).  The cpr-exec test runs on 11.1.
 FILE_CELLS = {"test_qemu_cpr_exec.py": ("cpr-exec via probe", "11.1")}
+
+#: What a test may record (``record_property(NAME, number)``), as its cell shows the mean.
+MEASURES = {"downtime_ms": "downtime {:.1f} ms"}
 
 _ROW_ATTRIBUTE = "matrix_row"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,6 +92,8 @@ class Run:
     seconds: float = 0.0
     #: Why it was skipped.
     reason: str = ""
+    #: What a passed run recorded, by the names in MEASURES.
+    measures: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,6 +118,11 @@ class Matrix:
             run.outcome, run.reason = "skip", _skip_reason(report)
         elif report.when == "call":
             run.outcome, run.seconds = "pass", report.duration
+            run.measures = {
+                name: value
+                for name, value in report.user_properties
+                if name in MEASURES and isinstance(value, int | float)
+            }
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if not self.runs:
@@ -160,6 +191,10 @@ def _cell(runs: list[Run]) -> str:
     outcomes = {run.outcome for run in runs}
     passed = [run.seconds for run in runs if run.outcome == "pass"]
     timing = f" {sum(passed) / len(passed):.2f}s" if passed else ""
+    for name, text in MEASURES.items():
+        values = [run.measures[name] for run in runs if name in run.measures]
+        if values:
+            timing += ", " + text.format(sum(values) / len(values))
     if len(outcomes) == 1:
         return f"{outcomes.pop()} {len(runs)}/{len(runs)}{timing}"
     parts = [f"{_shout(o)}:{_loops(runs, o)}" for o in sorted(outcomes)]
@@ -189,8 +224,12 @@ def _place(item: pytest.Item) -> Run | None:
         (str(value.matrix_column) for value in params.values() if hasattr(value, "matrix_column")),
         None,
     )
+    case = next(
+        (str(value.matrix_row) for value in params.values() if hasattr(value, "matrix_row")),
+        None,
+    )
     if name is not None and column is not None:
-        return Run(str(name), column, loop)
+        return Run(str(name) if case is None else f"{name}: {case}", column, loop)
     by_file = FILE_CELLS.get(Path(str(item.path)).name)
     if by_file is not None:
         return Run(*by_file, loop)
