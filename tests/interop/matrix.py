@@ -46,6 +46,8 @@ _UPDATE_ROWS = (
         )
     ),
     "check_qemu",
+    "update_qemu cpr-exec",
+    "update_qemu cpr-exec rollback: no such program",
 )
 ROWS = (
     "QEMU → Incoming",

@@ -320,24 +320,36 @@ async def migration_mode(qmp: QmpClient) -> str:
 
 
 async def async_update(
-    qmp: str, command: Sequence[str], *, timeout: float, log: str
+    qmp: str,
+    command: Sequence[str],
+    *,
+    timeout: float,
+    log: str | None = None,
+    mode: str = "cpr-transfer",
 ) -> UpdateReport:
-    return await fdchannel.update_qemu(qmp, command, timeout=timeout, log=log)
+    return await fdchannel.update_qemu(qmp, command, timeout=timeout, log=log, mode=mode)
 
 
 async def blocking_update(
-    qmp: str, command: Sequence[str], *, timeout: float, log: str
+    qmp: str,
+    command: Sequence[str],
+    *,
+    timeout: float,
+    log: str | None = None,
+    mode: str = "cpr-transfer",
 ) -> UpdateReport:
-    call = functools.partial(blocking.update_qemu, qmp, command, timeout=timeout, log=log)
+    call = functools.partial(
+        blocking.update_qemu, qmp, command, timeout=timeout, log=log, mode=mode
+    )
     return await anyio.to_thread.run_sync(call)
 
 
-async def async_check(qmp: str) -> UpdateReport:
-    return await fdchannel.check_qemu(qmp, timeout=DEFAULT_TIMEOUT)
+async def async_check(qmp: str, mode: str = "cpr-transfer") -> UpdateReport:
+    return await fdchannel.check_qemu(qmp, timeout=DEFAULT_TIMEOUT, mode=mode)
 
 
-async def blocking_check(qmp: str) -> UpdateReport:
-    call = functools.partial(blocking.check_qemu, qmp, timeout=DEFAULT_TIMEOUT)
+async def blocking_check(qmp: str, mode: str = "cpr-transfer") -> UpdateReport:
+    call = functools.partial(blocking.check_qemu, qmp, timeout=DEFAULT_TIMEOUT, mode=mode)
     return await anyio.to_thread.run_sync(call)
 
 
@@ -345,8 +357,20 @@ class Update(Protocol):
     """update_qemu of either API, awaited."""
 
     def __call__(
-        self, qmp: str, command: Sequence[str], *, timeout: float, log: str
+        self,
+        qmp: str,
+        command: Sequence[str],
+        *,
+        timeout: float,
+        log: str | None = None,
+        mode: str = "cpr-transfer",
     ) -> Awaitable[UpdateReport]: ...
+
+
+class Check(Protocol):
+    """check_qemu of either API, awaited."""
+
+    def __call__(self, qmp: str, mode: str = "cpr-transfer") -> Awaitable[UpdateReport]: ...
 
 
 @dataclass(frozen=True)
@@ -356,7 +380,7 @@ class Api:
     #: What the matrix's rows call it: nothing, or "blocking ".
     prefix: str
     update: Update
-    check: Callable[[str], Awaitable[UpdateReport]]
+    check: Check
 
 
 ASYNC = Api("", async_update, async_check)
@@ -713,3 +737,88 @@ def checks(api: Api) -> Callable[..., Awaitable[None]]:
 
 test_check_qemu = checks(ASYNC)
 test_blocking_check_qemu = checks(BLOCKING)
+
+
+# --------------------------------------------------------------------------
+# cpr-exec (QEMU 10.2 and later: 11.1 here): the old QEMU execs the new one.
+
+
+def exec_command(place: Place, name: str, program: str = "qemu-system-x86_64") -> list[str]:
+    """A NEW-QEMU-ARGV for cpr-exec: what the old QEMU execs, in its own root."""
+    return [program, "-name", name, *RUNNING_GUEST, *cpr_machine(), *serve_qmp(place, name)]
+
+
+def exec_updates(api: Api) -> Callable[..., Awaitable[None]]:
+    """The test of row "update_qemu cpr-exec" with ``api``."""
+
+    @row(f"{api.prefix}update_qemu cpr-exec")
+    @pytest.mark.parametrize("version", [pytest.param(QEMU11, id=QEMU11.label, marks=QEMU11.skip)])
+    async def test(
+        version: QemuVersion, places: Places, record_property: Callable[[str, object], None]
+    ) -> None:
+        """The same process runs the guest on: the same pid, the same memfds, the pattern."""
+        place = places(version)
+        pattern = os.urandom(PATTERN_SIZE)
+        with anyio.fail_after(TEST_TIMEOUT):
+            async with running_qemu(place, version) as old:
+                pid = old.process.pid
+                ready = await api.check(str(monitor_socket(place, "old")), mode="cpr-exec")
+                assert (ready.result, ready.reason) == ("ready", None)
+                write_guest_ram(pid, pattern)
+                memory = memfds(pid)
+                report = await api.update(
+                    str(monitor_socket(place, "old")),
+                    exec_command(place, "new"),
+                    timeout=UPDATE_TIMEOUT,
+                    mode="cpr-exec",
+                )
+                assert (report.result, report.reason, report.mode) == ("updated", None, "cpr-exec")
+                assert report.old_pid == report.new_pid == pid
+                assert isinstance(report.downtime_ms, float) and report.downtime_ms > 0
+                record_property("downtime_ms", report.downtime_ms)
+                assert [name for name, _ in report.steps] == EXEC_STEPS
+                assert memfds(pid) == memory  # never copied: the very same files
+                assert read_guest_ram(pid) == pattern
+                async with qmp_client(monitor_socket(place, "new")) as new:
+                    assert (await new.execute("query-status"))["status"] == "running"
+                    assert await guest_memory(new, place, "new.mem") == pattern
+                # No state file is left in QEMU's root.
+                assert not list((place.root / "tmp").glob("fdchannel-*.vmstate"))
+
+    return test
+
+
+#: The steps of a cpr-exec update, in order.
+EXEC_STEPS = ["connect-old", "check-old", "migrate", "exec", "new-listens", "switch"]
+
+test_update_qemu_cpr_exec = exec_updates(ASYNC)
+test_blocking_update_qemu_cpr_exec = exec_updates(BLOCKING)
+
+
+def exec_refusals(api: Api) -> Callable[..., Awaitable[None]]:
+    """The test of row "update_qemu cpr-exec rollback: no such program" with ``api``."""
+
+    @row(f"{api.prefix}update_qemu cpr-exec rollback: no such program")
+    @pytest.mark.parametrize("version", [pytest.param(QEMU11, id=QEMU11.label, marks=QEMU11.skip)])
+    async def test(version: QemuVersion, places: Places) -> None:
+        """Checked before the exec, which would leave no QEMU: the old one runs on."""
+        place = places(version)
+        with anyio.fail_after(TEST_TIMEOUT):
+            async with running_qemu(place, version) as old:
+                report = await api.update(
+                    str(monitor_socket(place, "old")),
+                    exec_command(place, "new", program="no-such-qemu"),
+                    timeout=UPDATE_TIMEOUT,
+                    mode="cpr-exec",
+                )
+                assert report.result == "failed"
+                assert "would not find no-such-qemu" in str(report.reason)
+                assert (await old.qmp.execute("query-status"))["status"] == "running"
+                assert await migration_mode(old.qmp) == "normal"
+                assert old.process.returncode is None
+
+    return test
+
+
+test_update_qemu_cpr_exec_refused = exec_refusals(ASYNC)
+test_blocking_update_qemu_cpr_exec_refused = exec_refusals(BLOCKING)
