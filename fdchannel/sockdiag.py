@@ -71,23 +71,33 @@ def _kernel_dev(st_dev: int) -> int:
     return (os.major(st_dev) << 20) | os.minor(st_dev)
 
 
-def _diag(dev: int, ino: int) -> Bound | None:
-    """Dump every unix socket of this namespace with its file; None if we cannot."""
+def _netlink() -> socket.socket | None:
+    """A sock_diag socket, or None where the kernel has none for us."""
     try:
         nl = socket.socket(
             socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG
         )
     except OSError:
         return None
+    nl.settimeout(2.0)
+    return nl
+
+
+def _request(ino: int, show: int, flags: int) -> bytes:
+    """A unix_diag request: every state, socket ``ino`` (0: any), the attributes ``show``."""
+    request = _REQUEST.pack(socket.AF_UNIX, 0, 0, _ALL, ino, show, _ALL, _ALL)
+    header = _NLMSG.pack(_NLMSG.size + len(request), _SOCK_DIAG_BY_FAMILY, flags, 1, 0)
+    return header + request
+
+
+def _diag(dev: int, ino: int) -> Bound | None:
+    """Dump every unix socket of this namespace with its file; None if we cannot."""
+    nl = _netlink()
+    if nl is None:
+        return None
     with nl:
-        nl.settimeout(2.0)
-        # Every state, any socket inode, with the file each is bound to.
-        request = _REQUEST.pack(socket.AF_UNIX, 0, 0, _ALL, 0, _UDIAG_SHOW_VFS, _ALL, _ALL)
-        header = _NLMSG.pack(
-            _NLMSG.size + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0
-        )
         try:
-            nl.send(header + request)
+            nl.send(_request(0, _UDIAG_SHOW_VFS, _NLM_F_REQUEST | _NLM_F_DUMP))
             return _read_dump(nl, _kernel_dev(dev), ino & 0xFFFFFFFF)
         except OSError:
             return None
@@ -172,18 +182,12 @@ def peer_inode(sock: socket.socket) -> int | None:
     """The socket inode at the other end of a connected unix socket (sock_diag),
     for finding the process that holds it; None if the kernel cannot say."""
     ours = os.fstat(sock.fileno()).st_ino & 0xFFFFFFFF
-    try:
-        nl = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG
-        )
-    except OSError:
+    nl = _netlink()
+    if nl is None:
         return None
     with nl:
-        nl.settimeout(2.0)
-        request = _REQUEST.pack(socket.AF_UNIX, 0, 0, _ALL, ours, _UDIAG_SHOW_PEER, _ALL, _ALL)
-        header = _NLMSG.pack(_NLMSG.size + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0)
         try:
-            nl.send(header + request)
+            nl.send(_request(ours, _UDIAG_SHOW_PEER, _NLM_F_REQUEST))
             data = nl.recv(1 << 16)
         except OSError:
             return None
