@@ -659,8 +659,13 @@ class QemuUpdate:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=_GRACE)
             return
-        # A QEMU that failed may be exiting as we look: give it a moment.
-        if (yield WaitReadable(self.pidfd, 0.05)) and process.poll() is not None:
+        # A QEMU that closed its monitor is exiting (tearing down its memory
+        # takes a while under load): wait for it, to report its own status.  One
+        # still talking may be exiting as we look: give it a moment only.
+        dying = self.new is not None and self.new.session.closed
+        if (
+            yield WaitReadable(self.pidfd, _GRACE if dying else 0.05)
+        ) and process.poll() is not None:
             tail = self._log_tail()
             self.report.reason = (
                 f"{self.report.reason}; the new QEMU exited with status {process.returncode}"
