@@ -11,14 +11,15 @@ step per entry.
 from __future__ import annotations
 
 import array
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterator, Sequence
 from itertools import chain, compress, count, islice, pairwise, repeat
 from operator import add, ne, or_, sub
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 from .errors import StateError
 
-__all__ = ["Runs", "check", "expand", "runs_of"]
+__all__ = ["Repeated", "Runs", "check", "expand", "runs_of"]
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -103,12 +104,51 @@ def check(runs: Runs, total: int) -> None:
                 raise StateError(f"duplicate descriptor name {name!r} id {start}")
 
 
+class Repeated(Sequence[str]):
+    """One name ``len`` times, as a column, without a list of them.
+
+    A single run's name column: 10,000 connections named ``conn`` cost no
+    80 KB list (and its page faults) when their state is received.
+    """
+
+    __slots__ = ("_length", "name")
+
+    def __init__(self, name: str, length: int) -> None:
+        self.name = name
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Repeated: ...
+
+    def __getitem__(self, index: int | slice) -> str | Repeated:
+        if isinstance(index, slice):
+            return Repeated(self.name, len(range(self._length)[index]))
+        if not -self._length <= operator.index(index) < self._length:
+            raise IndexError("Repeated index out of range")
+        return self.name
+
+    def __iter__(self) -> Iterator[str]:
+        return repeat(self.name, self._length)
+
+    def __contains__(self, value: object) -> bool:
+        return self._length > 0 and value == self.name
+
+    def __repr__(self) -> str:
+        return f"Repeated({self.name!r}, {self._length})"
+
+
 def expand(runs: Runs, total: int) -> tuple[Sequence[str], Sequence[int]]:
     """The name and id columns of ``total`` entries (runs already checked)."""
     names, firsts, lengths = runs
     if len(names) == total:
         return list(names), firsts
     if len(names) == 1:
-        return [names[0]] * total, range(firsts[0], firsts[0] + total)
+        return Repeated(names[0], total), range(firsts[0], firsts[0] + total)
     ids = array.array("i", chain.from_iterable(map(range, firsts, map(add, firsts, lengths))))
     return list(chain.from_iterable(map(repeat, names, lengths))), ids

@@ -22,7 +22,7 @@ from .capabilities import Capability
 from .codec_choice import Codec as Codec, check_qemu_target as check_qemu_target
 from .codecs.encoder import Encoder
 from .deadlines import seconds, timeout_text
-from .errors import CapabilityError, ConnectionLostError, TransportTimeout
+from .errors import ConnectionLostError, TransportTimeout
 from .fds import ensure_fd_room as ensure_fd_room
 from .state import DEFAULT_LIMITS, FdState, Limits
 from .transports import Stream, UnixSocketStream
@@ -38,18 +38,16 @@ __all__ = [
 
 #: A connection that can tell us nothing more.
 _GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
+#: anyio's errors for a peer that hung up (a ConnectionLostError here).
+_HUNG_UP = (anyio.BrokenResourceError, anyio.EndOfStream)
 
 
-@contextmanager
-def _peer_loss_typed(stream: Stream, doing: str) -> Iterator[None]:
-    """anyio's end-of-stream and broken-stream errors as ConnectionLostError."""
-    try:
-        yield
-    except (anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-        detail = f": {exc}" if str(exc) else ""
-        raise ConnectionLostError(
-            f"{stream._describe()}: the peer hung up while {doing}{detail}", stream.address
-        ) from exc
+def _lost(stream: Stream, doing: str, exc: Exception) -> ConnectionLostError:
+    """anyio's end-of-stream or broken-stream error ``exc`` as a ConnectionLostError."""
+    detail = f": {exc}" if str(exc) else ""
+    return ConnectionLostError(
+        f"{stream._describe()}: the peer hung up while {doing}{detail}", stream.address
+    )
 
 
 async def send_state(
@@ -71,19 +69,18 @@ async def send_state(
     hangs up first is a ConnectionLostError.  ``timeout`` bounds the whole
     state, the native codec's acknowledgements included (TransportTimeout).
     """
-    check_qemu_target(codec, qemu_target)
     encoder = Encoder(state, codec, window=window, qemu_target=qemu_target)
+    if timeout is None:
+        await send_with(stream, encoder, eof=eof)  # no cancel scope to set up
+        return
     with _within(stream, timeout, "sending the state"):
         await send_with(stream, encoder, eof=eof)
 
 
 @contextmanager
-def _within(stream: Stream, timeout: float | None, doing: str) -> Iterator[None]:
+def _within(stream: Stream, timeout: float, doing: str) -> Iterator[None]:
     """Bound what runs inside by ``timeout``: a TransportTimeout, as a blocking
-    stream's deadline raises it.  None: no deadline, and no cancel scope."""
-    if timeout is None:
-        yield
-        return
+    stream's deadline raises it."""
     try:
         with anyio.fail_after(seconds(timeout)):
             yield
@@ -97,17 +94,15 @@ def _within(stream: Stream, timeout: float | None, doing: str) -> Iterator[None]
 async def send_with(stream: Stream, encoder: Encoder, *, eof: bool = True) -> None:
     """Send what ``encoder`` holds, answering its waits for acknowledgements,
     then half-close unless ``eof`` is False; ``await_verdict`` follows."""
-    if len(encoder.state) and Capability.FD_PASSING not in stream.capabilities:
-        raise CapabilityError(f"{stream._describe()} cannot pass the state's descriptors")
-    sending = driver.Sending(encoder, eof=eof)
-    with _peer_loss_typed(stream, "we sent the state"):
-        try:
-            await _drive(stream, sending)
-        except anyio.BrokenResourceError:
-            sending.broken()
-            with anyio.move_on_after(driver.REJECTION_GRACE), suppress(*_GONE):
-                await _drive(stream, sending)  # a HandoffError if it said why
-            raise
+    sending = driver.Sending.on(stream, encoder, eof=eof)
+    try:
+        await _drive(stream, sending)
+    except anyio.BrokenResourceError as exc:
+        with anyio.move_on_after(sending.broken()), suppress(*_GONE):
+            await _drive(stream, sending)  # a HandoffError if it said why
+        raise _lost(stream, "we sent the state", exc) from exc
+    except anyio.EndOfStream as exc:
+        raise _lost(stream, "we sent the state", exc) from exc
 
 
 async def await_verdict(stream: Stream, encoder: Encoder) -> str:
@@ -118,8 +113,10 @@ async def await_verdict(stream: Stream, encoder: Encoder) -> str:
     frame first, so a rejection (with its reason) and a receiver that died
     before acknowledging are told apart from the ack.
     """
-    with _peer_loss_typed(stream, "we waited for the acknowledgement"):
+    try:
         return await _drive(stream, driver.Sending(encoder, eof=False))
+    except _HUNG_UP as exc:
+        raise _lost(stream, "we waited for the acknowledgement", exc) from exc
 
 
 async def _drive(stream: Stream, sending: driver.Sending) -> str:
@@ -163,17 +160,15 @@ async def receive_state_and_codec(
     stream: Stream, *, limits: Limits = DEFAULT_LIMITS, timeout: float | None = None
 ) -> tuple[FdState, Codec]:
     """``receive_state``, also telling which codec the sender used."""
-    with (
-        _within(stream, timeout, "receiving the state"),
-        _peer_loss_typed(stream, "we received the state"),
-    ):
+    if timeout is None:
+        return await _receive_state(stream, limits)
+    with _within(stream, timeout, "receiving the state"):
         return await _receive_state(stream, limits)
 
 
 async def _receive_state(stream: Stream, limits: Limits) -> tuple[FdState, Codec]:
-    unix = isinstance(stream, UnixSocketStream)
+    receiving = driver.Receiving(limits, peek=isinstance(stream, UnixSocketStream))
     fd_passing = Capability.FD_PASSING in stream.capabilities
-    receiving = driver.Receiving(limits, peek=unix)
     try:
         while True:
             action = receiving.next_action()
@@ -195,6 +190,9 @@ async def _receive_state(stream: Stream, limits: Limits) -> tuple[FdState, Codec
                 receiving.peeked(await stream.peek(action.size))
             else:
                 return action.state, action.codec
+    except _HUNG_UP as exc:
+        receiving.close()
+        raise _lost(stream, "we received the state", exc) from exc
     except BaseException:
         receiving.close()
         raise

@@ -13,13 +13,17 @@ the exchange is written once.  Nothing here waits or imports an event loop.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+from .capabilities import Capability
 from .codec_choice import Codec
-from .codecs import Decoder, native
+from .codecs import native
+from .codecs.decoder import Decoder
 from .codecs.encoder import Encoder, Phase
-from .errors import FdPassingError, HandoffError
-from .fds import SCM_MAX_FD, ensure_fd_room
+from .errors import CapabilityError, FdPassingError, HandoffError
+from .fds import SCM_MAX_FD, FdRoom
 from .state import DEFAULT_LIMITS, FdState, Limits
 
 __all__ = [
@@ -51,7 +55,7 @@ REJECTION_GRACE = 1.0
 class SendMessages:
     """Send each (bytes, descriptors) message, in order (``send_fds_many``)."""
 
-    messages: list[tuple[bytes, list[int]]]
+    messages: list[tuple[bytes, Sequence[int]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,14 +131,23 @@ class _Looking(enum.Enum):
     NOTHING = "the receiver went without a reason"
 
 
+class _Stream(Protocol):
+    """What the drivers ask of a stream of either layer."""
+
+    @property
+    def capabilities(self) -> Capability: ...
+
+    def _describe(self) -> str: ...
+
+
 class Sending:
     """The sender of one state: its messages, the acknowledgements, the verdict.
 
     ``next_action()`` until ``Sent`` (``send_with``), then again until
     ``Verdict`` (``await_verdict``).  When the connection breaks while
-    sending, the loop calls ``broken()`` and runs on (for ``REJECTION_GRACE``
-    at most): a rejecting receiver's reason is a HandoffError; ``Sent``
-    means it left none, and the loop raises what broke.
+    sending, the loop calls ``broken()`` and runs on for the grace it
+    returns at most: a rejecting receiver's reason is a HandoffError;
+    ``Sent`` means it left none, and the loop raises what broke.
     """
 
     def __init__(self, encoder: Encoder, *, eof: bool = True) -> None:
@@ -142,6 +155,15 @@ class Sending:
         self._eof_due = eof
         self._sent = encoder.phase is not Phase.SENDING
         self._looking = _Looking.NOT
+
+    @classmethod
+    def on(cls, stream: _Stream, encoder: Encoder, *, eof: bool = True) -> Sending:
+        """The driver that sends ``encoder``'s state on ``stream`` (``send_with``); a
+        CapabilityError, before anything is sent, if the stream cannot pass its
+        descriptors."""
+        if len(encoder.state) and Capability.FD_PASSING not in stream.capabilities:
+            raise CapabilityError(f"{stream._describe()} cannot pass the state's descriptors")
+        return cls(encoder, eof=eof)
 
     def next_action(self) -> SendAction:
         encoder = self.encoder
@@ -190,13 +212,17 @@ class Sending:
         """The receiver closed, after ``WaitPeerClosed``."""
         self.encoder.receive_eof()
 
-    def broken(self) -> None:
-        """The connection broke while sending: look for the receiver's reason.
+    def broken(self) -> float:
+        """The connection broke while sending: look for the receiver's reason, for
+        the seconds returned (``REJECTION_GRACE``) at most.
 
         A receiver that rejects says why, then closes while we may still be
-        sending: its STATUS is waiting in our receive queue.
+        sending: its STATUS is waiting in our receive queue.  The loop drives
+        on within the grace, taking the connection's end (or silence) as "no
+        reason", and then raises what broke.
         """
         self._looking = _Looking.LOOKING
+        return REJECTION_GRACE
 
 
 # --- receiving ----------------------------------------------------------------------------
@@ -207,14 +233,16 @@ class Receiving:
 
     ``peek``: the stream can look at the first bytes unread (a unix socket),
     so room for the announced descriptors is made before the first read
-    that could install them.  On any error the loop calls ``close()``:
-    every descriptor received so far is closed.
+    that could install them; the limits are read here, before the state
+    comes (``FdRoom``).  On any error the loop calls ``close()``: every
+    descriptor received so far is closed.
     """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS, *, peek: bool = False) -> None:
         self.limits = limits
         self.decoder = Decoder(limits)
         self._peek_due = peek
+        self._room = FdRoom() if peek else None
         self._replies: list[bytes] = []
         self._refusal: FdPassingError | None = None
         self._ended = False
@@ -236,10 +264,10 @@ class Receiving:
         """The first bytes, unread: make room for the descriptors they announce
         (RLIMIT_NOFILE), or tell a native sender why we refuse."""
         count = native.announced_count(data)
-        if count is None:
+        if count is None or self._room is None:
             return
         try:
-            ensure_fd_room(min(count, self.limits.max_entries))
+            self._room.ensure(min(count, self.limits.max_entries))
         except FdPassingError as exc:
             self._refusal = exc
             self._replies.append(native.status_frame(False, str(exc)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import os
 import socket
 import subprocess
@@ -11,11 +12,14 @@ import textwrap
 import anyio
 import pytest
 
-from fdchannel import FdPassingError, TruncatedFdsError
+from fdchannel import FdPassingError, TruncatedFdsError, fds as fdpass
 from fdchannel.fds import (
     SCM_MAX_FD,
+    FdRoom,
+    drain_fds,
     fd_table_size,
     open_fd_count,
+    recvmsg_fd_array,
     sendmsg_fds,
     split_for_sending,
 )
@@ -373,6 +377,57 @@ def test_open_fd_count_is_exact() -> None:
         assert open_fd_count() == len(os.listdir("/proc/self/fd")) - 1
     finally:
         close(extra)
+
+
+def test_room_read_ahead_asks_the_kernel_only_when_it_does_not_plainly_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Read before the count is known; then a count that fits (with the headroom and
+    what may have opened since) costs no system call, and any other is
+    ensure_fd_room's, read afresh."""
+    asked: list[int] = []
+    monkeypatch.setattr(fdpass, "ensure_fd_room", asked.append)
+    room = FdRoom()
+    assert room.free > 0
+    room.free = 1000
+    fits = 1000 - fdpass._HEADROOM - fdpass._SLACK
+    room.ensure(fits)
+    assert asked == []
+    room.ensure(fits + 1)
+    assert asked == [fits + 1]
+
+
+def test_room_read_ahead_fails_as_ensure_fd_room_does() -> None:
+    room = FdRoom()
+    with pytest.raises(FdPassingError, match="needs RLIMIT_NOFILE"):
+        room.ensure(1 << 40)
+
+
+@pytest.mark.parametrize("maxfds", [SCM_MAX_FD, 100], ids=["room", "too-few"])
+def test_descriptors_received_into_an_array_stay_c_ints(maxfds: int) -> None:
+    """recvmsg_fd_array and a drain into its array: the same descriptors, in order, as
+    lists would hold; a truncation closes the message's and raises, as with lists."""
+    ours, theirs = socket.socketpair()
+    sent = devnulls(600)
+    try:
+        for start in range(0, 600, SCM_MAX_FD):
+            sendmsg_fds(ours, b"x", sent[start : start + SCM_MAX_FD])
+        ours.shutdown(socket.SHUT_WR)
+        theirs.setblocking(False)
+        if maxfds < SCM_MAX_FD:
+            with pytest.raises(TruncatedFdsError):
+                recvmsg_fd_array(theirs, 1, maxfds)
+            return
+        data, fds = recvmsg_fd_array(theirs, 1, maxfds)
+        chunks = [data]
+        assert drain_fds(theirs, chunks, fds, 1 << 16, maxfds, 8)
+        assert isinstance(fds, array.array) and b"".join(chunks) == b"xxx"
+        assert same_files(list(fds), sent)
+        close(list(fds))
+    finally:
+        close(sent)
+        ours.close()
+        theirs.close()
 
 
 def memfds(n: int) -> list[int]:

@@ -7,7 +7,7 @@ import array
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from fdchannel.runs import Runs, check, expand, runs_of
+from fdchannel.runs import Repeated, Runs, check, expand, runs_of
 
 from .fuzzing import examples
 
@@ -70,3 +70,24 @@ def test_round_trip_and_duplicates(pairs: list[tuple[str, int]]) -> None:
     else:
         with pytest.raises(ValueError, match="duplicate"):
             check(runs, len(pairs))
+
+
+def test_one_run_expands_to_a_column_without_a_list() -> None:
+    """10,000 entries of one name: a Repeated column, which reads as the list would."""
+    names, ids = expand(Runs(["conn"], [5], [10_000]), 10_000)
+    assert isinstance(names, Repeated) and ids == range(5, 10_005)
+    as_list = ["conn"] * 10_000
+    assert len(names) == 10_000 and list(names) == as_list
+    assert (names[0], names[-1], names[9_999]) == ("conn", "conn", "conn")
+    assert list(names[10:20]) == as_list[10:20] and list(names[::-3]) == as_list[::-3]
+    assert "conn" in names and "other" not in names and "conn" not in Repeated("conn", 0)
+    assert names.index("conn") == 0 and names.count("conn") == 10_000
+
+
+@pytest.mark.parametrize("index", [10_000, -10_001])
+def test_a_repeated_column_refuses_what_a_list_refuses(index: int) -> None:
+    names = Repeated("conn", 10_000)
+    with pytest.raises(IndexError):
+        names[index]
+    with pytest.raises(TypeError):
+        names["0"]  # type: ignore[call-overload]

@@ -22,11 +22,13 @@ import pytest
 
 import fdchannel
 from fdchannel import FdPassingError, FdState, NamedFd, blocking
+from fdchannel.capabilities import Capability
 from fdchannel.codecs import native
 from fdchannel.codecs.encoder import Encoder
-from fdchannel.errors import ProtocolError, TransportTimeout
-from fdchannel.fds import SCM_MAX_FD
+from fdchannel.errors import CapabilityError, ProtocolError, TransportTimeout
+from fdchannel.fds import SCM_MAX_FD, FdRoom
 from fdchannel.transfer_driver import (
+    REJECTION_GRACE,
     HalfClose,
     Peek,
     Receive,
@@ -81,11 +83,12 @@ def test_the_sender_driver_asks_for_each_step_in_order() -> None:
 
 
 def test_a_broken_senders_driver_finds_the_reason() -> None:
-    """After the connection broke, what the receiver said before it went is the error."""
+    """After the connection broke, what the receiver said before it went is the error,
+    looked for within the grace the driver gives."""
     with memfds(1) as state:
         sending = Sending(Encoder(state, "native"))
         assert isinstance(sending.next_action(), SendMessages)
-        sending.broken()
+        assert sending.broken() == REJECTION_GRACE
         assert sending.next_action() == Receive()
         with pytest.raises(fdchannel.HandoffError, match="rejected the state: no room"):
             sending.receive_data(native.status_frame(False, "no room"))
@@ -94,13 +97,34 @@ def test_a_broken_senders_driver_finds_the_reason() -> None:
         assert sending.next_action() == Sent()
 
 
+class _NoPassing:
+    """A stream of either layer that cannot pass descriptors (TCP, say)."""
+
+    capabilities = Capability.HALF_CLOSE
+
+    def _describe(self) -> str:
+        return "TcpStream(test)"
+
+
+@pytest.mark.parametrize("count", [0, 1])
+def test_the_sender_driver_checks_the_stream_before_anything_is_sent(count: int) -> None:
+    """A state with descriptors needs a stream that passes them; an empty one does not."""
+    with memfds(count) as state:
+        encoder = Encoder(state)
+        if count:
+            with pytest.raises(CapabilityError, match=r"TcpStream\(test\) cannot pass"):
+                Sending.on(_NoPassing(), encoder)
+        else:
+            assert isinstance(Sending.on(_NoPassing(), encoder).next_action(), SendMessages)
+
+
 def test_a_receiver_without_room_says_why_then_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     """The refusal goes to the sender first (a Reply), then the driver raises it."""
 
-    def no_room(count: int) -> None:
+    def no_room(room: FdRoom, count: int) -> None:
         raise FdPassingError(f"no room for {count}")
 
-    monkeypatch.setattr("fdchannel.transfer_driver.ensure_fd_room", no_room)
+    monkeypatch.setattr(FdRoom, "ensure", no_room)
     receiving = Receiving(peek=True)
     assert receiving.next_action() == Peek(native.HEADER_SIZE)
     with memfds(3) as state:

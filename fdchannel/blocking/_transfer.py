@@ -12,9 +12,9 @@ from contextlib import suppress
 
 from .. import transfer_driver as driver
 from ..capabilities import Capability
-from ..codec_choice import Codec, check_qemu_target
+from ..codec_choice import Codec
 from ..codecs.encoder import Encoder
-from ..errors import CapabilityError, ConnectionLostError, TransportError
+from ..errors import ConnectionLostError, TransportError
 from ..state import DEFAULT_LIMITS, FdState, Limits
 from ._deadline import Deadline
 from ._stream import Stream
@@ -44,9 +44,12 @@ def send_state(
     native codec's acknowledgements included).  The sender keeps its
     descriptors: the kernel passes copies.
     """
-    check_qemu_target(codec, qemu_target)
-    encoder = Encoder(state, codec, window=window, qemu_target=qemu_target)
-    send_with(stream, encoder, eof=eof, timeout=timeout)
+    send_with(
+        stream,
+        Encoder(state, codec, window=window, qemu_target=qemu_target),
+        eof=eof,
+        timeout=timeout,
+    )
 
 
 def send_with(
@@ -54,17 +57,14 @@ def send_with(
 ) -> None:
     """Send what ``encoder`` holds, answering its waits for acknowledgements,
     then half-close unless ``eof`` is False; ``await_verdict`` follows."""
-    if len(encoder.state) and Capability.FD_PASSING not in stream.capabilities:
-        raise CapabilityError(f"{stream._describe()} cannot pass the state's descriptors")
-    sending = driver.Sending(encoder, eof=eof)
+    sending = driver.Sending.on(stream, encoder, eof=eof)
     try:
         _drive(stream, sending, Deadline(timeout))
     except ConnectionLostError:
-        sending.broken()
         # A HandoffError if it said why; gone for good, or said nothing in
         # time: what broke stands.
         with suppress(TransportError):
-            _drive(stream, sending, Deadline(driver.REJECTION_GRACE))
+            _drive(stream, sending, Deadline(sending.broken()))
         raise
 
 
@@ -114,10 +114,10 @@ def receive_state_and_codec(
     stream: Stream, *, limits: Limits = DEFAULT_LIMITS, timeout: float | None = None
 ) -> tuple[FdState, Codec]:
     """``receive_state``, also telling which codec the sender used."""
-    deadline = Deadline(timeout)
     fd_passing = Capability.FD_PASSING in stream.capabilities
     # A blocking stream that passes descriptors is a unix socket: it can peek.
     receiving = driver.Receiving(limits, peek=fd_passing)
+    deadline = Deadline(timeout)
     try:
         while True:
             action = receiving.next_action()

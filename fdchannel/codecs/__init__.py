@@ -1,139 +1,34 @@
 """State codecs, pure encode/decode without I/O: ``native`` and ``qemu``.
 
-``Decoder`` detects the codec from the stream's magic and parses whatever
-bytes and descriptors it is fed; it owns every descriptor it was given
-until it returns them inside the finished FdState.
-
-A native state ends at its end marker.  A qemu state has none: after the
-descriptor list QEMU 10.1 and later send VMState subsections, so it ends
-where the stream ends, and ``finish`` tells the qemu parser so.
+``Encoder`` (``fdchannel.codecs.encoder``) gives a state's messages and
+reads the receiver's answers; ``Decoder`` (``fdchannel.codecs.decoder``)
+detects the codec from the stream's magic and parses what a stream
+delivers.  Both are re-exported here.
 
 Which codec a state is sent in (``Codec``, ``CODECS``) and the checks on
 that choice are ``fdchannel.codec_choice``'s; the parsers' byte buffer and
-descriptor queue ``fdchannel.parsing``'s.
+descriptor queue ``fdchannel.parsing``'s.  The qemu codec
+(``fdchannel.codecs.qemu``) is imported when first used: a program that
+only speaks the native codec never loads it, nor QEMU's VMState.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Generator
+import importlib
+from typing import TYPE_CHECKING
 
 from ..codec_choice import CODECS
-from ..errors import ProtocolError
-from ..parsing import ByteSource, FdQueue
-from ..state import DEFAULT_LIMITS, FdState, Limits
-from . import native, qemu
+from . import native
+from .decoder import Decoder
+
+if TYPE_CHECKING:
+    from . import qemu as qemu
 
 __all__ = ["CODECS", "Decoder", "native", "qemu"]
 
 
-class Decoder:
-    """Feed it what a stream delivers; it tells when the state is complete."""
-
-    def __init__(self, limits: Limits = DEFAULT_LIMITS, *, strict: bool | None = None) -> None:
-        """``strict``: overrides ``limits.qemu_strict`` (unknown qemu subsections are errors)."""
-        if strict is not None:
-            limits = dataclasses.replace(limits, qemu_strict=strict)
-        self.limits = limits
-        self.codec: str | None = None
-        self.progress = native.Progress()
-        self._src = ByteSource()
-        self._fds = FdQueue()
-        self._result: FdState | None = None
-        #: Started by the first read that is not a whole native state.
-        self._parser: Generator[int, bool | None, FdState] | None = None
-        #: What the parser last asked for (qemu.MAY_END: the stream may end here).
-        self._need = -1
-
-    def _parse(self) -> Generator[int, bool | None, FdState]:
-        (magic,) = yield from self._src.unpack(">I")
-        if magic == qemu.MAGIC:
-            self.codec = "qemu"
-            return (yield from qemu.parse(self._src, self._fds, self.limits))
-        if magic == native.MAGIC:
-            self.codec = "native"
-            return (yield from native.parse(self._src, self._fds, self.limits, self.progress))
-        raise ProtocolError(
-            f"unknown state stream magic {magic:#010x}: expected {qemu.MAGIC:#010x} "
-            f"('QCPR', qemu) or {native.MAGIC:#010x} ('FDCN', native)"
-        )
-
-    @property
-    def done(self) -> bool:
-        """True once the bytes so far are a whole state: a native end marker was
-        parsed, or a qemu state is complete if the stream ends here."""
-        return self._result is not None or self._may_end()
-
-    def _may_end(self) -> bool:
-        return self.codec == "qemu" and self._need == qemu.MAY_END
-
-    def feed(self, data: bytes, fds: list[int]) -> None:
-        """Take the next bytes and the descriptors that came with them.
-
-        The decoder owns ``fds`` from here on, the list object included.
-        """
-        if self._parser is None and self.codec is None:
-            # The first read: often the whole state (a unix socket's drain).
-            try:
-                state = native.parse_whole(data, fds, self.limits)
-            except BaseException:
-                self._fds.push(fds)  # for close() to close
-                raise
-            if state is not None:
-                self.codec, self._result = "native", state
-                return
-            self._parser = self._parse()
-            next(self._parser)  # runs up to the first request for bytes
-        self._fds.push(fds)
-        if self._result is not None:
-            if data or fds:
-                raise ProtocolError(
-                    f"{len(data)} byte(s) and {len(fds)} descriptor(s) after the end of the "
-                    f"{self.codec} state"
-                )
-            return
-        self._src.append(data)
-        self._resume(None)
-
-    def _resume(self, ended: bool | None) -> None:
-        """Run the parser on; ``ended``: the stream has ended (qemu only)."""
-        assert self._parser is not None
-        try:
-            self._need = self._parser.send(ended)
-        except StopIteration as stop:
-            self._result = stop.value
-            self._need = -1
-            if self._src.available() or len(self._fds):
-                raise ProtocolError(
-                    f"{self._src.available()} byte(s) and {len(self._fds)} descriptor(s) "
-                    f"after the end of the {self.codec} state"
-                ) from None
-
-    def take_outgoing(self) -> list[bytes]:
-        """Frames the receiver owes the sender (native acknowledgements)."""
-        frames, self.progress.outgoing = self.progress.outgoing, []
-        return frames
-
-    def finish(self) -> FdState:
-        """The state, once the stream ended (its ``codec`` says which); ProtocolError
-        if it ended early."""
-        if self._result is None and self._may_end():
-            self._resume(True)  # a qemu state ends with its stream
-        if self._result is None:
-            codec = self.codec or "state"
-            raise ProtocolError(
-                f"the {codec} stream ended after {self._src.offset + self._src.available()} "
-                "byte(s), before its end marker"
-            )
-        result, self._result = self._result, None
-        result.codec = self.codec
-        return result
-
-    def close(self) -> None:
-        """Close every descriptor received and not handed out (error paths)."""
-        if self._parser is not None:
-            self._parser.close()
-        self._fds.close()
-        if self._result is not None:
-            self._result.close()
-            self._result = None
+def __getattr__(name: str) -> object:
+    """``fdchannel.codecs.qemu`` on first use (PEP 562)."""
+    if name == "qemu":
+        return importlib.import_module(f"{__name__}.qemu")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

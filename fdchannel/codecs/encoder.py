@@ -14,18 +14,22 @@ async and the blocking drivers only move bytes.
 from __future__ import annotations
 
 import enum
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from ..codec_choice import Codec as Codec, check_codec
+from ..codec_choice import Codec as Codec, check_codec, check_qemu_target
 from ..errors import HandoffError, ProtocolError
 from ..parsing import ByteSource
 from ..state import FdState
-from . import native, qemu
+from . import native
+
+if TYPE_CHECKING:
+    from .qemu import Message
 
 __all__ = ["Encoder", "Phase"]
 
-#: Native messages returned by one data_to_send() after the first (which returns
-#: one alone): enough for a stream's many-message fast path.
+#: Native messages returned by one messages_to_send() after the first (which
+#: returns one alone): enough for a stream's many-message fast path.
 _BATCH = 16
 
 
@@ -39,7 +43,12 @@ class Phase(enum.Enum):
 
 
 class Encoder:
-    """One state's messages, and the receiver's answers to them."""
+    """One state's messages, and the receiver's answers to them.
+
+    The codec and ``qemu_target`` are checked here, before anything is
+    encoded (``fdchannel.codec_choice``): both layers' ``send_state`` take
+    their checks from the one place.
+    """
 
     def __init__(
         self,
@@ -49,45 +58,52 @@ class Encoder:
         window: int | None = None,
         qemu_target: str | None = None,
     ) -> None:
+        if qemu_target is not None:
+            check_qemu_target(codec, qemu_target)
         self.codec: Codec = check_codec(codec)
         self.state = state
         self.phase = Phase.SENDING
         #: Set once an accepting STATUS arrived (native), before the close.
         self.status_accepted = False
-        self._replies = ByteSource()
+        #: The receiver's replies, made by the first (a sender may get none).
+        self._replies: ByteSource | None = None
         self._parser: Generator[int, None, int | native.Status] | None = None
         self._awaiting = 0
         self._steps: Iterator[native.Send | native.AwaitAck] | None = None
-        #: Messages the next data_to_send() returns at most (native).
+        #: Messages the next messages_to_send() returns at most (native).
         self._batch = 1
-        self._whole: list[qemu.Message] | None = None
+        self._whole: list[Message] | None = None
         if codec == "qemu":
+            # Imported here: a native sender never loads the qemu codec.
+            from . import qemu
+
             # Encoded in full before the first byte goes: a state the target
             # cannot take (a VFIO device for QEMU 10.0) is refused unsent.
             self._whole = qemu.encode(state, qemu_target)
         else:
             self._steps = native.encode(state, window)
 
-    def data_to_send(self) -> list[tuple[bytes, list[int]]]:
+    def data_to_send(self) -> list[tuple[bytes, Sequence[int]]]:
         """The messages to send now, in order: up to the next acknowledgement due,
         or to the end of the state (then the phase is AWAITING_VERDICT)."""
-        out: list[tuple[bytes, list[int]]] = []
+        out: list[tuple[bytes, Sequence[int]]] = []
         while self.phase is Phase.SENDING:
             out += self.messages_to_send()
         return out
 
-    def messages_to_send(self) -> list[tuple[bytes, list[int]]]:
+    def messages_to_send(self) -> list[tuple[bytes, Sequence[int]]]:
         """``data_to_send`` a few at a time, for a driver in a hurry: the first
         message alone, then batches; call again while the phase is SENDING (a
         call may return nothing as it reaches the end)."""
         if self.phase is not Phase.SENDING:
             return []
         if self._whole is not None:
-            messages, self._whole = self._whole, None
+            messages: list[tuple[bytes, Sequence[int]]] = [*self._whole]
+            self._whole = None
             self.phase = Phase.AWAITING_VERDICT
             return messages
         assert self._steps is not None
-        out: list[tuple[bytes, list[int]]] = []
+        out: list[tuple[bytes, Sequence[int]]] = []
         for step in self._steps:
             if isinstance(step, native.AwaitAck):
                 self._awaiting = step.count
@@ -104,6 +120,8 @@ class Encoder:
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from the receiver: ACK and STATUS frames (native only)."""
+        if self._replies is None:
+            self._replies = ByteSource()
         self._replies.append(data)
         while self._replies.available() or self._parser is not None:
             reply = self._next_reply()
@@ -149,6 +167,7 @@ class Encoder:
     def _next_reply(self) -> int | native.Status | None:
         """One whole reply frame, or None if the rest of it is still to come
         (the parser waits, suspended, for the next receive_data)."""
+        assert self._replies is not None
         try:
             if self._parser is None:
                 self._parser = native.parse_reply(self._replies)

@@ -28,7 +28,7 @@ from typing import NamedTuple
 from ..errors import ProtocolError, StateError
 from ..fds import SCM_MAX_FD, close_all
 from ..parsing import ByteSource, FdQueue
-from ..runs import Runs, check, expand
+from ..runs import INT32_MAX, Runs, check, expand
 from ..state import DEFAULT_LIMITS, FdState, Limits
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "parse_reply",
     "parse_whole",
     "status_frame",
+    "whole_to_come",
 ]
 
 MAGIC = 0x4644434E  # "FDCN"
@@ -77,7 +78,8 @@ class Send(NamedTuple):
     """
 
     data: bytes
-    fds: list[int]
+    #: A slice of the state's descriptor column (a list, tuple or ``array('i')``).
+    fds: Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -136,19 +138,20 @@ def encode(state: FdState, window: int | None = None) -> Iterator[Send | AwaitAc
         raise StateError(f"window {window} must be a multiple of {SCM_MAX_FD}")
     crc = 0
 
-    def emit(data: bytes, fds: list[int] | None = None) -> Send:
+    def emit(data: bytes) -> Send:
         nonlocal crc
         crc = zlib.crc32(data, crc)
-        return Send(data, fds or [])
+        return Send(data, [])
 
     names, _, descriptors = state.columns()
     # The header rides with the first descriptors: one sendmsg fewer.
     lead = _HEADER.pack(MAGIC, MAJOR, MINOR, 0, window, len(names))
-    # Slices only: copying the whole column first would delay the first send.
+    # Slices only, as they are: copying the whole column first would delay the
+    # first send, and the sendmsg packs a slice of any kind (an array's as it is).
     for start in range(0, len(descriptors), SCM_MAX_FD):
         if window and start and start % window == 0:
             yield AwaitAck(start)
-        batch = list(descriptors[start : start + SCM_MAX_FD])
+        batch = descriptors[start : start + SCM_MAX_FD]
         data = _FULL_FDS_FRAME if len(batch) == SCM_MAX_FD else _FDS_FRAME.pack(FDS, 2, len(batch))
         if lead:
             data, lead = lead + data, b""
@@ -367,6 +370,34 @@ def parse_whole(data: bytes, fds: list[int], limits: Limits = DEFAULT_LIMITS) ->
     return FdState.from_columns(names, ids, fds, bytes(metadata), runs=runs)
 
 
+def whole_to_come(data: bytes, fds: int, limits: Limits = DEFAULT_LIMITS) -> bool:
+    """Whether ``data``, a stream's first bytes, and the ``fds`` descriptors that
+    came with them may still become a state that ``parse_whole`` reads: the
+    encoder's header and descriptor frames so far, each whole frame's
+    descriptors there (they come with its first byte), no acknowledgement due
+    before the end, and nothing past the frames yet.
+
+    Such reads can wait for the rest (none is owed an answer, and nothing
+    there can be wrong yet), and the state is then read in a few C passes,
+    not frame by frame: a receiver that caught up with its sender, and read
+    the state in pieces, pays nothing for it.  Once bytes past the frames are
+    there, the state is whole or ``parse`` reads it (and says what is wrong).
+    """
+    if len(data) < HEADER_SIZE:
+        return False
+    magic, major, _minor, _flags, window, count = _HEADER.unpack_from(data)
+    if magic != MAGIC or major != MAJOR or count > limits.max_entries:
+        return False
+    if window and count > window:
+        return False  # an acknowledgement is due on the way: parse reads on
+    whole_frames = (len(data) - HEADER_SIZE) // _FDS_FRAME.size
+    if not min(count, whole_frames * SCM_MAX_FD) <= fds <= count:
+        return False  # descriptors missing, or too many: parse says so now
+    full, rest = divmod(count, SCM_MAX_FD)
+    frames = _FULL_FDS_FRAME * full + (_FDS_FRAME.pack(FDS, 2, rest) if rest else b"")
+    return len(data) <= HEADER_SIZE + len(frames) and frames.startswith(data[HEADER_SIZE:])
+
+
 def _whole_frame(view: memoryview, at: int, kind: int, limits: Limits) -> memoryview | None:
     """The payload of the ``kind`` frame at ``at``, if it is that and all there."""
     if len(view) < at + _FRAME.size:
@@ -428,6 +459,8 @@ def _read_table(payload: memoryview, count: int, limits: Limits) -> tuple[Runs, 
         raise ProtocolError(
             f"native stream: TABLE frame of {len(payload)} bytes cannot hold {runs} runs"
         )
+    if runs == 1 and (table := _one_run(payload, at, count, limits)) is not None:
+        return table, metadata_len
     firsts = _read_int32s("i", payload[at : at + 4 * runs])
     lengths = _read_int32s("I", payload[at + 4 * runs : at + 8 * runs])
     names = _split_names(bytes(payload[at + 8 * runs :]), runs, limits)
@@ -437,6 +470,27 @@ def _read_table(payload: memoryview, count: int, limits: Limits) -> tuple[Runs, 
     except ValueError as exc:
         raise ProtocolError(f"native stream: TABLE: {exc}") from None
     return table, metadata_len
+
+
+_ONE_RUN = struct.Struct(">iI")  # a run's first id and length
+
+
+def _one_run(payload: memoryview, at: int, count: int, limits: Limits) -> Runs | None:
+    """A table of one run (every entry one name, ids counting up: 10,000 ``conn``),
+    read in a struct and a decode; None unless it is a valid one, for the general
+    path to read (and to name what is wrong): the same checks, for one run."""
+    first, length = _ONE_RUN.unpack_from(payload, at)
+    name = bytes(payload[at + _ONE_RUN.size : -1])
+    if (
+        length != count
+        or first + length - 1 > INT32_MAX
+        or len(payload) == at + _ONE_RUN.size
+        or payload[-1]
+        or len(name) > limits.max_name
+        or b"\0" in name
+    ):
+        return None
+    return Runs([name.decode("utf-8", "surrogateescape")], [first], [length])
 
 
 def announced_count(header: bytes) -> int | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -128,7 +128,7 @@ def test_the_first_message_leaves_alone_then_batches(window: int) -> None:
         sizes: list[int] = []
         while whole.phase is not Phase.AWAITING_VERDICT:
             expected = whole.data_to_send()
-            got: list[tuple[bytes, list[int]]] = []
+            got: list[tuple[bytes, Sequence[int]]] = []
             while hurried.phase is Phase.SENDING:
                 batch = hurried.messages_to_send()
                 sizes.append(len(batch))

@@ -135,6 +135,27 @@ def test_hostile_input_fails_without_allocating(stream: bytes, attached: int, me
     decoder.close()
 
 
+# (name, first id, entries): tables of one run, which have a reading of their own.
+ONE_RUN = [
+    (b"conn", 0, 10_000),
+    (b"\xc3\xa9t\xc3\xa9", -5, 3),
+    (b"\xff\xfe", 7, 1),  # not UTF-8: surrogate escapes
+    (b"x" * 4096, 2**31 - 3, 3),  # the longest name, and the last ids that fit
+]
+
+
+@pytest.mark.parametrize(("name", "first", "count"), ONE_RUN)
+def test_a_one_run_table_reads_as_any_table(
+    monkeypatch: pytest.MonkeyPatch, name: bytes, first: int, count: int
+) -> None:
+    payload = memoryview(table(count, [(name, first, count)], metadata=9)[5:])
+    fast = native._read_table(payload, count, Limits())
+    monkeypatch.setattr(native, "_one_run", lambda *args: None)
+    general = native._read_table(payload, count, Limits())
+    assert [list(column) for column in fast[0]] == [list(column) for column in general[0]]
+    assert fast[1] == general[1] == 9
+
+
 def stepwise(data: bytes, fds: list[int]) -> tuple[FdState, list[bytes]]:
     """The incremental parser's reading (a first read too short to be whole), and the
     acknowledgements it owes."""

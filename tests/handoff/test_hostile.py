@@ -76,7 +76,7 @@ async def test_one_byte_at_a_time_still_arrives(
                     for step in data_steps:
                         assert isinstance(step, native.Send)
                         if step.fds:  # the descriptors ride on the frame's first byte
-                            await a.send_fds(step.data[:1], step.fds)
+                            await a.send_fds(step.data[:1], list(step.fds))
                             rest = step.data[1:]
                         else:
                             rest = step.data
