@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Generator
 
 from .errors import ProtocolError
-from .fds import close_all
+from .fds import Fds, close_all
 
 __all__ = ["MAY_END", "ByteSource", "FdQueue", "byte_or_end"]
 
@@ -27,32 +27,36 @@ MAY_END = 0
 
 
 class FdQueue:
-    """Received descriptors, owned here until a parser hands them on."""
+    """Received descriptors, owned here until a parser hands them on.
+
+    They come as lists or as ``array('i')`` (a stream's drain: C ints, no
+    Python int per descriptor), and are handed on as they came.
+    """
 
     def __init__(self) -> None:
-        self._fds: list[int] = []
+        self._fds: Fds = []
         self._head = 0
 
-    def push(self, fds: list[int]) -> None:
-        """Take ownership of ``fds``: the list itself, when nothing is queued."""
+    def push(self, fds: Fds) -> None:
+        """Take ownership of ``fds``: the object itself, when nothing is queued."""
         if self._head == len(self._fds):
-            # The usual case (a stream's whole run of messages in one list):
+            # The usual case (a stream's whole run of messages in one read):
             # keeping it spares copying tens of thousands of entries.
             self._fds, self._head = fds, 0
         else:
-            self._fds += fds
+            self._fds.extend(fds)  # a list or an array takes either
 
     def pop(self, what: str) -> int:
         return self.pop_many(1, what)[0]
 
-    def pop_many(self, count: int, what: str) -> list[int]:
+    def pop_many(self, count: int, what: str) -> Fds:
         """The next ``count`` descriptors, handed on: the caller owns them now."""
         if len(self) < count:
             raise ProtocolError(
                 f"{what}: {count} descriptor(s) announced, {len(self)} arrived with the bytes"
             )
         if self._head == 0 and count == len(self._fds):
-            # Everything at once (a whole state in one read): hand the list over.
+            # Everything at once (a whole state in one read): hand it over.
             taken, self._fds = self._fds, []
             return taken
         taken = self._fds[self._head : self._head + count]

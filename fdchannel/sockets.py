@@ -133,7 +133,7 @@ def keep_until_closed(pending: bytearray, data: bytes, what: str, address: Addre
 def drain_queued(
     sock: socket.socket,
     data: bytes,
-    fds: list[int],
+    fds: fdpass.Fds,
     max_bytes: int,
     maxfds: int,
     max_messages: int,

@@ -23,7 +23,7 @@ from .codec_choice import Codec as Codec, check_qemu_target as check_qemu_target
 from .codecs.encoder import Encoder
 from .deadlines import seconds, timeout_text
 from .errors import ConnectionLostError, TransportTimeout
-from .fds import ensure_fd_room as ensure_fd_room
+from .fds import Fds, ensure_fd_room as ensure_fd_room
 from .state import DEFAULT_LIMITS, FdState, Limits
 from .transports import Stream, UnixSocketStream
 
@@ -169,13 +169,14 @@ async def receive_state_and_codec(
 async def _receive_state(stream: Stream, limits: Limits) -> tuple[FdState, Codec]:
     receiving = driver.Receiving(limits, peek=isinstance(stream, UnixSocketStream))
     fd_passing = Capability.FD_PASSING in stream.capabilities
+    fds: Fds
     try:
         while True:
             action = receiving.next_action()
             if isinstance(action, driver.Receive):
                 try:
                     if isinstance(stream, UnixSocketStream):
-                        data, fds = await stream.receive_fds_many(action.max_bytes, action.max_fds)
+                        data, fds = await stream._receive_fd_array(action.max_bytes, action.max_fds)
                     elif fd_passing:
                         data, fds = await stream.receive_fds(action.max_bytes, action.max_fds)
                     else:

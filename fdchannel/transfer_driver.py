@@ -23,7 +23,7 @@ from .codecs import native
 from .codecs.decoder import Decoder
 from .codecs.encoder import Encoder, Phase
 from .errors import CapabilityError, FdPassingError, HandoffError
-from .fds import SCM_MAX_FD, FdRoom
+from .fds import SCM_MAX_FD, FdRoom, Fds
 from .state import DEFAULT_LIMITS, FdState, Limits
 
 __all__ = [
@@ -272,7 +272,7 @@ class Receiving:
             self._refusal = exc
             self._replies.append(native.status_frame(False, str(exc)))
 
-    def receive_data(self, data: bytes, fds: list[int], *, at_eof: bool = False) -> None:
+    def receive_data(self, data: bytes, fds: Fds, *, at_eof: bool = False) -> None:
         """What a ``Receive`` read (the driver owns ``fds`` from here on); nothing
         at all is the end.  ``at_eof``: the stream saw its end with this read."""
         if not data and not fds:

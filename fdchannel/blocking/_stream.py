@@ -10,6 +10,7 @@ side.  A stream belongs to one thread at a time.
 
 from __future__ import annotations
 
+import array
 import errno
 import functools
 import socket
@@ -204,7 +205,21 @@ class Stream(Closing):
         and the descriptors kept in order, so each still arrives at or
         before its byte.
         """
-        data, fds = self._receive_fds(max_bytes, maxfds, Deadline(timeout))
+        data, fds = self._receive_fd_array(max_bytes, maxfds, max_messages, timeout)
+        return data, fds.tolist()
+
+    def _receive_fd_array(
+        self,
+        max_bytes: int = DEFAULT_RECEIVE,
+        maxfds: int = fdpass.SCM_MAX_FD,
+        max_messages: int = 64,
+        timeout: float | None = None,
+    ) -> tuple[bytes, array.array[int]]:
+        """``receive_fds_many``, the descriptors in an ``array('i')``: C ints, no
+        Python int for each of the thousands a drain brings (the state
+        receivers' read: 10,000 as ints cost 150 to 300 us)."""
+        data, first = self._receive_fds(max_bytes, maxfds, Deadline(timeout))
+        fds = array.array("i", first)
         if not data or len(data) >= max_bytes or max_messages <= 1 or self._pending:
             return data, fds
         data, self._eof_seen = drain_queued(

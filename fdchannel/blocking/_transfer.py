@@ -15,6 +15,7 @@ from ..capabilities import Capability
 from ..codec_choice import Codec
 from ..codecs.encoder import Encoder
 from ..errors import ConnectionLostError, TransportError
+from ..fds import Fds
 from ..state import DEFAULT_LIMITS, FdState, Limits
 from ._deadline import Deadline
 from ._stream import Stream
@@ -118,12 +119,13 @@ def receive_state_and_codec(
     # A blocking stream that passes descriptors is a unix socket: it can peek.
     receiving = driver.Receiving(limits, peek=fd_passing)
     deadline = Deadline(timeout)
+    fds: Fds
     try:
         while True:
             action = receiving.next_action()
             if isinstance(action, driver.Receive):
                 if fd_passing:
-                    data, fds = stream.receive_fds_many(
+                    data, fds = stream._receive_fd_array(
                         action.max_bytes, action.max_fds, timeout=deadline.left()
                     )
                 else:

@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Generator
 
 from ..errors import ProtocolError
+from ..fds import Fds
 from ..parsing import MAY_END, ByteSource, FdQueue
 from ..state import DEFAULT_LIMITS, FdState, Limits
 from . import native
@@ -43,7 +44,7 @@ class Decoder:
         self._need = -1
         #: The first reads, kept while they may still be a whole native state
         #: (``native.whole_to_come``): their bytes and descriptors.
-        self._early: tuple[bytes, list[int]] | None = None
+        self._early: tuple[bytes, Fds] | None = None
 
     def _parse(self) -> Generator[int, bool | None, FdState]:
         (magic,) = yield from self._src.unpack(">I")
@@ -69,17 +70,20 @@ class Decoder:
     def _may_end(self) -> bool:
         return self.codec == "qemu" and self._need == MAY_END
 
-    def feed(self, data: bytes, fds: list[int]) -> None:
+    def feed(self, data: bytes, fds: Fds) -> None:
         """Take the next bytes and the descriptors that came with them.
 
-        The decoder owns ``fds`` from here on, the list object included.
+        The decoder owns ``fds`` from here on, the object included (a list,
+        or an ``array('i')``, which the state it makes then holds).
         """
         if self._parser is None and self.codec is None:
             # The first reads: often the whole state (a unix socket's drain),
             # or its start, kept until the rest is there.
             if self._early is not None:
-                data, fds = self._early[0] + data, self._early[1] + fds
+                early_data, early_fds = self._early
                 self._early = None
+                early_fds.extend(fds)  # a list or an array takes either
+                data, fds = early_data + data, early_fds
             try:
                 state = native.parse_whole(data, fds, self.limits)
             except BaseException:

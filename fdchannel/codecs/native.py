@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..errors import ProtocolError, StateError
-from ..fds import SCM_MAX_FD, close_all
+from ..fds import SCM_MAX_FD, Fds, close_all
 from ..parsing import ByteSource, FdQueue
 from ..runs import INT32_MAX, Runs, check, expand
 from ..state import DEFAULT_LIMITS, FdState, Limits
@@ -267,7 +267,7 @@ def parse(
         raise ProtocolError(
             f"native stream announces {count} entries; the limit is {limits.max_entries}"
         )
-    received: list[int] = []
+    received: Fds = []
     try:
         while len(received) < count:
             # Every FDS frame that is already here, in one read: at least
@@ -285,7 +285,7 @@ def parse(
             ):
                 taken = fds.pop_many(total, "native FDS frames")
                 if received:
-                    received += taken
+                    received.extend(taken)
                 else:
                     received = taken
                 continue
@@ -296,7 +296,7 @@ def parse(
                     raise ProtocolError(f"native stream: FDS frame of {length} bytes, not 2")
                 if not 1 <= n <= min(SCM_MAX_FD, count - len(received)):
                     raise ProtocolError(f"native stream: FDS frame announces {n} descriptors")
-                received += fds.pop_many(n, "native FDS frame")
+                received.extend(fds.pop_many(n, "native FDS frame"))
                 if window and len(received) % window == 0 and len(received) < count:
                     progress.outgoing.append(ack_frame(len(received)))
         runs, metadata_len = yield from _parse_table(src, count, limits)
@@ -324,7 +324,7 @@ def parse(
     return FdState.from_columns(names, ids, received, bytes(metadata), runs=runs)
 
 
-def parse_whole(data: bytes, fds: list[int], limits: Limits = DEFAULT_LIMITS) -> FdState | None:
+def parse_whole(data: bytes, fds: Fds, limits: Limits = DEFAULT_LIMITS) -> FdState | None:
     """The state in ``data``, a whole stream from its magic to END, with every descriptor.
 
     That is how a state usually arrives on a unix socket: one drain reads

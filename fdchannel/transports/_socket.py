@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import functools
 import os
 import socket
@@ -104,7 +105,17 @@ class UnixSocketStream(SocketStream):
         joined and the descriptors kept in order, so each still arrives at or
         before its byte.
         """
-        data, fds = await self.receive_fds(max_bytes, maxfds)
+        data, fds = await self._receive_fd_array(max_bytes, maxfds, max_messages)
+        return data, fds.tolist()
+
+    async def _receive_fd_array(
+        self, max_bytes: int, maxfds: int = fdpass.SCM_MAX_FD, max_messages: int = 64
+    ) -> tuple[bytes, array.array[int]]:
+        """``receive_fds_many``, the descriptors in an ``array('i')``: C ints, no
+        Python int for each of the thousands a drain brings (the state
+        receivers' read: 10,000 as ints cost 150 to 300 us)."""
+        data, first = await self.receive_fds(max_bytes, maxfds)
+        fds = array.array("i", first)
         if len(data) < max_bytes and max_messages > 1 and not self._pending:
             data, self._eof_seen = drain_queued(
                 self._sock, data, fds, max_bytes, maxfds, max_messages, self._translate
