@@ -51,7 +51,9 @@ demo: $(STAMP)
 
 # A real HTTP server (uvicorn by default) upgraded 20 times while wrk sends it
 # 1000 requests/s; fails on any failed upgrade or request. Another server:
-# make demo-upgrade DEMO_UPGRADE_ARGS="--server anyio --backend trio"
+# make demo-upgrade DEMO_UPGRADE_ARGS="--server hypercorn --backend trio"
+# (uvicorn, hypercorn, aiohttp, anyio); as PID 1 of a new PID namespace under
+# fdchannel run (root): make demo-upgrade DEMO_UPGRADE_ARGS=--pid1
 demo-upgrade: $(STAMP) debian-packages
 	$(PY) examples/upgrade_demo.py $(DEMO_UPGRADE_ARGS)
 

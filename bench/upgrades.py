@@ -1,7 +1,7 @@
 """Running an upgrade example generation after generation: the demo, benchmarks and tests.
 
 The examples (examples/upgrade_anyio.py, upgrade_uvicorn.py,
-upgrade_aiohttp.py, upgrade_handover.py) run under
+upgrade_hypercorn.py, upgrade_aiohttp.py, upgrade_handover.py) run under
 ``fdchannel.upgrade.Upgrader``.  ``Generations`` starts the first
 generation; each later one is started by the generation before it,
 inherits its stdout (a pipe read here) and writes JSON events on it, one
@@ -47,6 +47,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SCRIPTS = {
     "anyio": EXAMPLES / "upgrade_anyio.py",
     "uvicorn": EXAMPLES / "upgrade_uvicorn.py",
+    "hypercorn": EXAMPLES / "upgrade_hypercorn.py",
     "aiohttp": EXAMPLES / "upgrade_aiohttp.py",
     "handover": EXAMPLES / "upgrade_handover.py",
 }
@@ -54,6 +55,7 @@ SCRIPTS = {
 BACKENDS = {
     "anyio": ("asyncio", "uvloop", "trio"),
     "uvicorn": ("asyncio", "uvloop"),
+    "hypercorn": ("asyncio", "uvloop", "trio"),
     "aiohttp": ("asyncio", "uvloop"),
 }
 #: One event: ``event`` (its kind), ``pid``, ``generation`` and the kind's fields.
@@ -141,7 +143,7 @@ class Generations:
         drain_timeout: float = 10.0,
         options: tuple[str, ...] = (),
     ) -> Generations:
-        """An HTTP example (``anyio``, ``uvicorn``, ``aiohttp``) on ``backend``;
+        """An HTTP example (``anyio``, ``uvicorn``, ``hypercorn``, ``aiohttp``) on ``backend``;
         ``options`` go after the shared ones (``--die-at STEP --die-once FLAG``, say)."""
         if backend not in BACKENDS[server]:
             raise ValueError(f"{server} runs on {', '.join(BACKENDS[server])}, not {backend}")

@@ -1,4 +1,5 @@
-"""What the upgrade examples (upgrade_anyio.py, upgrade_uvicorn.py, upgrade_aiohttp.py) share.
+"""What the upgrade examples (upgrade_anyio.py, upgrade_uvicorn.py, upgrade_hypercorn.py,
+upgrade_aiohttp.py) share.
 
 * The events every generation writes on its stdout, a JSON line each in a
   single write (generations share the pipe), which bench/upgrades.py reads::
@@ -10,8 +11,11 @@
 
 * The stop conditions: a generation serves until it is replaced by the
   next one or gets SIGTERM or SIGINT, whichever comes first (the ``exit``
-  line's ``reason``); then it stops accepting and drains.  ``Generation``
-  runs that skeleton, the examples fill in the serving and the draining.
+  line's ``reason``); then it stops accepting and drains.  The uvicorn,
+  hypercorn and aiohttp examples leave all of it to their adapter in
+  ``fdchannel.upgrade.servers`` (``adapter_options`` gives it these
+  options and events); ``Generation`` runs that skeleton for the anyio one,
+  which fills in the serving and the draining itself.
 
 * The command-line options they share (``--listen``, ``--backend``,
   ``--pidfile``, ``--control``, ``--drain-timeout``, and for the tests
@@ -25,14 +29,12 @@ and they import it as ``upgrade_common``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
 import signal
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -41,15 +43,16 @@ from anyio.abc import SocketAttribute
 import fdchannel
 from fdchannel.upgrade import Upgrader
 
+if TYPE_CHECKING:
+    from fdchannel.upgrade.servers import Serving
+
 __all__ = [
-    "POLL",
     "Generation",
+    "adapter_options",
     "die_here",
-    "drain",
     "emit",
     "parse_options",
     "run_on_backend",
-    "stop_accepting",
     "url_of",
 ]
 
@@ -73,33 +76,6 @@ def die_here(options: argparse.Namespace, step: str) -> None:
     except FileExistsError:
         return
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-#: How often to look at a server's state that has no event to wait on (uvicorn's
-#: ``started`` flag, the open connections of uvicorn and aiohttp).
-POLL = 0.01
-
-
-async def drain(count: Callable[[], int], timeout: float) -> int:
-    """Wait up to ``timeout`` for ``count()`` open connections to close; how many are left."""
-    with anyio.move_on_after(timeout):
-        while count():  # noqa: ASYNC110 (neither uvicorn nor aiohttp has an event for it)
-            await anyio.sleep(POLL)
-    return count()
-
-
-async def stop_accepting(sock: socket.socket) -> None:
-    """Stop an asyncio server (uvicorn's, aiohttp's) accepting on ``sock``, before closing it.
-
-    asyncio accepts connections in a batch and sets each one up in a task of
-    its own; a server closed before such a task runs makes it fail (an
-    assertion in ``Server._attach``, which asyncio swallows) and leaves the
-    accepted socket open, unserved, until the process exits: then the
-    client's request is answered with a reset.  So stop watching the socket
-    first, and let the tasks already made run, then close the server.
-    """
-    asyncio.get_running_loop().remove_reader(sock.fileno())
-    await anyio.sleep(POLL)  # the set-up tasks are ready to run: one loop turn does
 
 
 def url_of(listener: fdchannel.Listener) -> str:
@@ -202,12 +178,31 @@ def parse_options(doc: str, backends: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--backend", default="asyncio", choices=list(backends))
     parser.add_argument("--pidfile", help="names the serving generation")
     parser.add_argument("--control", help="a unix socket taking upgrade requests")
-    parser.add_argument(
-        "--drain-timeout", type=float, default=10.0, help="close idle connections after (s)"
-    )
+    parser.add_argument("--drain-timeout", type=float, default=10.0, help="drain for at most (s)")
     parser.add_argument("--die-at", metavar="STEP", help="tests: a new generation dies at STEP")
     parser.add_argument("--die-once", metavar="FLAG", help="tests: ... once, creating FLAG")
     return parser.parse_args()
+
+
+def adapter_options(options: argparse.Namespace, server: str) -> dict[str, Any]:
+    """The keyword arguments of an adapter's ``run`` (fdchannel.upgrade.servers) for
+    the shared options: where to listen, on what loop, the Upgrader's files and
+    fault injection, and the ``ready`` event each time the generation accepts."""
+
+    def serving(now: Serving) -> None:
+        emit(
+            "ready", generation=now.generation, server=server, backend=options.backend, url=now.url
+        )
+
+    return {
+        "listen": options.listen,
+        "loop": options.backend,
+        "drain_timeout": options.drain_timeout,
+        "on_serving": serving,
+        "pidfile": options.pidfile,
+        "control": options.control,
+        "progress": lambda step: die_here(options, step),
+    }
 
 
 def run_on_backend(

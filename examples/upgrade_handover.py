@@ -32,6 +32,12 @@ reads it all back, in a thread once it serves (so not during the pause),
 and says ``{"event": "memory", "generation": N, "memory_ok": true|false,
 "size": SIZE, "seconds": ...}``.
 
+``--probation SECONDS``: the old generation watches each new one that long
+after the commit, having stopped accepting and closed (or handed over) its
+connections; if the new one exits meanwhile, it listens again and accepts
+(``{"event": "accepting-again", ...}``), with its memory, which it keeps
+until the probation is over.  ``--drain-timeout SECONDS`` is the Upgrader's.
+
 Fault injection for those tests: ``--die-at STEP --die-once FLAG`` makes a
 new generation SIGKILL itself at STEP (one of the upgrader's NEW_STEPS, or
 "start"), once: the first to do so creates FLAG, later generations live.
@@ -323,6 +329,9 @@ class Connections:
         for stream in list(self.streams.values()):
             await stream.aclose()
         self.streams.clear()
+
+    def drop_memory(self) -> None:
+        """Close the memory (kept through a probation: a rollback serves on with it)."""
         if self.memory is not None:
             os.close(self.memory)
             self.memory = None
@@ -404,6 +413,8 @@ async def run(options: argparse.Namespace) -> None:
         resume=resume,
         progress=progress,
         ready_timeout=options.ready_timeout,
+        probation=options.probation,
+        drain_timeout=options.drain_timeout,
     )
     async with upgrader as up, anyio.create_task_group() as tg:
         connections = Connections(up.generation, tg)
@@ -466,20 +477,29 @@ async def run(options: argparse.Namespace) -> None:
             port=listener.extra(SocketAttribute.local_port, None),
             fds=own_descriptors(connections),
         )
-        await up.wait_replaced()
-        if connections.switch is not None:
-            await connections.switch_over()
-        if connections.paused_at is not None:
-            emit(
-                "paused",
-                generation=up.generation,
-                at=connections.paused_at,
-                returned_at=steps.get("paused"),  # pause() returned
-                handed_at=steps.get("handed-over"),  # the new generation acknowledged
-                switched_at=connections.switched_at,  # --switch: "go" sent
-            )
-        await listener.aclose()  # stop accepting: the new generation does
-        await connections.close()  # handed over already (or, without --handover, just closed)
+        while True:
+            await up.wait_replaced()
+            if connections.switch is not None:
+                await connections.switch_over()
+            if connections.paused_at is not None:
+                emit(
+                    "paused",
+                    generation=up.generation,
+                    at=connections.paused_at,
+                    returned_at=steps.get("paused"),  # pause() returned
+                    handed_at=steps.get("handed-over"),  # the new generation acknowledged
+                    switched_at=connections.switched_at,  # --switch: "go" sent
+                )
+            await listener.aclose()  # stop accepting: the new generation does
+            await connections.close()  # handed over already (or, without --handover, just closed)
+            if await up.settled():  # the new generation stuck (at once without --probation)
+                break
+            # It exited during its probation: this generation is the main one again.
+            listener = await up.listen("main", options.listen)
+            connections.paused = False
+            connections.start_accepting(listener)
+            emit("accepting-again", generation=up.generation)
+        connections.drop_memory()
         tg.cancel_scope.cancel()  # the tasks still waiting on a connection
     emit("exit", generation=upgrader.generation)
 
@@ -501,6 +521,19 @@ def main() -> None:
     parser.add_argument("--die-once")
     parser.add_argument("--fail-before-ready", action="store_true")
     parser.add_argument("--ready-timeout", type=float, default=30)
+    parser.add_argument(
+        "--probation",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="watch each new generation this long after the commit; accept again if it exits",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="once replaced (and the probation over), cut what is still open after SECONDS",
+    )
     parser.add_argument("--hold-ready", metavar="FIFO")
     parser.add_argument(
         "--hold-handover",

@@ -183,11 +183,17 @@ def _add_upgrade(commands: argparse._SubParsersAction[_Parser], common: _Parser)
     upgrade = commands.add_parser(
         "upgrade",
         parents=[common],
+        usage=f"{PROG} upgrade [-h] [--json] [--debug] [--signal NAME] [--timeout SECONDS] "
+        "PIDFILE|CONTROL-SOCKET\n"
+        f"       {PROG} upgrade [-h] [--json] [--debug] [--timeout SECONDS] [--cwd DIR] "
+        "[--env NAME=VALUE]... [--unset-env NAME]... CONTROL-SOCKET [--command CMD [ARGS ...]]",
         help="ask a server under fdchannel.upgrade to upgrade, and wait for the outcome",
         description="Ask a running server to start its next generation and hand it its "
         "listeners: through its control socket, or by signalling the pid in its pidfile. "
-        "Waits for the outcome: exit status 0 when the new generation serves, 1 with the "
-        "reason when it did not (the old one still serves).",
+        "Waits for the outcome (and for the end of a probation): exit status 0 when the new "
+        "generation serves, 1 with the reason when it did not (the old one still serves). "
+        "Through the control socket, --command, --cwd and --env start a new release: "
+        "another command line, directory or environment than the server's own.",
     )
     upgrade.add_argument(
         "target", metavar="PIDFILE|CONTROL-SOCKET", help="the server's pidfile or control socket"
@@ -200,6 +206,33 @@ def _add_upgrade(commands: argparse._SubParsersAction[_Parser], common: _Parser)
         help="the signal sent to a pidfile's process (HUP)",
     )
     _timeout(upgrade, "default 60")
+    upgrade.add_argument(
+        "--cwd",
+        metavar="DIR",
+        help="start the new generation in DIR (control socket only; a symlink in it, such "
+        "as /srv/app/current, is resolved at this upgrade)",
+    )
+    upgrade.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set NAME in the new generation's environment (control socket only; repeat it)",
+    )
+    upgrade.add_argument(
+        "--unset-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="remove NAME from the new generation's environment (control socket only)",
+    )
+    upgrade.add_argument(
+        "--command",
+        nargs=argparse.REMAINDER,
+        metavar="CMD",
+        help="start CMD ARGS... as the new generation instead of the server's own command "
+        "line (control socket only; last: every argument after it is the command)",
+    )
 
 
 def _add_qemu_update(commands: argparse._SubParsersAction[_Parser], common: _Parser) -> None:
@@ -251,6 +284,128 @@ def _add_qemu_update(commands: argparse._SubParsersAction[_Parser], common: _Par
     _timeout(update, "the whole update, default 60; --check: default 10")
 
 
+def _add_run(commands: argparse._SubParsersAction[_Parser], common: _Parser) -> None:
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        usage=f"{PROG} run [-h] [--json] [--debug] [--grace SECONDS] [--quiet] [--] CMD [ARGS ...]",
+        help="be a container's first process (PID 1) for a server that upgrades itself",
+        description="Start CMD and stay while its generations come and go: reap every "
+        "process left to us, pass SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2 and SIGQUIT on to "
+        "the main process, and follow the main process from generation to generation by "
+        "the MAINPID= each upgrade sends to NOTIFY_SOCKET (set for CMD).  When the main "
+        "process exits without a successor, what is left gets SIGTERM, then SIGKILL after "
+        "--grace, and run exits with the main process's status (128 + a signal's number).  "
+        "As PID 1 of a PID namespace (a container) it is that namespace's init; elsewhere "
+        "it makes itself a child subreaper.  A CMD that cannot be started: exit status 127 "
+        "(not found) or 126, as a shell.",
+        epilog='In a Dockerfile: ENTRYPOINT ["fdchannel", "run", "--"]; then '
+        "'kill -HUP 1' or 'fdchannel upgrade CONTROL-SOCKET' in the container upgrades.  "
+        "See docs/containers.md.",
+    )
+    run.add_argument(
+        "--grace",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="once the main process exited, what is left has this long between SIGTERM "
+        "and SIGKILL (10)",
+    )
+    run.add_argument("--quiet", action="store_true", help="only say what went wrong (on stderr)")
+    run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+def _add_serve(commands: argparse._SubParsersAction[_Parser], common: _Parser) -> None:
+    serve = commands.add_parser(
+        "serve",
+        parents=[common],
+        usage=f"{PROG} serve [-h] [--json] [--debug] --listen NAME=ADDRESS [--listen ...] "
+        "--pidfile PATH --control PATH [--ready CHECK] [--ready-timeout SECONDS] "
+        "[--drain-timeout SECONDS] [--probation SECONDS] [--stop-signal NAME] [--forward NAME] "
+        "[--socket-activation {auto,always,never}] [--quiet] "
+        "-- SERVER-ARGV...",
+        help="run a server that takes listening descriptors (gunicorn, LISTEN_FDS) upgradably",
+        description="Be one generation of an upgradable server: take the listeners (from the "
+        "previous generation, systemd, or bound here), start SERVER-ARGV with them at "
+        "descriptors 3, 4, ... ({NAME} in SERVER-ARGV is a socket's number; LISTEN_FDS, "
+        "LISTEN_FDNAMES and LISTEN_PID are set when SERVER-ARGV names none, or with "
+        "--socket-activation always), wait for its --ready check, then serve.  SIGHUP or "
+        "'fdchannel upgrade PIDFILE|CONTROL' starts the next generation with the same command "
+        "line, and a fresh server; the old server is stopped once the new one passed its "
+        "check.  SIGTERM, SIGINT and SIGQUIT are passed to the server (SIGHUP never is); "
+        "the exit status is the server's.",
+        epilog="CHECK: tcp:HOST:PORT, unix:PATH, http://HOST:PORT/PATH, cmd:COMMAND, "
+        "alive:SECONDS (the default, alive:1); {NAME} names a socket, and {ready} the "
+        "generation's private one, which only its own server answers on: "
+        "--ready 'http://{ready}/healthz'.  A check on a shared socket fails every upgrade.  "
+        "E.g. fdchannel serve --listen http=tcp:0.0.0.0:8080 --pidfile /run/app/app.pid "
+        "--control /run/app/app.ctl --ready 'http://{ready}/healthz' -- gunicorn app:app "
+        "--no-control-socket.  See docs/serve.md.",
+    )
+    serve.add_argument(
+        "--listen",
+        action="append",
+        required=True,
+        metavar="NAME=ADDRESS",
+        help="a shared listener: NAME for {NAME} and LISTEN_FDNAMES, ADDRESS as tcp:HOST:PORT "
+        "or unix:PATH (repeat for more)",
+    )
+    serve.add_argument("--pidfile", required=True, metavar="PATH", help="names the generation")
+    serve.add_argument(
+        "--control", required=True, metavar="PATH", help="the control socket (fdchannel upgrade)"
+    )
+    serve.add_argument("--ready", metavar="CHECK", help="when the server is ready (alive:1)")
+    serve.add_argument(
+        "--ready-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long the check may take to pass (30)",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a server told to stop has before SIGKILL (30)",
+    )
+    serve.add_argument(
+        "--probation",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="watch the new generation this long after the switch: if it exits, roll back "
+        "(a fresh server, started here, serves again) (0: none)",
+    )
+    serve.add_argument(
+        "--stop-signal",
+        type=_signal_name,
+        default="TERM",
+        metavar="NAME",
+        help="what tells a replaced server to stop, gracefully (TERM)",
+    )
+    serve.add_argument(
+        "--forward",
+        type=_signal_name,
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass this signal on to the server too, e.g. USR1 (repeat for more)",
+    )
+    serve.add_argument(
+        "--socket-activation",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="set LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID: when SERVER-ARGV names no socket "
+        "(auto), always, or never",
+    )
+    serve.add_argument(
+        "--loop", choices=("asyncio", "uvloop", "trio"), default="asyncio", help=argparse.SUPPRESS
+    )
+    serve.add_argument("--quiet", action="store_true", help="only say what went wrong")
+    serve.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = _Parser(
@@ -263,7 +418,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="name", metavar="COMMAND", parser_class=_Parser)
     common = _common()
-    for add in (_add_probe, _add_relay, _add_send, _add_recv, _add_upgrade, _add_qemu_update):
+    for add in (
+        _add_probe,
+        _add_relay,
+        _add_send,
+        _add_recv,
+        _add_upgrade,
+        _add_run,
+        _add_serve,
+        _add_qemu_update,
+    ):
         add(commands, common)
     return parser
 
@@ -287,7 +451,7 @@ def _parse(args: list[str]) -> argparse.Namespace:
         return _probe_cpr_exec(options) if name == "probe" else options
     options = parser.parse_args(args)
     if options.name is None:
-        commands = "probe, relay, send, recv, upgrade or qemu-update"
+        commands = "probe, relay, send, recv, upgrade, run, serve or qemu-update"
         raise UsageError(f"a command is required: {commands} (see '{PROG} --help')")
     if options.name == "recv" and options.misplaced:
         raise UsageError(f"put the command after '--': {PROG} recv URI -- CMD", f"{PROG} recv")

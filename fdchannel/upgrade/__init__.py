@@ -6,8 +6,10 @@ upgrade``) asks a running one to upgrade.  See docs/upgrade.md.
 Inside, by job: a generation's lifecycle (``upgrader``), the handshake between
 two generations (``handshake``: its state table, no I/O; ``sides``: each
 end's I/O), the line format of every link that carries words (``lines``),
-the control socket's server (``control_server``) and client (``control``).
-The names below are imported on first use, so that asking for an upgrade
+the control socket's server (``control_server``) and client (``control``),
+what the next generation runs (``release``) and how it is started (``spawn``;
+its stderr during a probation: ``stderr``), the connections a drain cuts
+(``connections``).  The names below are imported on first use, so that asking for an upgrade
 (``request_upgrade``, ``fdchannel upgrade``) loads no event loop.
 """
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
         OLD_STEPS as OLD_STEPS,
         Upgrader as Upgrader,
         UpgradeResult as UpgradeResult,
+        UpgradeRolledBack as UpgradeRolledBack,
         default_command as default_command,
     )
 
@@ -43,6 +46,7 @@ _WHERE = {
     "UpgradeError": "..errors",
     "UpgradeFailed": "..errors",
     "UpgradeResult": ".upgrader",
+    "UpgradeRolledBack": ".upgrader",
     "Upgrader": ".upgrader",
     "default_command": ".upgrader",
     "request_upgrade": ".control",

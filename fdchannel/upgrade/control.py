@@ -5,8 +5,15 @@ The control socket speaks JSON lines (``lines.py``; the server's end is
 ``control_server.py``): the client sends ``upgrade``, the server answers
 with one object once the upgrade is over: ``{"ok": true, "pid": ...,
 "warnings": [...]}``, or ``{"ok": false, "error": ..., "busy": true?}``.
+With a probation an interim ``{"probation": SECONDS, "pid": ...}`` comes at
+the commit, and the wait is that much longer (the status file beside a
+pidfile records it the same way, as the request's entry without ``ok``).
 Anyone may have bound the path: the answer is believed only from a server
 of our own uid or root (SO_PEERCRED), and read up to 64 KiB.
+
+A new release (a command line, a working directory, changes to the
+environment) is asked for with an object on the request line (see
+``control_server.py``): only a control socket can carry it, never a signal.
 
 A pidfile's process is signalled only once verified to be the one the
 pidfile names (``pidfile.open_named``), through a pidfd; the outcome of
@@ -21,6 +28,7 @@ import signal
 import socket
 import stat
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,29 +42,58 @@ __all__ = ["REQUEST", "request_upgrade"]
 REQUEST = "upgrade"
 #: The most read of a control socket's answer (one JSON line of a few hundred bytes).
 _ANSWER_BYTES = 1 << 16
+#: The longest request a server takes (control_server.REQUEST_BYTES).
+_REQUEST_BYTES = 1 << 16
 #: How often the pidfile's status is read while waiting (a file has nothing to wait on).
 _POLL = 0.02
 
 
+#: Hears the interim word of an upgrade on probation: ``{"probation": SECONDS, "pid": ...}``.
+Probation = Callable[[dict[str, Any]], object]
+
+
 def request_upgrade(
-    target: str | os.PathLike[str], *, timeout: float = 60, trigger: int = signal.SIGHUP
+    target: str | os.PathLike[str],
+    *,
+    timeout: float = 60,
+    trigger: int = signal.SIGHUP,
+    on_probation: Probation | None = None,
+    command: Sequence[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """Ask for an upgrade and wait for its outcome: the reply, ``{"ok": true, ...}``.
 
     ``target`` is a control socket, or a pidfile (then ``trigger`` goes to its
-    pid and the outcome is read from the status file beside it).  Raises
-    UpgradeBusy, UpgradeFailed with the server's reason, or UpgradeError
-    when the server cannot be asked or does not answer within ``timeout``.
+    pid and the outcome is read from the status file beside it).  ``timeout``
+    bounds the wait, plus the probation once the server says there is one
+    (``on_probation`` hears it).  ``command``, ``cwd`` (made absolute here)
+    and ``env`` (a value sets a variable, None removes it) ask for a new
+    release instead of the server's own: a control socket only.  Raises
+    UpgradeBusy, UpgradeFailed with the server's reason (a rollback after the
+    switch too), or UpgradeError when the server cannot be asked or does not
+    answer in time.
     """
     path = Path(target)
     try:
         mode = path.stat().st_mode
     except OSError as exc:
         raise UpgradeError(f"cannot ask {path}: {exc.strerror}") from exc
+    asked = _release(command, cwd, env)
+    if asked and not stat.S_ISSOCK(mode):
+        raise UpgradeError(
+            f"{path} is no control socket: a new command line, directory or environment "
+            "travels only through the server's control socket (Upgrader(control=...)), "
+            "a signal carries none"
+        )
+    request = lines.encode({"request": REQUEST, **asked} if asked else REQUEST)
+    if len(request) > _REQUEST_BYTES:
+        raise UpgradeError(f"the request is longer than {_REQUEST_BYTES} bytes")
+    heard = on_probation or (lambda interim: None)
     reply = (
-        _ask_socket(path, timeout)
+        _ask_socket(path, timeout, heard, request)
         if stat.S_ISSOCK(mode)
-        else _signal_and_watch(path, timeout, trigger)
+        else _signal_and_watch(path, timeout, trigger, heard)
     )
     if reply.get("ok") is True:
         return reply
@@ -64,7 +101,25 @@ def request_upgrade(
     raise (UpgradeBusy if reply.get("busy") or error.startswith("busy") else UpgradeFailed)(error)
 
 
-def _ask_socket(path: Path, timeout: float) -> dict[str, Any]:
+def _release(
+    command: Sequence[str] | None,
+    cwd: str | os.PathLike[str] | None,
+    env: Mapping[str, str | None] | None,
+) -> dict[str, Any]:
+    """The request's fields for a new release (none: the server's own)."""
+    asked: dict[str, Any] = {}
+    if command is not None:
+        if isinstance(command, str | bytes) or not command:
+            raise UpgradeError("a command is a list of strings: the program and its arguments")
+        asked["command"] = list(command)
+    if cwd is not None:
+        asked["cwd"] = os.path.abspath(cwd)  # not resolved: a "current" symlink stays one
+    if env:
+        asked["env"] = dict(env)
+    return asked
+
+
+def _ask_socket(path: Path, timeout: float, heard: Probation, request: bytes) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     reader = lines.LineReader(_ANSWER_BYTES)
     line: bytes | None = None
@@ -73,13 +128,20 @@ def _ask_socket(path: Path, timeout: float) -> dict[str, Any]:
         try:
             sock.connect(os.fspath(path))
             _check_server(sock, path)
-            sock.sendall(lines.encode(REQUEST))
+            sock.sendall(request)
             while line is None:
                 sock.settimeout(max(0.001, deadline - time.monotonic()))
-                chunk = sock.recv(reader.room())
-                if not chunk:
-                    break
-                line = reader.feed(chunk)
+                line = reader.feed(b"")  # a line that came with the interim one
+                if line is None:
+                    chunk = sock.recv(reader.room())
+                    if not chunk:
+                        break
+                    line = reader.feed(chunk)
+                interim = _interim(lines.decode(line)) if line is not None else None
+                if interim is not None:
+                    deadline += interim
+                    heard(lines.decode(line or b"") or {})
+                    line = None
         except lines.LineTooLong:
             raise UpgradeError(
                 f"{path} answered a line longer than {_ANSWER_BYTES} bytes: not an upgrader"
@@ -105,18 +167,30 @@ def _check_server(sock: socket.socket, path: Path) -> None:
         )
 
 
-def _signal_and_watch(path: Path, timeout: float, trigger: int) -> dict[str, Any]:
+def _interim(reply: dict[str, Any] | None) -> float | None:
+    """The probation an interim word announces; None for any other reply."""
+    if reply is None or "ok" in reply:
+        return None
+    seconds = reply.get("probation")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+        return None
+    return min(float(seconds), 1e9)
+
+
+def _signal_and_watch(path: Path, timeout: float, trigger: int, heard: Probation) -> dict[str, Any]:
     try:
         pid, pidfd = pidfiles.open_named(path)
     except (OSError, ValueError) as exc:
         raise UpgradeError(f"cannot read the pidfile {path}: {exc}") from exc
     try:
-        return _watch(path, pid, pidfd, timeout, trigger)
+        return _watch(path, pid, pidfd, timeout, trigger, heard)
     finally:
         os.close(pidfd)
 
 
-def _watch(path: Path, pid: int, pidfd: int, timeout: float, trigger: int) -> dict[str, Any]:
+def _watch(
+    path: Path, pid: int, pidfd: int, timeout: float, trigger: int, heard: Probation
+) -> dict[str, Any]:
     # Requests are numbered as they start: ours is the one after the last started now.
     # (A signal carries no identity: a request that starts between this reading and
     # our signal, or one the kernel merges with ours, shares ours or takes its number.)
@@ -126,10 +200,18 @@ def _watch(path: Path, pid: int, pidfd: int, timeout: float, trigger: int) -> di
     except OSError as exc:
         raise UpgradeError(f"cannot signal pid {pid} (from {path}): {exc.strerror}") from exc
     deadline = time.monotonic() + timeout
+    on_probation = False
     while time.monotonic() < deadline:
-        found = pidfiles.outcome(pidfiles.read_status(path), mine)
+        status = pidfiles.read_status(path)
+        found = pidfiles.outcome(status, mine)
         if found is not None and found.get("from_pid") == pid:
             return found
+        pending = pidfiles.pending(status, mine)
+        probation = _interim(pending)
+        if probation is not None and pending is not None and not on_probation:
+            on_probation = True
+            deadline += probation
+            heard(pending)
         # The pidfd turns readable when the process exits; else look again after _POLL.
         if select.select([pidfd], [], [], _POLL)[0]:
             found = pidfiles.outcome(pidfiles.read_status(path), mine)

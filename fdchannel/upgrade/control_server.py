@@ -4,6 +4,16 @@ Each client is answered in a scope of its own: whatever goes wrong with one
 (silence, a half or huge line, leaving, an error of ours) is logged,
 answered if the client is still there, and stays there.  The client end is
 ``control.py``; both frame with ``lines.py``.
+
+A request is the word ``upgrade``, or an object asking for a new release:
+``{"request": "upgrade", "command": [...], "cwd": "/abs/dir", "env": {"NAME":
+"value" or null}}`` (each field optional).  The control socket admits peers
+of the server's uid or root only, and what they ask runs as the server's
+user: nothing they could not run themselves.
+
+An upgrade with a probation is answered twice: at the commit, an interim
+``{"probation": SECONDS, "pid": PID}`` (the client waits that much longer),
+then the outcome once the probation is over.
 """
 
 from __future__ import annotations
@@ -20,19 +30,28 @@ from . import lines
 from .control import REQUEST
 from .reasons import reason
 
-__all__ = ["REQUEST", "ControlServer"]
+__all__ = ["REQUEST", "ControlServer", "Interim", "parse_request"]
 
 log = logging.getLogger("fdchannel.upgrade")
 
-#: The longest control request taken (it is one word).
-REQUEST_BYTES = 4096
+#: The longest control request taken (a word, or a release: a command line, a
+#: directory and some variables).
+REQUEST_BYTES = 1 << 16
+#: What a request may ask for besides the upgrade itself.
+FIELDS = ("command", "cwd", "env")
+
+#: Sends an interim word to the client whose upgrade is under way.
+Interim = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class ControlServer:
-    """Answers ``upgrade`` requests with what ``upgrade`` returns or raises."""
+    """Answers ``upgrade`` requests with what ``upgrade`` returns or raises; ``upgrade``
+    gets a way to send the client an interim word first."""
 
     def __init__(
-        self, upgrade: Callable[[], Awaitable[dict[str, Any]]], generation: Callable[[], int]
+        self,
+        upgrade: Callable[[Interim, dict[str, Any]], Awaitable[dict[str, Any]]],
+        generation: Callable[[], int],
     ) -> None:
         self._upgrade = upgrade
         self._generation = generation
@@ -88,10 +107,20 @@ class ControlServer:
                 return None
         if request is None:
             return _refusal(f"no request within {self.timeout} s")
-        if request.strip() != REQUEST.encode():
-            return _refusal(f"unknown request; send '{REQUEST}'")
         try:
-            return await self._upgrade()
+            asked = parse_request(request)
+        except ValueError as exc:
+            return _refusal(str(exc))
+
+        async def interim(message: dict[str, Any]) -> None:
+            with anyio.move_on_after(self.timeout):
+                try:
+                    await stream.send(lines.encode(message))
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                    log.warning("control socket: the client left: %s", reason(exc))
+
+        try:
+            return await self._upgrade(interim, asked)
         except UpgradeBusy as exc:
             return {"ok": False, "busy": True, "error": str(exc)}
         except UpgradeError as exc:
@@ -99,6 +128,32 @@ class ControlServer:
         except Exception as exc:  # ours: logged, answered, and the server serves on
             log.exception("generation %d: the upgrade went wrong", self._generation())
             return {"ok": False, "error": f"the upgrade went wrong: {reason(exc)}"}
+
+
+def parse_request(line: bytes) -> dict[str, Any]:
+    """What an upgrade request asks for (nothing but the upgrade: ``{}``); ValueError
+    saying what is wrong with it."""
+    if line.strip() == REQUEST.encode():
+        return {}
+    message = lines.decode(line)
+    if message is None or message.get("request") != REQUEST:
+        raise ValueError(f"unknown request; send '{REQUEST}'")
+    unknown = sorted(set(message) - {"request", *FIELDS})
+    if unknown:
+        raise ValueError(f"unknown field in the request: {', '.join(map(repr, unknown))}")
+    asked = {name: message[name] for name in FIELDS if message.get(name) is not None}
+    command, cwd, env = (asked.get(name) for name in FIELDS)
+    if command is not None and (
+        not isinstance(command, list) or not all(isinstance(arg, str) for arg in command)
+    ):
+        raise ValueError("the command is a list of strings: the program and its arguments")
+    if cwd is not None and not (isinstance(cwd, str) and cwd.startswith("/")):
+        raise ValueError("the working directory is an absolute path")
+    if env is not None and not (
+        isinstance(env, dict) and all(isinstance(value, str | None) for value in env.values())
+    ):
+        raise ValueError("the environment is an object of names and strings (or null)")
+    return asked
 
 
 def _refusal(error: str) -> dict[str, Any]:

@@ -9,7 +9,9 @@ feeds events, and an event a state does not allow is an UpgradeError naming
 both.  The states a progress callback hears are OLD_STEPS and NEW_STEPS.
 
 The words on the control link are JSON lines (``lines.py``): ``READY`` or
-``failed(reason)``; ``report`` reads one back.
+``failed(reason)``; ``report`` reads one back.  With a probation the link
+stays open after the commit: the old generation ends the probation with
+``SETTLED`` (the new one stuck), or by going away.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ __all__ = [
     "OLD",
     "OLD_STEPS",
     "READY",
+    "SETTLED",
     "Event",
     "Handshake",
     "State",
     "failed",
     "report",
+    "settled",
 ]
 
 
@@ -47,6 +51,7 @@ class State(enum.StrEnum):
     PAUSED = "paused"
     HANDED_OVER = "handed-over"
     COMMITTED = "committed"
+    SETTLED = "settled"
     ROLLED_BACK = "rolled-back"
     # the new generation
     INHERITED = "inherited"
@@ -54,6 +59,7 @@ class State(enum.StrEnum):
     READY_SENT = "ready-sent"
     HANDOVER_RECEIVED = "handover-received"
     SERVING = "serving"
+    CONFIRMED = "confirmed"
     # both
     FAILED = "failed"
 
@@ -69,6 +75,7 @@ class Event(enum.StrEnum):
     PAUSED = "paused"
     HANDOVER_TAKEN = "handover-taken"
     COMMIT = "commit"
+    SETTLE = "settle"
     ROLL_BACK = "roll-back"
     # the new generation
     LISTENERS_RECEIVED = "listeners-received"
@@ -76,6 +83,7 @@ class Event(enum.StrEnum):
     SAY_READY = "say-ready"
     HANDOVER_RECEIVED = "handover-received"
     SERVE = "serve"
+    CONFIRM = "confirm"
     REPORT_FAILURE = "report-failure"
     # both
     FAIL = "fail"
@@ -94,7 +102,9 @@ def _failing(table: dict[tuple[State, Event], State], live: Iterable[State]) -> 
 
 #: The old generation: spawn, send the listeners, hear "ready", pause, hand over,
 #: commit; a failure before the handover is acknowledged is rolled back (the new
-#: generation killed, what was paused resumed).
+#: generation killed, what was paused resumed).  After the commit, the probation
+#: (none: it settles at once): the new generation stuck, or it exited and this one
+#: serves again.
 OLD: Table = _failing(
     {
         (S.IDLE, E.SPAWN): S.SPAWNED,
@@ -104,13 +114,16 @@ OLD: Table = _failing(
         (S.PAUSING, E.PAUSED): S.PAUSED,
         (S.PAUSED, E.HANDOVER_TAKEN): S.HANDED_OVER,
         (S.HANDED_OVER, E.COMMIT): S.COMMITTED,
+        (S.COMMITTED, E.SETTLE): S.SETTLED,
+        (S.COMMITTED, E.ROLL_BACK): S.ROLLED_BACK,
         (S.FAILED, E.ROLL_BACK): S.ROLLED_BACK,
     },
     [S.IDLE, S.SPAWNED, S.LISTENERS_SENT, S.READY_RECEIVED, S.PAUSING, S.PAUSED],
 )
 
 #: The new generation: take the listeners, acknowledge them, say "ready", take the
-#: handover, serve.  Before "ready" it can still tell the old one why it gives up.
+#: handover, serve; confirmed once a probation ends.  Before "ready" it can still
+#: tell the old one why it gives up.
 NEW: Table = _failing(
     {
         (S.IDLE, E.LISTENERS_RECEIVED): S.INHERITED,
@@ -118,6 +131,7 @@ NEW: Table = _failing(
         (S.ACKNOWLEDGED, E.SAY_READY): S.READY_SENT,
         (S.READY_SENT, E.HANDOVER_RECEIVED): S.HANDOVER_RECEIVED,
         (S.HANDOVER_RECEIVED, E.SERVE): S.SERVING,
+        (S.SERVING, E.CONFIRM): S.CONFIRMED,
         (S.IDLE, E.REPORT_FAILURE): S.FAILED,
         (S.INHERITED, E.REPORT_FAILURE): S.FAILED,
         (S.ACKNOWLEDGED, E.REPORT_FAILURE): S.FAILED,
@@ -147,6 +161,10 @@ class Handshake(transitions.Machine[State, Event]):
 READY: dict[str, Any] = {"ready": True}
 
 
+#: The probation is over and the new generation stuck: it is the main process now.
+SETTLED: dict[str, Any] = {"settled": True}
+
+
 def failed(reason: str) -> dict[str, Any]:
     """The new generation gives up, and why."""
     return {"failed": reason}
@@ -158,3 +176,8 @@ def report(message: dict[str, Any] | None) -> str | None:
         return None
     reason = message.get("failed") if message is not None else None
     return reason if isinstance(reason, str) else "an unreadable report"
+
+
+def settled(message: dict[str, Any] | None) -> bool:
+    """Whether the old generation's last word was SETTLED."""
+    return message is not None and message.get("settled") is True

@@ -42,7 +42,8 @@ def decode(line: bytes) -> dict[str, Any] | None:
 
 
 class LineReader:
-    """Bytes in, one line out (without its newline); at most ``limit`` bytes of it."""
+    """Bytes in, lines out (without their newline), one at a time; at most ``limit``
+    bytes each."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -53,12 +54,17 @@ class LineReader:
         return max(1, self.limit + 1 - len(self._buffer))
 
     def feed(self, data: bytes) -> bytes | None:
-        """Add what arrived; the line once it is whole.  LineTooLong past the limit."""
+        """Add what arrived; the next line once it is whole (taken: what follows it
+        stays for the next call).  LineTooLong past the limit."""
         self._buffer += data
         end = self._buffer.find(b"\n")
         if end > self.limit or (end < 0 and len(self._buffer) > self.limit):
             raise LineTooLong(self.limit)
-        return None if end < 0 else bytes(self._buffer[:end])
+        if end < 0:
+            return None
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        return line
 
     @property
     def pending(self) -> bytes:

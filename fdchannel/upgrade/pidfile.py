@@ -39,8 +39,10 @@ _START = "start="
 RECENT = 32
 __all__ = [
     "Named",
+    "amend",
     "open_named",
     "outcome",
+    "pending",
     "process_start",
     "read_pid",
     "read_pidfile",
@@ -204,6 +206,15 @@ def record(pidfile: str | os.PathLike[str], outcome: dict[str, Any]) -> None:
     write_status(pidfile, {**outcome, "started": attempt, "recent": recent})
 
 
+def amend(pidfile: str | os.PathLike[str], attempt: int, fields: dict[str, Any]) -> None:
+    """Add ``fields`` to the recorded outcome of request ``attempt`` (what happened after
+    it was answered, such as the drain that followed); the last outcome stays the last."""
+    status = read_status(pidfile)
+    recent = [{**o, **fields} if o.get("attempt") == attempt else o for o in _recent(status)]
+    last = {**status, **fields} if status.get("attempt") == attempt else status
+    write_status(pidfile, {**last, "recent": recent})
+
+
 def started(status: dict[str, Any]) -> int:
     """The number of the last request started (a status file of old: its last outcome's)."""
     number = status.get("started", status.get("attempt", 0))
@@ -214,6 +225,14 @@ def outcome(status: dict[str, Any], attempt: int) -> dict[str, Any] | None:
     """The recorded outcome of request ``attempt``, if there is one yet."""
     for found in [*_recent(status), status]:
         if found.get("attempt") == attempt and "ok" in found:
+            return found
+    return None
+
+
+def pending(status: dict[str, Any], attempt: int) -> dict[str, Any] | None:
+    """What is recorded of request ``attempt`` while it is not over (on probation)."""
+    for found in [*_recent(status), status]:
+        if found.get("attempt") == attempt and "ok" not in found:
             return found
     return None
 

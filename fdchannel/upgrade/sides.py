@@ -1,29 +1,46 @@
 """The handshake's I/O: each generation's end of it, over the three socketpairs
 named in ``lineage.py``.  The order and what each step allows is the table's
 (``handshake.py``); this module does the I/O and feeds it events.
+
+The listeners travel with the upgrader's own bookkeeping as the state's
+metadata, a JSON object: ``release`` (the command line and directory the new
+generation was started from, as given: ``release.py``), ``probation``
+(seconds; the control link then stays open after the commit, until the old
+generation says SETTLED or goes away) and, with a probation, ``stderr`` and
+``relay``: the descriptors, in the new generation, of the old generation's
+stderr and of the read end of the pipe that is the new generation's stderr
+meanwhile (``stderr.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
+import logging
 import os
 import socket
+import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import anyio
 
-from ..errors import FdChannelError, UpgradeFailed
+from ..errors import FdChannelError, UpgradeError, UpgradeFailed
 from ..handoff.cpr import ReceivedCpr, receive_cpr, send_cpr
 from ..state import FdState, NamedFd
 from ..transports import Listener, Stream
 from . import handshake, lineage as lineage_env, lines
 from .handshake import NEW, OLD, Event, Handshake, State
 from .reasons import reason
+from .release import Launch, Release, release_from
 from .spawn import Child, spawn
+from .stderr import Pipe, Relay, Tail
 
-__all__ = ["Handover", "NewSide", "OldSide"]
+__all__ = ["NOT_INHERITED", "Handover", "NewSide", "OldSide"]
+
+log = logging.getLogger("fdchannel.upgrade")
 
 Pause = Callable[[], Awaitable[FdState | None]]
 Resume = Callable[[], Awaitable[None]]
@@ -32,7 +49,7 @@ Progress = Callable[[str], object]
 #: The longest report taken from the new generation (one short JSON line).
 REPORT_BYTES = 1 << 16
 #: Environment variables that describe this process only, never the next generation.
-_NOT_INHERITED = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", lineage_env.ENV)
+NOT_INHERITED = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", lineage_env.ENV)
 
 
 class _Side:
@@ -55,6 +72,8 @@ class Handover:
     paused: float
     #: Descriptors handed over after "ready".
     handed: int
+    #: With a probation: our end of the control link, open until the probation ends.
+    link: socket.socket | None = None
 
 
 class OldSide(_Side):
@@ -68,29 +87,36 @@ class OldSide(_Side):
         ready_timeout: float,
         handover_timeout: float,
         progress: Progress,
+        probation: float = 0.0,
     ) -> None:
         super().__init__(OLD, "the old generation", progress)
         self.generation = generation
         self.start_timeout = start_timeout
         self.ready_timeout = ready_timeout
         self.handover_timeout = handover_timeout
+        self.probation = probation
+        #: What travels with the listeners, as their state's metadata.
+        self.bookkeeping: dict[str, object] = {"probation": probation}
 
     async def hand_on(
         self,
-        argv: Sequence[str],
+        launch: Launch,
         listeners: Mapping[str, int],
         pause: Pause | None,
         resume: Resume | None,
     ) -> Handover:
-        """Start ``argv`` as the next generation and hand it ``listeners`` and what
+        """Start ``launch`` as the next generation and hand it ``listeners`` and what
         ``pause`` returns.  On any failure the new generation is killed and
         ``resume`` runs (if ``pause`` was called) before the error goes on."""
         ours: list[socket.socket] = []
         child: Child | None = None
+        link: socket.socket | None = None
         try:
-            child = self._spawn(argv, ours)
+            child = self._spawn(launch, ours)
             try:
-                sent = FdState([NamedFd(name, 0, fd) for name, fd in listeners.items()])
+                metadata = json.dumps(self.bookkeeping).encode()
+                named = [NamedFd(name, 0, fd) for name, fd in listeners.items()]
+                sent = FdState(named, metadata=metadata)
                 await self._send(ours[0], sent, self.start_timeout, child, "the listeners")
                 self._fire(Event.LISTENERS_TAKEN)
                 await self._await_ready(ours[1], child)
@@ -103,6 +129,8 @@ class OldSide(_Side):
                 self._fire(Event.PAUSED)
                 await self._send(ours[2], handed, self.handover_timeout, child, "the handover")
                 self._fire(Event.HANDOVER_TAKEN)
+                if self.probation > 0:
+                    link = ours.pop(1)  # open until the probation ends
             except UpgradeFailed:
                 raise
             except (FdChannelError, OSError) as exc:
@@ -114,14 +142,31 @@ class OldSide(_Side):
         finally:
             for s in ours:
                 s.close()
-        return Handover(child, paused, len(handed))
+        return Handover(child, paused, len(handed), link)
 
     def commit(self) -> None:
-        """The new generation serves: nothing is rolled back from here on."""
+        """The new generation serves: from here on, only its exit during a probation
+        rolls back."""
         self.handshake.fire(Event.COMMIT)
 
-    def _spawn(self, argv: Sequence[str], ours: list[socket.socket]) -> Child:
+    def settle(self, link: socket.socket | None) -> None:
+        """The probation is over, the new generation stuck: tell it (best effort)."""
+        self.handshake.fire(Event.SETTLE)
+        if link is not None:
+            with link, contextlib.suppress(OSError):
+                link.setblocking(False)  # a new generation that reads nothing: a full buffer
+                link.send(lines.encode(handshake.SETTLED))
+
+    def roll_back(self, link: socket.socket | None) -> None:
+        """The new generation exited during its probation: this one serves again."""
+        self.handshake.fire(Event.ROLL_BACK)
+        if link is not None:
+            link.close()
+
+    def _spawn(self, launch: Launch, ours: list[socket.socket]) -> Child:
         theirs: list[socket.socket] = []
+        pipe: Pipe | None = None
+        original: int | None = None
         try:
             for _ in range(3):
                 mine, other = socket.socketpair()
@@ -129,16 +174,32 @@ class OldSide(_Side):
                 theirs.append(other)
             cpr, control, handover = (s.fileno() for s in theirs)
             lineage = lineage_env.Lineage(cpr, control, handover, os.getpid(), self.generation + 1)
-            env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+            env = {k: v for k, v in launch.env.items() if k not in NOT_INHERITED}
             env[lineage_env.ENV] = lineage.encode()
-            child = spawn(argv, env, keep=lineage.fds())
+            self.bookkeeping["release"] = launch.release.as_json()
+            keep = list(lineage.fds())
+            if self.probation > 0:
+                original = _our_stderr()
+            if original is not None:
+                pipe = Pipe()
+                keep += [original, pipe.read]
+                self.bookkeeping.update(stderr=original, relay=pipe.read)
+            stderr = pipe.write if pipe else None
+            child = spawn(launch.argv, env, keep=keep, stderr=stderr, cwd=launch.cwd)
+            if pipe is not None:
+                child.relay = Relay(os.dup(pipe.read), 2, Tail()).start()
         finally:
             for s in theirs:
                 s.close()
+            if pipe is not None:
+                pipe.close()
+            if original is not None:
+                os.close(original)
         self._fire(Event.SPAWN)
         return child
 
     async def _roll_back(self, child: Child | None, resume: Resume | None) -> None:
+        """Before the commit: kill the new generation, resume what was paused."""
         if self.handshake.allows(Event.FAIL):
             self.handshake.fire(Event.FAIL)
         try:
@@ -192,6 +253,14 @@ class NewSide(_Side):
         self.lineage = lineage
         self.parent = lineage.parent
         self._links: tuple[int, ...] = (lineage.control, lineage.handover)
+        #: Seconds the old generation watches this one after the commit (0: none).
+        self.probation = 0.0
+        #: What this generation was started from, as given (None: an older sender).
+        self.release: Release | None = None
+        #: The old generation's stderr and the read end of our stderr's pipe, during
+        #: a probation (ours to close).
+        self._stderr: int | None = None
+        self._relay: int | None = None
 
     async def inherit(self, timeout: float) -> dict[str, int]:
         """The listeners, by name (duplicates, ours); acknowledged to the old generation."""
@@ -203,6 +272,7 @@ class NewSide(_Side):
             with received.state as state:
                 for entry in state.fds:
                     taken[entry.name] = os.dup(entry.fd)
+                self._take_bookkeeping(state.metadata)
             self._fire(Event.LISTENERS_RECEIVED)
             with self._old_generation():
                 await received.accept()  # the close-as-ack: the listeners are ours
@@ -219,7 +289,7 @@ class NewSide(_Side):
             await _tell(self.lineage.control, handshake.READY)
         self._fire(Event.SAY_READY)
         handover = os.dup(self.lineage.handover)
-        self.close()
+        self.close(keep_link=self.probation > 0)
         received = await _receive(handover, timeout, f"the handover from pid {self.parent} failed")
         self._fire(Event.HANDOVER_RECEIVED)
         try:
@@ -242,12 +312,76 @@ class NewSide(_Side):
         elif self.handshake.allows(Event.FAIL):
             self.handshake.fire(Event.FAIL)
 
-    def close(self) -> None:
-        """Close the links to the old generation (the cpr one closes with its receipt)."""
-        for fd in self._links:
+    async def await_settled(self, timeout: float) -> bool | None:
+        """Wait for the old generation to end the probation: True when it says this
+        one stuck, False when it went away first, None when neither came by
+        ``timeout``.  The control link is closed then, and the stderr put back."""
+        link = self._links[0] if self._links else None
+        message: dict[str, object] | None = None
+        settled: bool | None = False
+        try:
+            if link is not None:
+                with anyio.move_on_after(timeout) as waited:
+                    async with Stream.from_fd(os.dup(link)) as stream:
+                        with contextlib.suppress(
+                            anyio.EndOfStream, anyio.BrokenResourceError, lines.LineTooLong
+                        ):
+                            message = lines.decode(await lines.receive_line(stream, REPORT_BYTES))
+                settled = None if waited.cancelled_caught else handshake.settled(message)
+        finally:
+            self.close()
+            self.restore_stderr()
+        if settled:
+            self._fire(Event.CONFIRM)
+        return settled
+
+    def restore_stderr(self) -> None:
+        """Put the old generation's stderr back as ours, and relay the pipe until
+        nothing holds it (our children started meanwhile write to it)."""
+        if self._stderr is not None:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
             with contextlib.suppress(OSError):
-                os.close(fd)
-        self._links = ()
+                os.dup2(self._stderr, 2)
+            os.close(self._stderr)
+            self._stderr = None
+        if self._relay is not None:
+            Relay(self._relay, 2).start()  # it closes the pipe at its end
+            self._relay = None
+
+    def close(self, keep_link: bool = False) -> None:
+        """Close the links to the old generation (the cpr one closes with its receipt);
+        with ``keep_link``, all but the control link (a probation's)."""
+        kept = self._links[:1] if keep_link else ()
+        for fd in self._links:
+            if fd not in kept:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._links = kept
+
+    def _take_bookkeeping(self, metadata: bytes) -> None:
+        """What the old generation sent with the listeners (nothing, from an older one)."""
+        try:
+            found = json.loads(metadata) if metadata else {}
+        except ValueError:
+            found = None
+        if not isinstance(found, dict):
+            log.warning("ignoring the bookkeeping of pid %d: not a JSON object", self.parent)
+            return
+        probation = found.get("probation", 0)
+        if isinstance(probation, int | float) and probation > 0:
+            self.probation = float(probation)
+        self._stderr = _inherited(found.get("stderr"))
+        self._relay = _inherited(found.get("relay"))
+        release = found.get("release")
+        if isinstance(release, dict):
+            try:
+                command, cwd, _ = release_from(release.get("command"), release.get("cwd"), None)
+            except UpgradeError as exc:
+                log.warning("ignoring the release pid %d started us from: %s", self.parent, exc)
+            else:
+                if command is not None and cwd is not None:
+                    self.release = Release(command, cwd)
 
     @contextlib.contextmanager
     def _old_generation(self) -> Iterator[None]:
@@ -258,6 +392,27 @@ class NewSide(_Side):
             raise UpgradeFailed(
                 f"the old generation (pid {self.parent}) went away: {reason(exc)}"
             ) from exc
+
+
+def _our_stderr() -> int | None:
+    """A copy of our stderr for the next generation to put back; None if there is none."""
+    try:
+        return os.dup(2)
+    except OSError:
+        return None
+
+
+def _inherited(fd: object) -> int | None:
+    """A descriptor the bookkeeping names, if it is one and open: made close-on-exec
+    (ours only, not our children's)."""
+    if not isinstance(fd, int) or isinstance(fd, bool) or not 2 < fd < 1 << 31:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+    except OSError:
+        log.warning("ignoring descriptor %d of the bookkeeping: it is not open", fd)
+        return None
+    return fd
 
 
 async def _fate(child: Child) -> str:

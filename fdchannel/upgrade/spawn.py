@@ -5,6 +5,15 @@ must outlive us, and both of those kill (asyncio's transport on close) or
 warn about (``Popen.__del__``) a child that is still running when they let
 go of it.  A pidfd tells us, without reaping, when the child exits, and
 works with every event loop's ``wait_readable``.
+
+With a probation the child's stderr is a pipe (``stderr.py``): what it
+writes is relayed to ours, and its last lines are kept to tell why it
+exited.
+
+``posix_spawn`` cannot change the child's directory: a child that starts
+in another one (a new release's) is started through a few lines of Python
+that change directory and then execute the program, the same process (pid,
+descriptors, signal dispositions) all along.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 from collections.abc import Mapping, Sequence
 
 import anyio
@@ -20,8 +30,9 @@ import anyio
 from ..deadlines import seconds
 from ..errors import UpgradeFailed
 from .pidfile import process_start
+from .stderr import Relay
 
-__all__ = ["Child", "exit_text", "spawn"]
+__all__ = ["Child", "exit_text", "said", "spawn"]
 
 #: Signals whose handlers the parent may have set: the child starts with the defaults.
 _DEFAULT_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE)
@@ -29,6 +40,18 @@ _DEFAULT_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD
 
 #: The wait status of a child someone else reaped.
 UNKNOWN = -1
+
+#: Run by this interpreter (``-I -S -c``) in a child that starts elsewhere: go there,
+#: then be the program.  Python's locale coercion may have set LC_CTYPE in its
+#: environment: the program gets the environment it was given.
+_IN_DIRECTORY = (
+    "import os, sys\n"
+    "cwd, locale, program, *argv = sys.argv[1:]\n"
+    "os.chdir(cwd)\n"
+    "if locale == '0':\n"
+    "    os.environ.pop('LC_CTYPE', None)\n"
+    "os.execve(program, argv, os.environ)\n"
+)
 
 
 def exit_text(status: int) -> str:
@@ -45,10 +68,12 @@ def exit_text(status: int) -> str:
 
 
 class Child:
-    """A started generation: its pid and a pidfd that turns readable when it exits."""
+    """A started generation: its pid and a pidfd that turns readable when it exits;
+    the relay of its stderr, if it was given a pipe for it."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, relay: Relay | None = None) -> None:
         self.pid = pid
+        self.relay = relay
         #: When it started (what the pidfile records with its pid); it is our
         #: child, not reaped yet, so the pid is still its own.
         self.start = process_start(pid)
@@ -88,30 +113,63 @@ class Child:
         self.release()
 
     def release(self) -> None:
-        """Let it go (it serves now): close the pidfd; it is not ours to reap."""
+        """Let it go (it serves now): close the pidfd; it is not ours to reap.  The
+        relay of its stderr stops (what is in the pipe now relayed first)."""
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+        if self.relay is not None:
+            self.relay.stop()
+
+    def stderr(self) -> list[str]:
+        """The last lines it wrote on stderr (none unless relayed), all read by now if
+        it has exited."""
+        if self.relay is None or self.relay.tail is None:
+            return []
+        if self.status is not None:
+            self.relay.stop()
+        return self.relay.tail.lines()
 
     def describe(self) -> str:
-        """What became of it, for error messages."""
+        """What became of it, for error messages (with its last lines on stderr)."""
         if self.exited():
             assert self.status is not None
-            return f"pid {self.pid} exited ({exit_text(self.status)})"
+            return f"pid {self.pid} exited ({exit_text(self.status)}{said(self.stderr())})"
         return f"pid {self.pid} is still running"
 
 
-def spawn(argv: Sequence[str], env: Mapping[str, str], keep: Sequence[int]) -> Child:
-    """Start ``argv`` with ``env``; the descriptors ``keep`` stay open in it under
-    the same numbers (everything else close-on-exec stays closed)."""
+def said(lines: Sequence[str], last: int = 5) -> str:
+    """``; its stderr ended: A | B``, or nothing."""
+    return f"; its stderr ended: {' | '.join(lines[-last:])}" if lines else ""
+
+
+def spawn(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    keep: Sequence[int],
+    stderr: int | None = None,
+    cwd: str | None = None,
+) -> Child:
+    """Start ``argv`` with ``env`` (in ``cwd``, else here); the descriptors ``keep``
+    stay open in it under the same numbers (everything else close-on-exec stays
+    closed); ``stderr``, a pipe's write end, becomes its stderr."""
     if not argv:
         raise UpgradeFailed("no command to start the new generation with")
     program = argv[0] if "/" in argv[0] else shutil.which(argv[0])
     if program is None:
         raise UpgradeFailed(f"cannot start the new generation: {argv[0]!r} is not on PATH")
+    if cwd is not None and not _here(cwd):
+        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            raise UpgradeFailed(f"cannot start the new generation {program}: not an executable")
+        interpreter = sys.executable if os.access(sys.executable, os.X_OK) else "/proc/self/exe"
+        locale = "1" if "LC_CTYPE" in env else "0"
+        argv = [interpreter, "-I", "-S", "-c", _IN_DIRECTORY, cwd, locale, program, *argv]
+        program = interpreter
     # dup2 of a descriptor onto itself clears its close-on-exec flag in the child only
     # (POSIX 2024; glibc since 2.29, musl): nothing leaks into other children meanwhile.
     actions = [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in keep]
+    if stderr is not None:
+        actions.append((os.POSIX_SPAWN_DUP2, stderr, 2))
     try:
         pid = os.posix_spawn(
             program,
@@ -131,3 +189,11 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], keep: Sequence[int]) -> C
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         raise
+
+
+def _here(directory: str) -> bool:
+    """Whether ``directory`` is the one this process is in."""
+    try:
+        return os.path.samefile(directory, ".")
+    except OSError:
+        return False

@@ -10,6 +10,11 @@ acknowledged what was handed over, then drains and exits.  Any failure
 before that point kills the new generation and leaves the old one serving.
 See docs/upgrade.md for the sequence.
 
+With a probation, the old generation stops accepting at the commit but
+keeps its listeners and stays the main process: if the new generation exits
+within the probation, the old one serves again (a rollback after the
+switch); only once it ends does the new generation become the main process.
+
 This module is the generation's lifecycle; the handshake between two
 generations is ``handshake.py`` (its table) and ``sides.py`` (its I/O), the
 control socket ``control_server.py``, the listeners' origins ``sockets.py``.
@@ -18,6 +23,7 @@ control socket ``control_server.py``, the listeners' origins ``sockets.py``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -26,31 +32,43 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import anyio.abc
 
 from ..address import Address, UnixAddress, parse_address
 from ..credentials import CredentialPolicy, same_user_or_root
-from ..errors import UpgradeBusy, UpgradeError
+from ..errors import UpgradeBusy, UpgradeError, UpgradeFailed
 from ..state import FdState
 from ..text import printable
 from ..transports import Listener
 from ..unix_sockets import BACKLOG
-from . import files, lineage as lineage_env, pidfile as pidfiles, sockets, systemd
-from .control_server import ControlServer
+from . import connections, files, lineage as lineage_env, pidfile as pidfiles, sockets, systemd
+from .control_server import ControlServer, Interim
 from .handshake import NEW_STEPS, OLD_STEPS
 from .reasons import reason
-from .sides import NewSide, OldSide, Pause, Resume
-from .spawn import Child
+from .release import Release, Variables, logical_cwd, release_from
+from .sides import NOT_INHERITED, Handover, NewSide, OldSide, Pause, Resume
+from .spawn import Child, exit_text, said
 
-__all__ = ["CONTROL", "NEW_STEPS", "OLD_STEPS", "Upgrader", "UpgradeResult", "default_command"]
+__all__ = [
+    "CONTROL",
+    "NEW_STEPS",
+    "OLD_STEPS",
+    "UpgradeResult",
+    "UpgradeRolledBack",
+    "Upgrader",
+    "default_command",
+]
 
 log = logging.getLogger("fdchannel.upgrade")
 
 #: The name the control socket travels under between generations.
 CONTROL = "fdchannel.upgrade.control"
+#: How long a new generation on probation waits for the old one's word past the
+#: probation itself, before it takes the old one for gone.
+_CONFIRM_GRACE = 60.0
 
 
 def default_command() -> list[str]:
@@ -74,6 +92,11 @@ class UpgradeResult:
     #: What went wrong after the commit (too late to roll back: the new
     #: generation serves), e.g. the pidfile could not be rewritten.
     warnings: tuple[str, ...] = ()
+    #: The probation the new generation went through after the commit (0: none).
+    probation: float = 0.0
+    #: What it was started as: its command line and directory, resolved.
+    command: tuple[str, ...] = ()
+    cwd: str = ""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -84,32 +107,110 @@ class UpgradeResult:
             "handover_seconds": self.handover_seconds,
             "handed": self.handed,
             "warnings": list(self.warnings),
+            "probation": self.probation,
+            "command": list(self.command),
+            "cwd": self.cwd,
         }
+
+
+class UpgradeRolledBack(UpgradeFailed):
+    """The new generation exited during its probation: the old one serves again."""
+
+    def __init__(self, pid: int, status: str, after: float, stderr: Sequence[str]) -> None:
+        super().__init__(
+            f"rolled back: the new generation (pid {pid}) exited {after * 1000:.0f} ms "
+            f"after ready() ({status}{said(stderr)})"
+        )
+        self.pid = pid
+        #: Its wait status in words ("exit status 3", "killed by SIGSEGV").
+        self.status = status
+        #: Seconds from the commit (its ``ready()`` returning) to its exit.
+        self.after = after
+        #: Its last lines on stderr.
+        self.stderr = tuple(stderr)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": False,
+            "error": str(self),
+            "rolled_back": True,
+            "pid": self.pid,
+            "exit_status": self.status,
+            "after_ms": round(self.after * 1000),
+            "stderr": list(self.stderr),
+        }
+
+
+class _Trial:
+    """One replacement, from its commit to the end of its probation (at once without)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.done = anyio.Event()
+        self.result: UpgradeResult | None = None
+        self.error: UpgradeRolledBack | None = None
+
+    @property
+    def stuck(self) -> bool:
+        return self.result is not None
+
+    def end(self, outcome: UpgradeResult | UpgradeRolledBack) -> None:
+        if isinstance(outcome, UpgradeResult):
+            self.result = outcome
+        else:
+            self.error = outcome
+        self.done.set()
+
+    async def outcome(self) -> UpgradeResult:
+        await self.done.wait()
+        if self.result is None:
+            assert self.error is not None
+            raise self.error
+        return self.result
 
 
 class Upgrader(anyio.abc.AsyncResource):
     """``async with Upgrader() as up``: listen, be ready, be upgraded.
 
-    ``command`` starts the next generation (default: this program's own
-    command line).  ``pidfile`` is rewritten to name the serving generation
-    (its pid and start time), and removed by the last one when it exits;
-    ``control`` is a unix socket path taking ``upgrade`` requests (see
-    ``fdchannel upgrade``; ``control_timeout`` and ``control_clients`` bound
-    how long a client may take and how many are answered at once).  Keep
-    both in a directory of their own, such as ``/run/APP/``: one that others
-    may write to is warned about.  ``trigger`` is the signal that asks for an
-    upgrade (None: none).  ``pause`` (optional) runs in the old generation
-    once the new one is ready: it stops serving what it hands over and
+    ``command`` starts the next generation, in ``cwd`` with ``env``'s changes
+    to the environment (a value sets a variable, None removes it).  By
+    default: the command line and directory this generation was started
+    from, as given (through a ``current`` symlink, maybe: they are resolved
+    anew at each upgrade; see ``release.py``).  ``pidfile`` is rewritten to
+    name the serving generation (its pid and start time), and removed by the
+    last one when it exits; ``control`` is a unix socket path taking
+    ``upgrade`` requests (see ``fdchannel upgrade``; ``control_timeout`` and
+    ``control_clients`` bound how long a client may take and how many are
+    answered at once).  Keep both in a directory of their own, such as
+    ``/run/APP/``: one that others may write to is warned about.
+    ``trigger`` is the signal that asks for an upgrade (None: none).
+    ``pause`` (optional) runs in the old generation once the new one is
+    ready: it stops serving what it hands over and
     returns that as a state (descriptors and metadata) which the new
     generation's ``ready()`` returns; ``resume`` runs if that handover is
     not acknowledged.  ``progress`` hears each step's name (OLD_STEPS,
     NEW_STEPS), for logging and tests.
+
+    ``probation`` (seconds; 0: none) is how long the old generation watches
+    the new one after the commit: it stops accepting (``wait_replaced()``
+    returns) but keeps its listeners and stays the main process (pidfile,
+    systemd's ``MAINPID``); if the new generation exits meanwhile, the
+    upgrade is rolled back (``settled()`` returns False: accept again), else
+    the new one becomes the main process (``settled()`` returns True).
+    ``upgrade()`` returns (or raises ``UpgradeRolledBack``) once it is over.
+
+    ``drain_timeout`` (seconds; None: no limit) bounds the drain: that long
+    after it was replaced (after the probation), a generation still running
+    counts the connections it still holds (those accepted on its listeners),
+    logs and records them as cut (beside the pidfile), and exits with status 0.
     """
 
     def __init__(
         self,
         *,
         command: Sequence[str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Variables | None = None,
         pidfile: str | os.PathLike[str] | None = None,
         control: str | os.PathLike[str] | None = None,
         trigger: signal.Signals | None = signal.SIGHUP,
@@ -118,9 +219,18 @@ class Upgrader(anyio.abc.AsyncResource):
         start_timeout: float = 30.0,
         ready_timeout: float = 30.0,
         handover_timeout: float = 10.0,
+        probation: float = 0.0,
+        drain_timeout: float | None = None,
         progress: Callable[[str], object] | None = None,
     ) -> None:
-        self.command = list(command) if command is not None else None
+        if drain_timeout is not None and not drain_timeout >= 0:
+            raise UpgradeError(f"drain_timeout is a number of seconds, not {drain_timeout!r}")
+        if not 0 <= probation < float("inf"):
+            raise UpgradeError(f"probation is a number of seconds, not {probation!r}")
+        checked_command, self.cwd, self.env = release_from(command, cwd, env)
+        self.command = list(checked_command) if checked_command is not None else None
+        #: Where this process started, as it was named ($PWD, symlinks and all).
+        self._started_in = logical_cwd()
         self.pidfile = Path(pidfile) if pidfile is not None else None
         self.control = Path(control) if control is not None else None
         self.trigger = trigger
@@ -129,6 +239,8 @@ class Upgrader(anyio.abc.AsyncResource):
         self.start_timeout = start_timeout
         self.ready_timeout = ready_timeout
         self.handover_timeout = handover_timeout
+        self.drain_timeout = drain_timeout
+        self.probation = probation
         self._progress = progress or (lambda step: None)
         #: 0 for a generation nobody handed anything to, then 1, 2, ...
         self.generation = 0
@@ -136,9 +248,11 @@ class Upgrader(anyio.abc.AsyncResource):
         self._received: dict[str, int] = {}  # handed to us, not claimed yet
         self._held: dict[str, int] = {}  # ours to hand on, by name
         self._given: list[Listener] = []  # returned by listen(), closed with us
-        self._phase = "new"  # entered, ready, upgrading, replaced, closed
+        self._phase = "new"  # entered, ready, upgrading, probation, replaced, closed
         self._successor: int | None = None
         self._replaced: anyio.Event | None = None
+        self._trial: _Trial | None = None  # the last replacement, settled or not
+        self._on_probation = False  # a new generation the old one still watches
         self._tasks: anyio.abc.TaskGroup | None = None
         self._exit = contextlib.AsyncExitStack()
         self._control_listener: Listener | None = None
@@ -172,8 +286,9 @@ class Upgrader(anyio.abc.AsyncResource):
 
     @property
     def replaced(self) -> bool:
-        """Whether a new generation has taken over: stop accepting, drain, exit."""
-        return self._phase == "replaced"
+        """Whether a new generation has taken over (maybe still on probation): stop
+        accepting, drain, exit."""
+        return self._phase in ("probation", "replaced")
 
     async def __aenter__(self) -> Upgrader:
         if self._phase != "new":
@@ -197,10 +312,14 @@ class Upgrader(anyio.abc.AsyncResource):
 
     async def __aexit__(self, *exc_info: Any) -> None:
         error = exc_info[1]
-        await self._close(failed=None if error is None else reason(error))
+        stranded = await self._close(failed=None if error is None else reason(error))
+        if stranded is not None and error is None:
+            raise stranded
 
     async def aclose(self) -> None:
-        await self._close(failed=None)
+        stranded = await self._close(failed=None)
+        if stranded is not None:
+            raise stranded
 
     async def _inherit(self, lineage: lineage_env.Lineage) -> None:
         self._new = NewSide(lineage, self._progress)
@@ -290,45 +409,117 @@ class Upgrader(anyio.abc.AsyncResource):
                     log.warning("closing %s: handed over, but not listened on by now", name)
                     os.close(fd)
             self._received = {k: v for k, v in self._received.items() if k == CONTROL}
-            if self.control is not None:
-                self._control_listener = await self.listen(CONTROL, UnixAddress(str(self.control)))
+            await self._serve_control()
+            if self._new is not None and self._new.probation > 0:
+                self._on_probation = True
                 assert self._tasks is not None
-                self._tasks.start_soon(self._control.serve, self._control_listener)
+                self._tasks.start_soon(self._await_confirmation, self._new)
         except BaseException:
             handed.close()
             raise
         return handed
 
+    async def _serve_control(self) -> None:
+        if self.control is not None:
+            self._control_listener = await self.listen(CONTROL, UnixAddress(str(self.control)))
+            assert self._tasks is not None
+            self._tasks.start_soon(self._control.serve, self._control_listener)
+
+    async def _await_confirmation(self, new: NewSide) -> None:
+        """On probation: wait for the old generation's word; if it goes away first,
+        this generation is the main process from now on."""
+        settled = await new.await_settled(new.probation + _CONFIRM_GRACE)
+        self._on_probation = False
+        if settled:
+            log.info("generation %d: pid %d ended the probation", self.generation, new.parent)
+            return
+        if self.pidfile is not None:
+            try:
+                pidfiles.write_pid(self.pidfile, os.getpid(), pidfiles.process_start(os.getpid()))
+            except UpgradeError as exc:
+                log.warning("the pidfile does not name pid %d: %s", os.getpid(), exc)
+        systemd.notify(MAINPID=os.getpid(), READY=1, STATUS=f"pid {os.getpid()} serves")
+        log.warning(
+            "generation %d: pid %d %s during the probation: this is the main process now",
+            self.generation,
+            new.parent,
+            "went away" if settled is False else "said nothing",
+        )
+
     # ------------------------------------------------------------------
     # Upgrading: the old generation's side.
 
     async def wait_replaced(self) -> int:
-        """Wait until a new generation has taken over; returns its pid."""
+        """Wait until a new generation has taken over; returns its pid.  Stop
+        accepting then; with a probation, ``settled()`` says whether to leave."""
         assert self._replaced is not None, "enter the Upgrader first"
         await self._replaced.wait()
         assert self._successor is not None
         return self._successor
 
-    async def upgrade(self, command: Sequence[str] | None = None) -> UpgradeResult:
-        """Start the next generation (``command``, else the upgrader's) and hand over.
+    async def settled(self) -> bool:
+        """After ``wait_replaced()``: wait for the probation to end (at once without).
 
-        Raises UpgradeBusy if an upgrade is under way (or this generation is
-        not ready, or already replaced), UpgradeFailed with the reason if the
-        new generation did not take over: it was killed, and this one serves on.
+        True: the new generation stuck; drain and leave.  False: it exited
+        during its probation, and this generation is the main process again:
+        ``listen()`` again and accept (the listeners were kept).
         """
+        if self._trial is None:
+            raise UpgradeError("settled() follows wait_replaced(): nothing has taken over")
+        trial = self._trial
+        await trial.done.wait()
+        return trial.stuck
+
+    async def upgrade(
+        self,
+        command: Sequence[str] | None = None,
+        *,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Variables | None = None,
+    ) -> UpgradeResult:
+        """Start the next generation (``command`` in ``cwd``, with ``env``'s changes;
+        by default the upgrader's) and hand over.
+
+        Returns once the new generation serves, and with a probation once it
+        has stuck through it.  Raises UpgradeBusy if an upgrade is under way
+        (or on probation, or this generation is not ready, or already
+        replaced), UpgradeFailed with the reason if the new generation did
+        not take over (it was killed, and this one serves on), and its
+        subclass UpgradeRolledBack if it exited during its probation (this
+        one serves again); UpgradeError if ``command``, ``cwd`` or ``env`` is
+        malformed.
+        """
+        return await self._attempt(self._release(command, cwd, env))
+
+    def _release(
+        self,
+        command: Sequence[str] | None,
+        cwd: str | os.PathLike[str] | None,
+        env: Variables | None,
+    ) -> Release:
+        """What to start: as asked, else as set, else as this generation was started."""
+        asked_command, asked_cwd, asked_env = release_from(command, cwd, env)
+        inherited = self._new.release if self._new is not None else None
+        return Release(
+            asked_command
+            or (tuple(self.command) if self.command else None)
+            or (inherited.command if inherited else None)
+            or tuple(default_command()),
+            asked_cwd or self.cwd or (inherited.cwd if inherited else None) or self._started_in,
+            {**self.env, **asked_env},
+        )
+
+    async def _attempt(self, release: Release, interim: Interim | None = None) -> UpgradeResult:
         attempt = self._start_attempt()
-        if self._phase != "ready":
-            why = {
-                "upgrading": "an upgrade is already in progress",
-                "replaced": f"already replaced by pid {self._successor}",
-            }.get(self._phase, "this generation is not ready yet")
-            self._record(attempt, False, f"busy: {why}", busy=True)
-            raise UpgradeBusy(f"cannot upgrade now: {why}")
+        busy = self._busy()
+        if busy is not None:
+            self._record(attempt, False, f"busy: {busy}", busy=True)
+            raise UpgradeBusy(f"cannot upgrade now: {busy}")
         self._phase = "upgrading"
         systemd.notify(RELOADING=1, STATUS="upgrading")
         log.info("generation %d: upgrading", self.generation)
         try:
-            result = await self._upgrade(command)
+            trial = await self._upgrade(release, attempt)
         except BaseException as exc:
             if self._phase != "upgrading":  # committed: nothing to roll back (see _commit)
                 raise
@@ -340,67 +531,197 @@ class Upgrader(anyio.abc.AsyncResource):
             shown = printable(why)
             log.warning("generation %d: upgrade failed, still serving: %s", self.generation, shown)
             raise
-        warnings = list(result.warnings)
-        self._record(attempt, True, f"pid {result.pid} serves", pid=result.pid, warnings=warnings)
-        log.info("generation %d: replaced by pid %d", self.generation, result.pid)
-        return result
+        if interim is not None and not trial.done.is_set():
+            await interim({"probation": self.probation, "pid": trial.pid})
+        return await trial.outcome()
 
-    async def _upgrade(self, command: Sequence[str] | None) -> UpgradeResult:
+    def _busy(self) -> str | None:
+        """Why no upgrade can start now; None when one can."""
+        if self._phase == "ready":
+            if self._on_probation and self._new is not None:
+                return f"this generation is on probation (pid {self._new.parent} watches it)"
+            return None
+        return {
+            "upgrading": "an upgrade is already in progress",
+            "probation": f"the last upgrade, to pid {self._successor}, is on probation",
+            "replaced": f"already replaced by pid {self._successor}",
+        }.get(self._phase, "this generation is not ready yet")
+
+    async def _upgrade(self, release: Release, attempt: int) -> _Trial:
         started = time.monotonic()
-        argv = list(command or self.command or default_command())
+        launch = release.resolve({k: v for k, v in os.environ.items() if k not in NOT_INHERITED})
+        log.info(
+            "generation %d: starting %s in %s",
+            self.generation,
+            printable(" ".join(launch.argv)),
+            printable(launch.cwd or "this directory"),
+        )
         side = OldSide(
             generation=self.generation,
             start_timeout=self.start_timeout,
             ready_timeout=self.ready_timeout,
             handover_timeout=self.handover_timeout,
             progress=self._progress,
+            probation=self.probation,
         )
-        handover = await side.hand_on(argv, self._held, self.pause, self.resume)
+        handover = await side.hand_on(launch, self._held, self.pause, self.resume)
         # The commit: the new generation acknowledged the handover and serves.
         side.commit()
         done = time.monotonic()
         child = handover.child
-        self._phase = "replaced"
+        self._phase = "probation" if self.probation > 0 else "replaced"
         self._successor = child.pid
-        with anyio.CancelScope(shield=True):
-            warnings = await self._commit(child)
-        return UpgradeResult(
+        trial = self._trial = _Trial(child.pid)
+        result = UpgradeResult(
             child.pid,
             self.generation + 1,
             done - started,
             done - handover.paused,
             handover.handed,
-            tuple(warnings),
+            probation=self.probation,
+            command=launch.argv,
+            cwd=launch.cwd or "",
         )
+        with anyio.CancelScope(shield=True):
+            warnings = await self._commit(child)
+            result = dataclasses.replace(result, warnings=tuple(warnings))
+            if self.probation > 0:
+                log.info(
+                    "generation %d: pid %d serves, on probation for %g s",
+                    self.generation,
+                    child.pid,
+                    self.probation,
+                )
+                self._record(attempt, None, f"pid {child.pid} serves, on probation", pid=child.pid)
+                assert self._tasks is not None
+                self._tasks.start_soon(self._watch, side, handover, result, attempt, done)
+            else:
+                self._settle(side, handover, result, attempt)
+        return trial
 
     async def _commit(self, child: Child) -> list[str]:
-        """Let the new generation be the one: past the commit nothing is rolled back,
-        so what goes wrong here is logged and returned as warnings, and this
-        generation goes on to be replaced (and drain) whatever happens."""
+        """Let the new generation be the one: past the commit nothing is rolled back
+        (but for its exit during a probation), so what goes wrong here is logged
+        and returned as warnings, and this generation goes on to be replaced (and
+        drain) whatever happens.  With a probation it stays the main process."""
         warnings: list[str] = []
-
-        def warn(what: str, exc: BaseException) -> None:
-            warnings.append(f"{what}: {reason(exc)}")
-            shown = printable(warnings[-1])
-            log.warning("generation %d: after the commit, %s", self.generation, shown)
-
         try:
-            child.release()
-            if self.pidfile is not None:
-                try:
-                    pidfiles.write_pid(self.pidfile, child.pid, child.start)
-                except Exception as exc:
-                    warn(f"the pidfile does not name pid {child.pid}", exc)
-            systemd.notify(MAINPID=child.pid, READY=1, STATUS=f"pid {child.pid} serves")
+            if self.probation > 0:
+                systemd.notify(STATUS=f"pid {child.pid} serves, on probation")
+            else:
+                child.release()
+                warnings += self._make_main(child.pid, child.start)
             if self._control_listener is not None:
                 try:
                     await self._control_listener.aclose()
                 except Exception as exc:
-                    warn("the control socket was not closed", exc)
+                    warnings.append(self._warn("the control socket was not closed", exc))
+                self._control_listener = None
         finally:
             assert self._replaced is not None
             self._replaced.set()
         return warnings
+
+    def _make_main(self, pid: int, start: int) -> list[str]:
+        """Name ``pid`` in the pidfile and to systemd as the main process; warnings."""
+        warnings: list[str] = []
+        if self.pidfile is not None:
+            try:
+                pidfiles.write_pid(self.pidfile, pid, start)
+            except Exception as exc:
+                warnings.append(self._warn(f"the pidfile does not name pid {pid}", exc))
+        systemd.notify(MAINPID=pid, READY=1, STATUS=f"pid {pid} serves")
+        return warnings
+
+    def _warn(self, what: str, exc: BaseException) -> str:
+        warning = f"{what}: {reason(exc)}"
+        log.warning("generation %d: after the commit, %s", self.generation, printable(warning))
+        return warning
+
+    async def _watch(
+        self,
+        side: OldSide,
+        handover: Handover,
+        result: UpgradeResult,
+        attempt: int,
+        committed: float,
+    ) -> None:
+        """The probation: the new generation exits within it (rolled back) or not."""
+        child = handover.child
+        exited = False
+        try:
+            exited = await child.wait(self.probation)
+        finally:  # also when cancelled: the outcome is decided now, whatever it is
+            with anyio.CancelScope(shield=True):
+                if exited or child.exited():
+                    await self._roll_back(side, handover, attempt, time.monotonic() - committed)
+                else:
+                    warnings = [*result.warnings, *self._make_main(child.pid, child.start)]
+                    result = dataclasses.replace(result, warnings=tuple(warnings))
+                    self._settle(side, handover, result, attempt)
+
+    def _settle(
+        self, side: OldSide, handover: Handover, result: UpgradeResult, attempt: int
+    ) -> None:
+        """The replacement stuck: the new generation is the main process by now."""
+        side.settle(handover.link)
+        handover.child.release()
+        self._phase = "replaced"
+        extra: dict[str, Any] = {"pid": result.pid, "warnings": list(result.warnings)}
+        if result.probation:
+            extra["probation"] = result.probation
+        self._record(attempt, True, f"pid {result.pid} serves", **extra)
+        log.info("generation %d: replaced by pid %d", self.generation, result.pid)
+        assert self._trial is not None
+        self._trial.end(result)
+        if self.drain_timeout is not None:
+            assert self._tasks is not None
+            self._tasks.start_soon(self._end_drain, attempt, self.drain_timeout)
+
+    async def _roll_back(
+        self, side: OldSide, handover: Handover, attempt: int, after: float
+    ) -> None:
+        """The new generation exited during its probation: serve again, as the main process."""
+        child = handover.child
+        assert child.status is not None
+        error = UpgradeRolledBack(child.pid, exit_text(child.status), after, child.stderr())
+        side.roll_back(handover.link)
+        child.release()
+        self._phase = "ready"
+        self._replaced = anyio.Event()
+        why = str(error)
+        if self.pidfile is not None:
+            try:
+                pidfiles.write_pid(self.pidfile, os.getpid(), pidfiles.process_start(os.getpid()))
+            except UpgradeError as exc:
+                log.warning("the pidfile does not name pid %d: %s", os.getpid(), exc)
+        systemd.notify(MAINPID=os.getpid(), READY=1, STATUS=f"serving; {why}")
+        try:
+            await self._serve_control()
+        except Exception as exc:
+            log.warning("generation %d: the control socket: %s", self.generation, reason(exc))
+        details = {k: v for k, v in error.as_json().items() if k not in ("ok", "error")}
+        self._record(attempt, False, why, **details)
+        log.warning("generation %d: %s; serving again", self.generation, printable(why))
+        assert self._trial is not None
+        self._trial.end(error)
+
+    async def _end_drain(self, attempt: int, timeout: float) -> None:
+        """``drain_timeout`` after the replacement: whatever is still in flight is cut.
+
+        Exits the process (status 0: the drain ended as configured, and a new
+        generation serves) unless the upgrader is closed first."""
+        await anyio.sleep(timeout)
+        cut = connections.accepted(fd for name, fd in self._held.items() if name != CONTROL)
+        log.warning(
+            "generation %d: the drain timeout (%g s) passed: exiting, %d connection%s cut",
+            self.generation,
+            timeout,
+            cut,
+            "" if cut == 1 else "s",
+        )
+        self._amend(attempt, {"drain": {"timeout": timeout, "cut": cut, "pid": os.getpid()}})
+        _exit_now(0)
 
     # ------------------------------------------------------------------
     # Triggers: a signal, the control socket.
@@ -414,8 +735,12 @@ class Upgrader(anyio.abc.AsyncResource):
                 assert self._tasks is not None
                 self._tasks.start_soon(self._upgrade_logged)
 
-    async def _upgrade_answer(self) -> dict[str, Any]:
-        return (await self.upgrade()).as_json()
+    async def _upgrade_answer(self, interim: Interim, asked: dict[str, Any]) -> dict[str, Any]:
+        release = self._release(asked.get("command"), asked.get("cwd"), asked.get("env"))
+        try:
+            return (await self._attempt(release, interim)).as_json()
+        except UpgradeRolledBack as exc:
+            return exc.as_json()
 
     async def _upgrade_logged(self) -> None:
         try:
@@ -432,21 +757,50 @@ class Upgrader(anyio.abc.AsyncResource):
         """This request's number, recorded as started (0 without a pidfile)."""
         return 0 if self.pidfile is None else pidfiles.start_attempt(self.pidfile)
 
-    def _record(self, attempt: int, ok: bool, reason: str, **extra: Any) -> None:
+    def _record(self, attempt: int, ok: bool | None, reason: str, **extra: Any) -> None:
+        """Record request ``attempt``'s outcome (``ok`` None: not over yet, on probation)."""
         if self.pidfile is None:
             return
-        status = {"attempt": attempt, "ok": ok, "reason": reason, "from_pid": os.getpid()}
+        status: dict[str, Any] = {"attempt": attempt, "reason": reason, "from_pid": os.getpid()}
+        if ok is None:
+            status["probation"] = self.probation
+        else:
+            status["ok"] = ok
         try:
             pidfiles.record(self.pidfile, {**status, **extra})
         except UpgradeError as exc:
             log.warning("cannot record the upgrade's outcome: %s", exc)
 
-    async def _close(self, failed: str | None) -> None:
-        if self._phase == "closed":
+    def _amend(self, attempt: int, fields: dict[str, Any]) -> None:
+        if self.pidfile is None:
             return
+        try:
+            pidfiles.amend(self.pidfile, attempt, fields)
+        except UpgradeError as exc:
+            log.warning("cannot record what followed the upgrade: %s", exc)
+
+    async def _close(self, failed: str | None) -> UpgradeFailed | None:
+        """Close everything; an error to raise when the application left during a
+        probation that then rolled back (nothing accepts: the service ends)."""
+        if self._phase == "closed":
+            return None
         if self._new is not None and self._phase == "entered":
             await self._new.give_up(failed or "it exited before ready()")
+        stranded: UpgradeFailed | None = None
+        if self._phase == "probation" and self._trial is not None:
+            # The main process stays until the probation ends, and holds the listeners.
+            log.info("generation %d: waiting for the end of the probation", self.generation)
+            with anyio.CancelScope(shield=True):
+                await self._trial.done.wait()
+            if self._trial.error is not None:
+                stranded = UpgradeFailed(
+                    f"{self._trial.error}, but the application had left the Upgrader: "
+                    "nothing accepts, and this generation ends"
+                )
         replaced = self._phase == "replaced"
+        # A new generation leaving on probation: the old one serves on these
+        # sockets again, so their files stay (the pidfile names the old one).
+        on_probation = self._on_probation
         self._phase = "closed"
         await self._control.quiesce(1)  # let a control reply in flight go out
         if self._tasks is not None:
@@ -462,9 +816,19 @@ class Upgrader(anyio.abc.AsyncResource):
             os.close(fd)
         self._received.clear()
         for fd in self._held.values():
-            if not replaced:
+            if not replaced and not on_probation:
                 sockets.unlink_if_ours(fd)  # the last generation leaves no socket file behind
             os.close(fd)
         self._held.clear()
         if not replaced and self.pidfile is not None:  # nor a pidfile naming it
             pidfiles.remove_pid(self.pidfile, os.getpid(), pidfiles.process_start(os.getpid()))
+        return stranded
+
+
+def _exit_now(status: int) -> NoReturn:
+    """End the process at once, its logs and standard streams flushed first."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)

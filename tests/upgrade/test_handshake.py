@@ -33,10 +33,19 @@ NEW_PATH = [
 #: Where a failure can still happen: before the handover is acknowledged.
 OLD_LIVE = [S.IDLE] + [s for _, s in OLD_PATH[:-2]]
 NEW_LIVE = [S.IDLE] + [s for _, s in NEW_PATH[:-1]]
-#: Beyond the happy path and FAIL: the old side rolls back a failure; the new
-#: one can tell the old one why it gives up until it has said "ready".
-OLD_EXTRA = {(S.FAILED, E.ROLL_BACK): S.ROLLED_BACK}
-NEW_EXTRA = {(s, E.REPORT_FAILURE): S.FAILED for s in NEW_LIVE[:3]}
+#: Beyond the happy path and FAIL: the old side rolls back a failure, and after the
+#: commit ends the probation, settled or rolled back (the new generation exited);
+#: the new one can tell the old one why it gives up until it has said "ready", and
+#: is confirmed once the probation ends.
+OLD_EXTRA = {
+    (S.FAILED, E.ROLL_BACK): S.ROLLED_BACK,
+    (S.COMMITTED, E.SETTLE): S.SETTLED,
+    (S.COMMITTED, E.ROLL_BACK): S.ROLLED_BACK,
+}
+NEW_EXTRA = {
+    **{(s, E.REPORT_FAILURE): S.FAILED for s in NEW_LIVE[:3]},
+    (S.SERVING, E.CONFIRM): S.CONFIRMED,
+}
 
 
 def expected(
@@ -108,6 +117,28 @@ REPORTS = [
     pytest.param(b"[true]\n", "an unreadable report", id="not-an-object"),
     pytest.param(b"\xff\n", "an unreadable report", id="not-utf8"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("line", "settled"),
+    [
+        (lines.encode(handshake.SETTLED), True),
+        (b'{"settled": 1}\n', False),
+        (b"\n", False),
+        (lines.encode(handshake.READY), False),
+    ],
+)
+def test_the_end_of_a_probation(line: bytes, settled: bool) -> None:
+    assert handshake.settled(lines.decode(line.rstrip(b"\n"))) is settled
+
+
+def test_lines_are_taken_one_after_the_other() -> None:
+    reader = lines.LineReader(16)
+    assert reader.feed(b'{"a": 1}\n{"b"') == b'{"a": 1}'
+    assert reader.pending == b'{"b"'
+    assert reader.feed(b"") is None
+    assert reader.feed(b": 2}\nrest") == b'{"b": 2}'
+    assert reader.pending == b"rest"
 
 
 @pytest.mark.parametrize(("line", "reason"), REPORTS)

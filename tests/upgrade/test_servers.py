@@ -1,6 +1,6 @@
 """Real HTTP servers upgraded 20 times under load without a single failed request.
 
-Each example in examples/upgrade_*.py (plain anyio, uvicorn, aiohttp) runs
+Each example in examples/upgrade_*.py (plain anyio, uvicorn, hypercorn, aiohttp) runs
 on each of its event loops while wrk sends 1000 requests/s over 10
 keep-alive connections; 20 upgrades follow one another through the control
 socket.  Any error wrk counts (connect, read, write, status, timeout) fails
@@ -38,6 +38,7 @@ CASES = [
     ("anyio", "trio"),
     ("uvicorn", "asyncio"),
     ("uvicorn", "uvloop"),
+    ("hypercorn", "asyncio"),
     ("aiohttp", "asyncio"),
 ]
 
@@ -129,7 +130,7 @@ class Reconnecting:
                 thread.join(TIMEOUT)
 
 
-KILLED = [("anyio", "trio"), ("uvicorn", "asyncio"), ("aiohttp", "uvloop")]
+KILLED = [("anyio", "trio"), ("uvicorn", "asyncio"), ("hypercorn", "trio"), ("aiohttp", "uvloop")]
 
 
 @pytest.mark.parametrize(("server", "backend"), KILLED, ids=[f"{s}-{b}" for s, b in KILLED])

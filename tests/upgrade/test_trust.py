@@ -31,6 +31,7 @@ import pytest
 
 from fdchannel.errors import UpgradeBusy, UpgradeError, UpgradeFailed
 from fdchannel.upgrade import Upgrader, pidfile as pidfiles, request_upgrade
+from fdchannel.upgrade.control_server import REQUEST_BYTES
 
 from ..intruder import NOBODY, needs_root
 from .harness import wait_gone
@@ -110,8 +111,22 @@ async def upgraded(up: Upgrader, control: Path, sockdir: Path) -> None:
 CONTROL_CLIENTS = [
     pytest.param(b"", True, "no request within", id="silent"),
     pytest.param(b"upgr", True, "no request within", id="half-a-line"),
-    pytest.param(b"u" * 5000, True, "longer than", id="a-huge-line"),
+    pytest.param(b"u" * (REQUEST_BYTES + 1), True, "longer than", id="a-huge-line"),
     pytest.param(b"hello\n", True, "unknown request", id="unknown"),
+    pytest.param(b'{"request": "restart"}\n', True, "unknown request", id="unknown-object"),
+    pytest.param(b'{"request": "upgrade", "x": 1}\n', True, "unknown field", id="unknown-field"),
+    pytest.param(
+        b'{"request": "upgrade", "command": "sh"}\n', True, "list of strings", id="command-text"
+    ),
+    pytest.param(
+        b'{"request": "upgrade", "command": []}\n', True, "names a program", id="command-empty"
+    ),
+    pytest.param(b'{"request": "upgrade", "cwd": "srv"}\n', True, "absolute", id="cwd-relative"),
+    pytest.param(b'{"request": "upgrade", "env": {"A=B": "1"}}\n', True, "name", id="env-name"),
+    pytest.param(b'{"request": "upgrade", "env": {"A": 1}}\n', True, "strings", id="env-value"),
+    pytest.param(
+        b'{"request": "upgrade", "cwd": "/nonexistent"}\n', True, "no such directory", id="cwd"
+    ),
     pytest.param(b"", False, None, id="leaves-at-once"),
     pytest.param(b"upgr", False, None, id="half-a-line-then-leaves"),
 ]
