@@ -36,8 +36,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 
-from ..deadlines import seconds
-from .spawn import UNKNOWN, exit_text
+from .process import Process
+from .wait_status import UNKNOWN, exit_code
 
 __all__ = ["SD_LISTEN_FDS_START", "ServerProcess", "StderrTail", "exit_code", "start_server"]
 
@@ -50,23 +50,8 @@ _RESETTABLE = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKIL
 _EXEC_REPORT_TIMEOUT = 10.0
 
 
-def exit_code(status: int) -> int:
-    """A wait status as a process's exit status: the code, or 128 + the signal, as a shell."""
-    if status == UNKNOWN:
-        return 1
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.waitstatus_to_exitcode(status)
-
-
-class ServerProcess:
+class ServerProcess(Process):
     """A started server: its pid (also its process group) and a pidfd for its exit."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self._pidfd: int | None = os.pidfd_open(pid)
-        #: The wait status once reaped.
-        self.status: int | None = None
 
     def exited(self) -> bool:
         """Whether it has exited; if so its group's stragglers are killed and it is reaped."""
@@ -83,20 +68,6 @@ class ServerProcess:
         self._kill_group()
         _, self.status = os.waitpid(self.pid, 0)
         return True
-
-    async def wait(self, timeout: float | None = None) -> bool:
-        """Wait for it to exit (True) or ``timeout`` to pass (False)."""
-        with anyio.move_on_after(seconds(timeout)):
-            while not self.exited():
-                assert self._pidfd is not None, "closed"
-                await anyio.wait_readable(self._pidfd)
-        return self.status is not None
-
-    def signal(self, signum: int) -> None:
-        """Send ``signum`` to it (through the pidfd: never to a reused pid)."""
-        if self.status is None and self._pidfd is not None:
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(self._pidfd, signum)
 
     async def stop(self, signum: int, timeout: float) -> bool:
         """``signum``, then up to ``timeout`` for it to exit, then SIGKILL to its whole
@@ -118,19 +89,6 @@ class ServerProcess:
         # Only while the leader is not reaped: the group's id is its pid, not reusable yet.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
-
-    def describe(self) -> str:
-        """``pid 42 exited (exit status 3)`` or ``pid 42 is running``."""
-        if self.exited():
-            assert self.status is not None
-            return f"pid {self.pid} exited ({exit_text(self.status)})"
-        return f"pid {self.pid} is running"
-
-    def close(self) -> None:
-        """Let go of the pidfd (once it has been reaped, or to leave it be)."""
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
 
 
 class StderrTail:

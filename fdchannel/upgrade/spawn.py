@@ -18,7 +18,6 @@ descriptors, signal dispositions) all along.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -27,19 +26,17 @@ from collections.abc import Mapping, Sequence
 
 import anyio
 
-from ..deadlines import seconds
 from ..errors import UpgradeFailed
 from .pidfile import process_start
+from .process import Process
 from .stderr import Relay
+from .wait_status import status_text as exit_text
 
 __all__ = ["Child", "exit_text", "said", "spawn"]
 
 #: Signals whose handlers the parent may have set: the child starts with the defaults.
 _DEFAULT_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE)
 
-
-#: The wait status of a child someone else reaped.
-UNKNOWN = -1
 
 #: Run by this interpreter (``-I -S -c``) in a child that starts elsewhere: go there,
 #: then be the program.  Python's locale coercion may have set LC_CTYPE in its
@@ -54,60 +51,22 @@ _IN_DIRECTORY = (
 )
 
 
-def exit_text(status: int) -> str:
-    """A wait status in words: "exit status 3", "killed by SIGKILL"."""
-    if status == UNKNOWN:
-        return "status unknown"
-    if os.WIFSIGNALED(status):
-        number = os.WTERMSIG(status)
-        try:
-            return f"killed by {signal.Signals(number).name}"
-        except ValueError:
-            return f"killed by signal {number}"
-    return f"exit status {os.waitstatus_to_exitcode(status)}"
-
-
-class Child:
+class Child(Process):
     """A started generation: its pid and a pidfd that turns readable when it exits;
     the relay of its stderr, if it was given a pipe for it."""
 
     def __init__(self, pid: int, relay: Relay | None = None) -> None:
-        self.pid = pid
+        super().__init__(pid)
         self.relay = relay
         #: When it started (what the pidfile records with its pid); it is our
         #: child, not reaped yet, so the pid is still its own.
         self.start = process_start(pid)
-        self._pidfd: int | None = os.pidfd_open(pid)
-        #: The wait status once reaped.
-        self.status: int | None = None
-
-    def exited(self) -> bool:
-        """Whether it has exited (reaping it if so)."""
-        if self.status is not None:
-            return True
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:  # reaped by someone else: gone, status unknown
-            pid, status = self.pid, UNKNOWN
-        if pid == 0:
-            return False
-        self.status = status
-        return True
-
-    async def wait(self, timeout: float | None = None) -> bool:
-        """Wait for it to exit (True) or for ``timeout`` to pass (False)."""
-        with anyio.move_on_after(seconds(timeout)):
-            while not self.exited():
-                assert self._pidfd is not None, "released"
-                await anyio.wait_readable(self._pidfd)
-        return self.status is not None
 
     async def kill(self) -> None:
         """SIGKILL it and reap it (the rollback): through the pidfd, never by pid, which
         names another process once someone else has reaped this one."""
         if self.status is None and self._pidfd is not None:
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            self.signal(signal.SIGKILL)
             with anyio.CancelScope(shield=True):
                 await self.wait()
         self.release()
@@ -115,9 +74,7 @@ class Child:
     def release(self) -> None:
         """Let it go (it serves now): close the pidfd; it is not ours to reap.  The
         relay of its stderr stops (what is in the pipe now relayed first)."""
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+        self.close()
         if self.relay is not None:
             self.relay.stop()
 
@@ -130,12 +87,8 @@ class Child:
             self.relay.stop()
         return self.relay.tail.lines()
 
-    def describe(self) -> str:
-        """What became of it, for error messages (with its last lines on stderr)."""
-        if self.exited():
-            assert self.status is not None
-            return f"pid {self.pid} exited ({exit_text(self.status)}{said(self.stderr())})"
-        return f"pid {self.pid} is still running"
+    def _said(self) -> str:
+        return said(self.stderr())
 
 
 def said(lines: Sequence[str], last: int = 5) -> str:

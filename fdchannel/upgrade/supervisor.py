@@ -54,6 +54,7 @@ from typing import Protocol
 
 from ..errors import FdChannelError
 from ..text import printable
+from .wait_status import exit_code, status_text
 
 __all__ = [
     "FORWARDED",
@@ -104,27 +105,6 @@ class CannotRun(FdChannelError):
         self.program = program
         self.error = error
         self.exit_status = 126 if found else 127
-
-
-def status_text(status: int | None) -> str:
-    """A wait status in words: "exit status 3", "killed by SIGKILL", "status unknown"."""
-    if status is None:
-        return "status unknown"
-    if os.WIFSIGNALED(status):
-        number = os.WTERMSIG(status)
-        try:
-            return f"killed by {signal.Signals(number).name}"
-        except ValueError:
-            return f"killed by signal {number}"
-    return f"exit status {os.waitstatus_to_exitcode(status)}"
-
-
-def exit_code(status: int | None) -> int:
-    """What to exit with for a wait status: its code, 128 + a signal, 1 if unknown."""
-    if status is None:
-        return 1
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
 
 
 # ----------------------------------------------------------------------

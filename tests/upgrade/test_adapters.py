@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -38,6 +38,7 @@ from fdchannel.upgrade import Upgrader, request_upgrade
 from fdchannel.upgrade.servers import Drained, Serving, UnsupportedServer, common
 
 from .apps import aiohttp_app, hypercorn_app, uvicorn_app
+from .clients import ClientThreads
 
 APPS = Path(__file__).resolve().parent / "apps"
 ROOT = APPS.parent.parent.parent
@@ -119,7 +120,7 @@ class BlockingConnection:
 
 
 @dataclass
-class Load:
+class Load(ClientThreads):
     """Keep-alive connections requesting without pause, each from a thread, and a
     thread that opens a new connection for each request; every failure is recorded.
 
@@ -135,10 +136,7 @@ class Load:
     pids: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.stop = threading.Event()
-        self.progress = threading.Condition()
-        workers = [self._keep_alive] * self.connections + [self._new_each_time]
-        self.threads = [threading.Thread(target=work, daemon=True) for work in workers]
+        super().__init__([self._keep_alive] * self.connections + [self._new_each_time])
 
     def _answered(self, response: Response) -> None:
         with self.progress:
@@ -185,20 +183,8 @@ class Load:
 
     def wait_answered(self, count: int) -> None:
         """Wait until ``count`` more requests have been answered."""
-        with self.progress:
-            target = self.answered + count
-            assert self.progress.wait_for(lambda: self.answered >= target, TIMEOUT), self.errors
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[Load]:
-        for thread in self.threads:
-            thread.start()
-        try:
-            yield self
-        finally:
-            self.stop.set()
-            for thread in self.threads:
-                thread.join(TIMEOUT)
+        target = self.answered + count
+        self.wait_until(lambda: self.answered >= target, lambda: self.errors)
 
 
 # ----------------------------------------------------------------------

@@ -28,6 +28,7 @@ import pytest
 from fdchannel.errors import UpgradeBusy, UpgradeError, UpgradeFailed
 from fdchannel.upgrade import Upgrader, UpgradeRolledBack, pidfile as pidfiles, request_upgrade
 
+from .clients import ClientThreads
 from .harness import TIMEOUT, Server, wait_gone
 from .slow import SLOW, Request, SlowServer, fdchannel_cli
 
@@ -306,7 +307,7 @@ class Asking:
 # after ready().
 
 
-class Load:
+class Load(ClientThreads):
     """Clients in threads: new connections, one request each, and keep-alive ones
     that reconnect after a failure; every request's outcome, with the client's port."""
 
@@ -314,10 +315,7 @@ class Load:
         self.port = port
         self.answered: dict[int, int] = {}  # pid -> requests it answered
         self.failed: list[tuple[int, str]] = []  # (the client's port, what happened)
-        self.stop = threading.Event()
-        self._lock = threading.Condition()
-        self.threads = [threading.Thread(target=self._fresh, daemon=True) for _ in range(fresh)]
-        self.threads += [threading.Thread(target=self._kept, daemon=True) for _ in range(kept)]
+        super().__init__([self._fresh] * fresh + [self._kept] * kept)
 
     def _ask(self, sock: socket.socket) -> None:
         sock.sendall(b"+")
@@ -328,14 +326,13 @@ class Load:
                 raise ConnectionError("closed before the answer")
             data += chunk
         pid = int.from_bytes(data[:4], "big")
-        with self._lock:
+        with self.progress:
             self.answered[pid] = self.answered.get(pid, 0) + 1
-            self._lock.notify_all()
+            self.progress.notify_all()
 
     def wait_answered(self, pid: int, count: int) -> None:
         """Wait until ``pid`` has answered ``count`` requests."""
-        with self._lock:
-            assert self._lock.wait_for(lambda: self.answered.get(pid, 0) >= count, TIMEOUT)
+        self.wait_until(lambda: self.answered.get(pid, 0) >= count, lambda: self.failed)
 
     def _connect(self) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.port), TIMEOUT)
@@ -364,7 +361,7 @@ class Load:
             port = sock.getsockname()[1]
             self._ask(sock)
         except OSError as exc:
-            with self._lock:
+            with self.progress:
                 self.failed.append((port, repr(exc)))
             if sock is not None:
                 sock.close()
@@ -373,17 +370,6 @@ class Load:
             sock.close()
             return None
         return sock
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[Load]:
-        for thread in self.threads:
-            thread.start()
-        try:
-            yield self
-        finally:
-            self.stop.set()
-            for thread in self.threads:
-                thread.join(TIMEOUT)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -43,6 +42,8 @@ from fdchannel.upgrade.launch_checks import (
     substitute,
 )
 from fdchannel.upgrade.launcher import Plan, ServeOptions, plan
+
+from .harness import wait_gone
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "serve_gunicorn"
@@ -325,17 +326,6 @@ def marked(marker: str) -> list[int]:
                 if needle in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
                     found.append(int(entry))
     return found
-
-
-def wait_gone(pid: int, timeout: float = TIMEOUT) -> bool:
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([pidfd], [], [], timeout)[0])
-    finally:
-        os.close(pidfd)
 
 
 def get(address: str | tuple[str, int], path: str = "/", timeout: float = 5.0) -> bytes:

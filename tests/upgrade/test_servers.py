@@ -11,10 +11,7 @@ by itself; everything is killed at the end.
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,6 +21,8 @@ from bench.load import describe, find_wrk, finish_wrk, start_wrk
 from bench.upgrades import Generations
 from fdchannel.errors import UpgradeFailed
 from fdchannel.upgrade import request_upgrade
+
+from .clients import ClientThreads
 
 UPGRADES = 20
 RATE = 1000
@@ -80,7 +79,7 @@ def test_upgrades_under_load_lose_nothing(sockdir: Path, server: str, backend: s
     assert servers.running() == []
 
 
-class Reconnecting:
+class Reconnecting(ClientThreads):
     """Clients that open a new connection for every request (``Connection: close``),
     from two threads: every accept the servers make is one of theirs."""
 
@@ -89,9 +88,7 @@ class Reconnecting:
         self.address = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.errors: list[str] = []
         self.answered = 0
-        self.stop = threading.Event()
-        self.progress = threading.Condition()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        super().__init__([self._run] * threads)
 
     def _request(self) -> None:
         with socket.create_connection(self.address, TIMEOUT) as sock:
@@ -114,20 +111,8 @@ class Reconnecting:
 
     def wait_answered(self, count: int) -> None:
         """Wait until ``count`` more requests have been made."""
-        with self.progress:
-            target = self.answered + count
-            assert self.progress.wait_for(lambda: self.answered >= target, TIMEOUT)
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[Reconnecting]:
-        for thread in self.threads:
-            thread.start()
-        try:
-            yield self
-        finally:
-            self.stop.set()
-            for thread in self.threads:
-                thread.join(TIMEOUT)
+        target = self.answered + count
+        self.wait_until(lambda: self.answered >= target, lambda: self.errors)
 
 
 KILLED = [("anyio", "trio"), ("uvicorn", "asyncio"), ("hypercorn", "trio"), ("aiohttp", "uvloop")]
