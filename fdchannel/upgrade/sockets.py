@@ -16,7 +16,7 @@ from ..sockdiag import bound_to_file
 from ..transports import FdAttribute, listen
 from ..unix_sockets import bind_listening
 
-__all__ = ["bind", "from_socket_activation", "unlink_if_ours"]
+__all__ = ["bind", "from_socket_activation", "moved", "unlink_if_ours"]
 
 
 def from_socket_activation(name: str, address: Address) -> int | None:
@@ -44,6 +44,43 @@ def _bound_to(fd: int, address: Address) -> bool:
     if isinstance(address, TcpAddress) and sock.family in (socket.AF_INET, socket.AF_INET6):
         return str(local[1]) == address.port and _same_host(local[0], address.host)
     return False
+
+
+def moved(fd: int, address: Address) -> str | None:
+    """Where the inherited listener ``fd`` is bound, if that is surely not ``address``
+    (the new version listens elsewhere under the same name); None when it is, or
+    when it cannot be told without a lookup (a host name, port 0, ``fd:``)."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+    with sock:
+        try:
+            local = sock.getsockname()
+        except OSError:
+            return None
+        family = sock.family
+    if family == socket.AF_UNIX:
+        where = os.fsdecode(local) if isinstance(local, str | bytes) else ""
+        shown = f"unix:{where}" if not where.startswith("\0") else f"unix:@{where[1:]}"
+        if isinstance(address, TcpAddress):
+            return shown
+        return None if not isinstance(address, UnixAddress) or _bound_to(fd, address) else shown
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    host, port = local[0], local[1]
+    shown = f"tcp:[{host}]:{port}" if ":" in host else f"tcp:{host}:{port}"
+    if isinstance(address, UnixAddress):
+        return shown
+    if not isinstance(address, TcpAddress) or address.port == "0":
+        return None
+    if not address.port.isdigit() or int(address.port) != port:
+        return shown if address.port.isdigit() else None
+    try:
+        asked = ipaddress.ip_address(address.host.strip("[]"))
+    except ValueError:
+        return None  # a name: it may well resolve to where the socket is bound
+    return None if asked == ipaddress.ip_address(host) else shown
 
 
 def _same_host(bound: str, asked: str) -> bool:

@@ -359,6 +359,14 @@ class Upgrader(anyio.abc.AsyncResource):
         fd = self._held.get(name)
         if fd is None:
             fd = self._received.pop(name, None)
+            if fd is not None and (was := sockets.moved(fd, parsed)) is not None:
+                # The new version listens elsewhere: bind there (failing the upgrade if
+                # it cannot); the old socket closes with the old generation.
+                log.warning(
+                    "generation %d: %s moved from %s to %s", self.generation, name, was, parsed
+                )
+                os.close(fd)
+                fd = None
             if fd is None:
                 fd = sockets.from_socket_activation(name, parsed)
             if fd is None:
