@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import os
 import socket
+from typing import Any
 
 from ..address import Address, TcpAddress, UnixAddress
 from ..errors import UpgradeError
@@ -28,20 +29,28 @@ def from_socket_activation(name: str, address: Address) -> int | None:
     return None if fd is None else os.dup(fd)
 
 
-def _bound_to(fd: int, address: Address) -> bool:
+def _local(fd: int) -> tuple[int, Any] | None:
+    """A socket's family and the address it is bound to; None for no socket."""
     try:
         sock = socket.socket(fileno=os.dup(fd))
     except OSError:
-        return False
+        return None
     with sock:
         try:
-            local = sock.getsockname()
+            return sock.family, sock.getsockname()
         except OSError:
-            return False
-    if isinstance(address, UnixAddress) and sock.family == socket.AF_UNIX:
+            return None
+
+
+def _bound_to(fd: int, address: Address) -> bool:
+    found = _local(fd)
+    if found is None:
+        return False
+    family, local = found
+    if isinstance(address, UnixAddress) and family == socket.AF_UNIX:
         want = ("\0" + address.path) if address.abstract else address.path
         return isinstance(local, str | bytes) and os.fsdecode(local) == want
-    if isinstance(address, TcpAddress) and sock.family in (socket.AF_INET, socket.AF_INET6):
+    if isinstance(address, TcpAddress) and family in (socket.AF_INET, socket.AF_INET6):
         return str(local[1]) == address.port and _same_host(local[0], address.host)
     return False
 
@@ -50,16 +59,10 @@ def moved(fd: int, address: Address) -> str | None:
     """Where the inherited listener ``fd`` is bound, if that is surely not ``address``
     (the new version listens elsewhere under the same name); None when it is, or
     when it cannot be told without a lookup (a host name, port 0, ``fd:``)."""
-    try:
-        sock = socket.socket(fileno=os.dup(fd))
-    except OSError:
+    found = _local(fd)
+    if found is None:
         return None
-    with sock:
-        try:
-            local = sock.getsockname()
-        except OSError:
-            return None
-        family = sock.family
+    family, local = found
     if family == socket.AF_UNIX:
         where = os.fsdecode(local) if isinstance(local, str | bytes) else ""
         shown = f"unix:{where}" if not where.startswith("\0") else f"unix:@{where[1:]}"
