@@ -469,7 +469,7 @@ def run(
     stop_signals: Sequence[signal.Signals] = STOP_SIGNALS,
     **upgrader_options: Unpack[UpgraderOptions],
 ) -> Drained:
-    """``serve(...)`` in a new event loop, ``loop``: ``asyncio`` or ``uvloop``.
+    """``serve(...)`` in a new event loop, ``loop``: ``asyncio``, ``uvloop`` or ``trio``.
 
     The program's main function: returns once this generation has drained.
     """
