@@ -8,7 +8,15 @@ Each round runs on asyncio, uvloop and trio, once to warm up and once
 measured.  After the measured run the process must hold exactly the
 descriptors and tasks it held before it, and its resident memory must be
 back within 10% of where it started.  Prints time, peak
-descriptors and peak RSS per round; exit status 1 if a check failed.
+descriptors and peak RSS per round.
+
+Then the handover load (bench/handover_load.py): examples/upgrade_lines.py
+upgraded 50 times on each loop while 1,000 connections pipeline requests;
+every request must be answered once, in order, with no reconnect.  Prints
+requests, upgrades, errors, the bytes handed over buffered and the
+slowest answer.  ``--part leaks`` or ``--part handover`` runs one half.
+
+Exit status 1 if a check failed.
 """
 
 from __future__ import annotations
@@ -31,11 +39,15 @@ import fdchannel
 from fdchannel.address import UnixAddress
 from fdchannel.transports._socket import UnixSocketStream
 
+from . import handover_load
 from ._loops import LOOPS, run
 
 PEERS = 1000
 FDS_PER_PEER = 10
 HANDOFFS = 100
+#: The handover load: connections pipelining, and upgrades on each loop.
+HANDOVER_CONNECTIONS = 1000
+HANDOVER_UPGRADES = 50
 TIMEOUT = 120
 
 
@@ -160,12 +172,8 @@ async def measured(work: Round, size: int) -> tuple[float, Peak, int]:
     return elapsed, peak, len(anyio.get_running_tasks()) - tasks_before
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.stress", description=__doc__)
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply peers and handoffs")
-    options = parser.parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+def leaks(scale: float) -> bool:
+    """The rounds that must leave nothing behind; whether one failed."""
     failed = False
     print(f"{'round':42} {'loop':8} {'seconds':>8} {'peak fds':>9} {'peak RSS':>10}  after")
     for name, work, size in ROUNDS:
@@ -176,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
                 # and the allocator's arenas take more than one round to settle
                 # (after one, the next round's RSS still grew by 3-10%).
                 for _ in range(2):
-                    run(loop, measured, work, int(size * options.scale))
+                    run(loop, measured, work, int(size * scale))
                 gc.collect()
                 fds_before, rss_before = set(os.listdir("/proc/self/fd")), rss_kib()
-                elapsed, peak, tasks_left = run(loop, measured, work, int(size * options.scale))
+                elapsed, peak, tasks_left = run(loop, measured, work, int(size * scale))
             except Exception as exc:
                 print(f"{name:42} {loop:8} FAILED: {type(exc).__name__}: {exc}")
                 failed = True
@@ -196,6 +204,31 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:42} {loop:8} {elapsed:8.2f} {peak.fds:9d} "
                 f"{peak.rss_kib / 1024:8.1f} MiB  {verdict} (RSS {grown:+.1%})"
             )
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.stress", description=__doc__)
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiply peers, handoffs and connections"
+    )
+    parser.add_argument("--part", choices=["all", "leaks", "handover"], default="all")
+    parser.add_argument(
+        "--upgrades", type=int, default=HANDOVER_UPGRADES, help="of the handover load, per loop"
+    )
+    options = parser.parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    failed = False
+    if options.part != "handover":
+        failed = leaks(options.scale)
+    if options.part != "leaks":
+        connections = int(HANDOVER_CONNECTIONS * options.scale)
+        print(
+            f"\nhandover load: {connections} pipelining connections, {options.upgrades} "
+            "upgrades per loop, after one that fails and resumes"
+        )
+        failed = handover_load.run_loops(LOOPS, connections, options.upgrades) or failed
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     return 1 if failed else 0
 

@@ -3,10 +3,14 @@
 Protocol: each request is one byte; the answer is the serving pid and
 generation (two be32).  Requests never split, so connections move between
 generations at request boundaries: the Upgrader's ``pause`` hook stops
-accepting and stops every connection between requests, and hands them
-over; the new generation's ``ready()`` returns them and it serves them on:
-no client reconnects, and a request in flight is answered by whichever
-generation read it.
+accepting and stops every connection between requests, detaches each
+stream (``detach()``: its descriptor, and the bytes it read and did not
+return: none here, as a request is read one byte at a time) and hands them
+over (``pack_connections``); the new generation's ``ready()`` returns them
+(``unpack_connections``) and it serves them on (``Stream.from_fd(fd,
+buffered=...)``): no client reconnects, and a request in flight is answered
+by whichever generation read it.  examples/upgrade_lines.py does the same
+for requests of any length, read in pieces.
 
 Events go to stdout as JSON lines (every generation inherits the same
 stdout): ``{"event": "ready", "pid": ..., "generation": ..., "port": ...,
@@ -68,7 +72,15 @@ from upgrade_common import die_here, emit, run_on_backend
 
 # Names bound at start-up: fdchannel's first lazy attribute lookup costs
 # milliseconds, which must not fall inside a pause.
-from fdchannel import FdState, Listener, NamedFd, Stream
+from fdchannel import (
+    Detached,
+    FdState,
+    Listener,
+    NamedFd,
+    Stream,
+    pack_connections,
+    unpack_connections,
+)
 from fdchannel.upgrade import Upgrader
 
 ANSWER = struct.Struct(">II")
@@ -144,7 +156,10 @@ class Connections:
     unless paused, reads a request and answers it.  So ``pause`` waits only
     for the requests being answered: a task still waiting will never read.
     Waiting tasks are left alone (no cancelling a hundred tasks in a pause):
-    the replaced generation ends them on its way out.
+    they wait on the descriptor, not on the stream, so ``detach()`` takes the
+    stream's descriptor from under them; the replaced generation ends them
+    on its way out (``close``), and after a failed handover they serve on
+    the streams ``resume`` wraps again.
     """
 
     def __init__(self, generation: int, task_group: anyio.abc.TaskGroup) -> None:
@@ -171,8 +186,10 @@ class Connections:
         #: the old one keeps its end of the switch until it has paused.
         self.gate: anyio.Event | None = None
         self.switch: tuple[socket.socket, socket.socket] | None = None
+        #: What pause() detached: served again by resume(), or closed once handed over.
+        self.detached: dict[int, Detached] = {}
         #: --switch: the copies of the connections handed over (closed once sent).
-        self.copies = FdState()
+        self.copies: list[int] = []
         self.switched_at: float | None = None
 
     def add_all(self, streams: list[Stream]) -> anyio.Event:
@@ -230,6 +247,7 @@ class Connections:
                     return  # the request stays in the socket, for the next generation
                 if self.gate is not None and not self.gate.is_set():
                     await self.gate.wait()  # --switch: the old generation serves it until "go"
+                stream = self.streams[ident]  # wrapped again by resume() after a failed handover
                 self.busy += 1  # from here on pause() waits for the answer
                 try:
                     with anyio.CancelScope(shield=True):
@@ -262,17 +280,18 @@ class Connections:
             self.quiet = anyio.Event()
             await self.quiet.wait()
 
-    def _state(self, connections: list[NamedFd], *more: NamedFd) -> FdState:
+    def _state(self, connections: list[Detached], *more: NamedFd) -> FdState:
         """What goes to the next generation: ``connections``, the memory, ``more``."""
-        entries = list(connections)
-        if self.memory is not None:
-            entries.append(NamedFd("memory", 0, self.memory))
-        return FdState([*entries, *more])
+        memory = [NamedFd("memory", 0, self.memory)] if self.memory is not None else []
+        return pack_connections(connections, [*memory, *more])
 
     async def pause(self) -> FdState:
         """Stop accepting and serving; what is returned goes to the next generation."""
         await self.stop()
-        return self._state([NamedFd("conn", i, s.fileno()) for i, s in self.streams.items()])
+        # No task is in a receive now (stop() waited for those answering).
+        self.detached = {ident: stream.detach() for ident, stream in self.streams.items()}
+        self.streams.clear()
+        return self._state(list(self.detached.values()))
 
     async def snapshot(self) -> FdState:
         """--switch's pause hook: stop accepting only, and hand over copies of every
@@ -281,19 +300,23 @@ class Connections:
         self.switch = socket.socketpair()
         # Copies, not the streams' own descriptors: a connection served on
         # may close before the handover is sent, and its number be reused.
-        copies: list[NamedFd] = []
-        try:
-            for i, s in self.streams.items():
-                copies.append(NamedFd("conn", i, os.dup(s.fileno())))
-        finally:
-            self.copies = FdState(copies)  # ours to close, whatever happens
+        # Nothing is buffered: a request is read one byte at a time.
+        self.copies = []  # ours to close, whatever happens
+        for s in self.streams.values():
+            self.copies.append(os.dup(s.fileno()))
+        copies = [Detached(fd, b"") for fd in self.copies]
         return self._state(copies, NamedFd("switch", 0, self.switch[1].fileno()))
+
+    def _close_copies(self) -> None:
+        for fd in self.copies:
+            os.close(fd)
+        self.copies = []
 
     async def switch_over(self) -> None:
         """--switch, once replaced: wait (serving on) until the new generation watches
         every connection ("set"), stop serving between requests, then say "go"."""
         assert self.switch is not None
-        self.copies.close()  # the new generation has its own by now
+        self._close_copies()  # the new generation has its own by now
         mine, theirs = self.switch
         with mine, theirs:
             theirs.close()
@@ -305,12 +328,16 @@ class Connections:
         self.switched_at = time.monotonic()
 
     async def resume(self) -> None:
-        """The handover failed: serve everything again (tasks still waiting just go on)."""
-        self.copies.close()
+        """The handover failed: serve everything again (tasks still waiting just go on,
+        on the streams wrapped again here)."""
+        self._close_copies()
         if self.switch is not None:
             for end in self.switch:
                 end.close()
             self.switch = None
+        for ident, (fd, buffered) in self.detached.items():
+            self.streams[ident] = Stream.from_fd(fd, buffered=buffered)
+        self.detached = {}
         self.paused = False
         for ident in self.streams:
             if ident not in self.running:
@@ -323,12 +350,16 @@ class Connections:
         """Close every connection (handed over already, or not: then the clients see it);
         tasks still waiting on one are left to the task group's cancellation."""
         self.paused = True
-        self.copies.close()
+        self._close_copies()
         if self.accepting is not None:
             self.accepting.cancel()
         for stream in list(self.streams.values()):
             await stream.aclose()
         self.streams.clear()
+        for fd, _ in self.detached.values():
+            anyio.notify_closing(fd)  # wake the task still waiting on it
+            os.close(fd)
+        self.detached = {}
 
     def drop_memory(self) -> None:
         """Close the memory (kept through a probation: a rollback serves on with it)."""
@@ -432,15 +463,16 @@ async def run(options: argparse.Namespace) -> None:
         gc.freeze()
         with await up.ready() as handed:
             ready_at = time.monotonic()
-            streams = []
+            streams = [
+                Stream.from_fd(os.dup(fd), buffered=buffered)
+                for fd, buffered in unpack_connections(handed).connections
+            ]
             switch: Stream | None = None
             for entry in handed.fds:
                 if entry.name == "memory":
                     connections.memory = os.dup(entry.fd)
                 elif entry.name == "switch":
                     switch = Stream.from_fd(os.dup(entry.fd))
-                else:
-                    streams.append(Stream.from_fd(os.dup(entry.fd)))
         wrapped_at = time.monotonic()
         switch_at: list[float] = []
         gate = connections.gate = anyio.Event() if switch is not None else None

@@ -38,6 +38,12 @@ if TYPE_CHECKING:
         InheritedFdState as InheritedFdState,
         read_cpr_exec_state as read_cpr_exec_state,
     )
+    from .detached import (
+        Detached as Detached,
+        Unpacked as Unpacked,
+        pack_connections as pack_connections,
+        unpack_connections as unpack_connections,
+    )
     from .errors import (
         AddressError as AddressError,
         CapabilityError as CapabilityError,
@@ -92,6 +98,9 @@ if TYPE_CHECKING:
         Stream as Stream,
         connect as connect,
         listen as listen,
+    )
+    from .transports.datagram import (
+        DatagramListener as DatagramListener,
     )
 
 __version__ = "0.1.0.dev0"

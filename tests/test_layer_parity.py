@@ -377,7 +377,9 @@ KNOWN: dict[str, str] = {
     "connect: parameter 'timeout' only in blocking": WAITS,
     "Listener.accept: parameter 'timeout' only in blocking": WAITS,
     "Stream.receive: parameter 'timeout' only in blocking": WAITS,
+    "Stream.receive_exactly: parameter 'timeout' only in blocking": WAITS,
     "Stream.receive_fds: parameter 'timeout' only in blocking": WAITS,
+    "Stream.receive_until: parameter 'timeout' only in blocking": WAITS,
     "Stream.send: parameter 'timeout' only in blocking": WAITS,
     "Stream.send_fds: parameter 'timeout' only in blocking": WAITS,
     "Stream.send_fds_many: parameter 'timeout' only in blocking": WAITS,
@@ -391,7 +393,6 @@ KNOWN: dict[str, str] = {
     "Stream.abort: only in async": ANYIO,  # an exec: command killed at once
     "Stream.extra: only in async": ANYIO,
     "Stream.extra_attributes: only in async": ANYIO,
-    "Stream.from_fd: only in async": ANYIO,
     "Stream.send: parameter 'item' only in async": ANYIO,  # ByteStream.send(item)
     "Stream.send: parameter 'data' only in blocking": SOCKETS,
     "Stream.send_fds: parameter async fds: 'list[int]' / blocking fds: 'Sequence[int]'": SOCKETS,

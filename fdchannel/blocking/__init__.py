@@ -23,6 +23,7 @@ registered and inherited names).  The others raise CapabilityError.
 
 from __future__ import annotations
 
+from ..detached import Detached
 from ..protocol.ack import Ack
 from ..protocol.machine import State
 from ..protocol.qemu_update import UpdateReport
@@ -38,6 +39,7 @@ from ._transfer import receive_state, receive_state_and_codec, send_state
 
 __all__ = [
     "Ack",
+    "Detached",
     "Incoming",
     "Listener",
     "Outgoing",

@@ -15,19 +15,20 @@ import errno
 import functools
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from .. import fds as fdpass
 from ..capabilities import Capability
 from ..credentials import Credentials, peer_credentials
-from ..errors import CapabilityError, ConnectionLostError, TransportError
+from ..detached import Detached
+from ..errors import CapabilityError, ConnectionLostError, ProtocolError, TransportError
+from ..read_buffer import ReadBuffer, check_exact_size, check_line_arguments
 from ..sockets import (
     BROKEN_ERRNOS,
     DEFAULT_RECEIVE,
     Blocked,
     attempt,
     drain_queued,
-    keep_until_closed,
     read_closing_strays,
 )
 from ._closing import Closing
@@ -36,7 +37,7 @@ from ._deadline import READABLE, WRITABLE, Deadline, wait_ready
 if TYPE_CHECKING:
     from ..address import Address
 
-__all__ = ["Stream"]
+__all__ = ["FdWrapper", "Stream", "register_fd_wrapper"]
 
 
 T = TypeVar("T")
@@ -44,14 +45,34 @@ _MSG_NOSIGNAL = int(socket.MSG_NOSIGNAL)
 _MSG_PEEK = int(socket.MSG_PEEK)
 
 
-class Stream(Closing):
+class FdWrapper(Protocol):
+    """What takes a connected socket's descriptor over: ``Stream.from_fd``."""
+
+    def __call__(self, fd: int, *, buffered: bytes = ...) -> Stream: ...
+
+
+#: What ``Stream.from_fd`` calls: ``fdchannel.blocking._fd``'s ``wrap``, which
+#: opens ``fd:`` too.  That module builds on this one, so it cannot be
+#: imported here; it registers itself when loaded, and the package loads it.
+_fd_wrapper: FdWrapper | None = None
+
+
+def register_fd_wrapper(wrapper: FdWrapper) -> None:
+    """Make ``wrapper`` what ``Stream.from_fd`` calls."""
+    global _fd_wrapper
+    _fd_wrapper = wrapper
+
+
+class Stream(ReadBuffer, Closing):
     """A connected stream socket: unix (bytes and descriptors), tcp, or an ``fd:`` one.
 
     ``receive`` returns ``b""`` at the end of the stream, as sockets do.
     Every call that may wait takes ``timeout`` (seconds; None waits as long
     as it takes) and raises ``TransportTimeout`` when it passes.  A peer
     that hung up is a ``ConnectionLostError``; any other failure of the
-    operating system a ``TransportError``.
+    operating system a ``TransportError``.  What it read and did not return
+    yet is in its ReadBuffer: ``buffered``, served first by every receive,
+    and handed over by ``detach``.
     """
 
     def __init__(self, sock: socket.socket, address: Address | None) -> None:
@@ -66,9 +87,19 @@ class Stream(Closing):
         #: Descriptors that arrived on a plain ``receive`` and were closed.
         self.discarded_fds = 0
         self._closed = False
-        #: Bytes ``wait_peer_closed`` read before the hang-up, for later receives.
-        self._pending = bytearray()
-        self._eof_seen = False
+        self._start_reading()
+
+    @classmethod
+    def from_fd(cls, fd: int, *, buffered: bytes = b"") -> Stream:
+        """A stream that takes over ``fd``, a connected socket (closing the stream closes it).
+
+        ``buffered``: bytes a previous owner read from ``fd`` and did not
+        consume (a ``Detached``'s), returned by receives before anything read
+        from ``fd``.  What is no socket is a CapabilityError, a listening
+        socket a ConnectError; on failure ``fd`` stays the caller's.
+        """
+        assert _fd_wrapper is not None, "fdchannel.blocking loads its fd transport"
+        return _fd_wrapper(fd, buffered=buffered)
 
     # --- the object itself ---------------------------------------------------------
 
@@ -87,11 +118,6 @@ class Stream(Closing):
         return self._closed
 
     @property
-    def at_eof(self) -> bool:
-        """True once the peer's EOF was read and nothing is left to receive."""
-        return self._eof_seen and not self._pending
-
-    @property
     def peer_credentials(self) -> Credentials:
         """The unix peer's (pid, uid, gid) as the kernel recorded them at connect."""
         if Capability.FD_PASSING not in self.capabilities:
@@ -104,6 +130,18 @@ class Stream(Closing):
         if not self._closed:
             self._closed = True
             self._sock.close()
+
+    def detach(self) -> Detached:
+        """Let go of the descriptor without closing it: it and every byte read from
+        it and not returned yet (``buffered``), for ``Stream.from_fd(fd,
+        buffered=...)`` here or in another process (``pack_connections``).
+
+        The stream is closed afterwards (closing it again does nothing); the
+        descriptor is the caller's.  Detach at a message boundary, between calls.
+        """
+        self._check_open()
+        self._closed = True
+        return Detached(self._sock.detach(), self._release_buffer())
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd {self._sock.fileno()}"
@@ -235,11 +273,58 @@ class Stream(Closing):
         """
         self._check_open()
         if self._pending:
-            return bytes(self._pending[:size])
+            return self._peek(size)
         if self._eof_seen:
             return b""
         return self._retry(
             lambda: self._sock.recv(size, _MSG_PEEK), READABLE, Deadline(timeout), "peek"
+        )
+
+    def receive_until(
+        self, delimiter: bytes, max_bytes: int, timeout: float | None = None
+    ) -> bytes:
+        """The bytes up to ``delimiter``, which is consumed and left out.
+
+        As the async ``Stream.receive_until``: the bytes read past the
+        delimiter stay in the stream.  A line longer than ``max_bytes``,
+        however its bytes arrived, and the end of the stream first are each
+        a ProtocolError (the bytes read stay buffered; ``at_eof`` tells a
+        clean end).  ``timeout`` bounds the whole call.
+        """
+        check_line_arguments(delimiter, max_bytes)
+        self._check_open()
+        deadline = Deadline(timeout)
+        found = self._line(delimiter, max_bytes, 0)
+        while isinstance(found, int):
+            self._read_more(DEFAULT_RECEIVE, deadline)
+            found = self._line(delimiter, max_bytes, found)
+        return found
+
+    def receive_exactly(self, nbytes: int, timeout: float | None = None) -> bytes:
+        """Exactly ``nbytes`` bytes; a ProtocolError if the stream ends first (what was
+        read stays buffered).  ``timeout`` bounds the whole call."""
+        check_exact_size(nbytes)
+        self._check_open()
+        deadline = Deadline(timeout)
+        data = self._exactly(nbytes)
+        while data is None:
+            self._read_more(self._read_size(nbytes), deadline)
+            data = self._exactly(nbytes)
+        return data
+
+    def _read_more(self, size: int, deadline: Deadline) -> None:
+        """One read into the buffer (waiting for it if need be); EOF is noted there."""
+        self._keep(self._retry(lambda: self._read_once(size), READABLE, deadline, "receive"))
+
+    def _no_delimiter(self, max_bytes: int) -> Exception:
+        return ProtocolError(
+            f"{self._describe()}: no delimiter within {max_bytes} bytes (receive_until)"
+        )
+
+    def _cut_short(self) -> Exception:
+        return ProtocolError(
+            f"{self._describe()}: the stream ended before what was asked for "
+            f"({len(self._pending)} bytes read are buffered)"
         )
 
     def wait_peer_closed(self, timeout: float | None = None) -> None:
@@ -255,7 +340,7 @@ class Stream(Closing):
                 deadline,
                 "waiting for the peer to close",
             )
-            self._eof_seen = keep_until_closed(self._pending, data, self._describe(), self.address)
+            self._keep_until_closed(data, self._describe(), self.address)
 
     def _receive_with(
         self, max_bytes: int, op: Callable[[], tuple[bytes, list[int]]], deadline: Deadline
@@ -263,9 +348,7 @@ class Stream(Closing):
         """One receive: bytes kept by wait_peer_closed first, then ``op``."""
         self._check_open()
         if self._pending:
-            data = bytes(self._pending[:max_bytes])
-            del self._pending[:max_bytes]
-            return data, []
+            return self._take(max_bytes), []
         if self._eof_seen:
             return b"", []
         data, fds = self._retry(op, READABLE, deadline, "receive")

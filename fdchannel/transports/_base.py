@@ -14,6 +14,7 @@ import errno
 import functools
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -23,8 +24,10 @@ import anyio.lowlevel
 
 from ..capabilities import Capability
 from ..credentials import CredentialPolicy, Credentials, same_user_or_root
+from ..detached import Detached
 from ..errors import CapabilityError, PeerCredentialsError, TransportError
-from ..sockets import BROKEN_ERRNOS, DEFAULT_RECEIVE, Blocked, attempt, keep_until_closed
+from ..read_buffer import ReadBuffer, check_exact_size, check_line_arguments
+from ..sockets import BROKEN_ERRNOS, DEFAULT_RECEIVE, Blocked, attempt
 
 if TYPE_CHECKING:
     from ..address import Address
@@ -48,7 +51,12 @@ class FdOpener(Protocol):
     """What takes over a descriptor of any kind: the stream or listener its kind calls for."""
 
     def __call__(
-        self, fd: int, *, incoming: bool, policy: CredentialPolicy | None = ...
+        self,
+        fd: int,
+        *,
+        incoming: bool,
+        policy: CredentialPolicy | None = ...,
+        buffered: bytes = ...,
     ) -> Stream | Listener: ...
 
 
@@ -97,16 +105,20 @@ class Stream(anyio.abc.ByteStream):
         self.address = address
 
     @classmethod
-    def from_fd(cls, fd: int) -> Stream:
+    def from_fd(cls, fd: int, *, buffered: bytes = b"") -> Stream:
         """A stream that takes over ``fd`` (closing the stream closes it).
 
         For a descriptor received from a peer: what the stream can do follows
         its kind, as for ``fd:`` (a connected unix socket passes descriptors,
         a pipe end reads or writes, a file reads or writes at its offset).
-        A listening socket is refused: see ``Listener.from_fd``.  On
-        failure ``fd`` stays the caller's.
+        A listening socket is refused: see ``Listener.from_fd``.
+
+        ``buffered``: bytes a previous owner read from ``fd`` and did not
+        consume (a ``Detached``'s), returned by receives before anything read
+        from ``fd``; a file cannot take them (CapabilityError).  On failure
+        ``fd`` stays the caller's.
         """
-        opened = _fd_opener()(fd, incoming=False)
+        opened = _fd_opener()(fd, incoming=False, buffered=buffered)
         assert isinstance(opened, Stream)
         return opened
 
@@ -135,6 +147,35 @@ class Stream(anyio.abc.ByteStream):
         """Receive bytes and the descriptors attached to them (FD_PASSING streams only)."""
         raise CapabilityError(f"{self._describe()} cannot pass file descriptors")
 
+    async def receive_until(self, delimiter: bytes, max_bytes: int) -> bytes:
+        """The bytes up to ``delimiter``, which is consumed and left out.
+
+        As anyio's ``BufferedByteReceiveStream.receive_until``, but the bytes
+        read past the delimiter stay in the stream (``buffered``, ``detach``).
+        A line longer than ``max_bytes`` is DelimiterNotFound, however its
+        bytes arrived; the end of the stream first is IncompleteRead.  Either
+        way the bytes read stay buffered.  A stream that keeps no read buffer
+        (a file's) raises CapabilityError.
+        """
+        raise CapabilityError(f"{self._describe()} keeps no read buffer")
+
+    async def receive_exactly(self, nbytes: int) -> bytes:
+        """Exactly ``nbytes`` bytes; IncompleteRead if the stream ends first (what was
+        read stays buffered).  The bytes read past them stay in the stream.  A
+        stream that keeps no read buffer (a file's) raises CapabilityError."""
+        raise CapabilityError(f"{self._describe()} keeps no read buffer")
+
+    @property
+    def buffered(self) -> bytes:
+        """What was read from the descriptor and not returned yet."""
+        return b""
+
+    def detach(self) -> Detached:
+        """Let go of the descriptor without closing it, with the bytes read from it and
+        not returned (see DescriptorStream.detach); CapabilityError for a stream
+        that keeps no read buffer (a file's)."""
+        raise CapabilityError(f"{self._describe()} cannot detach its descriptor")
+
     async def abort(self) -> None:
         """Close at once, giving up on whatever is in flight (an exec: command is killed)."""
         await self.aclose()
@@ -161,20 +202,21 @@ class Stream(anyio.abc.ByteStream):
         return f"{kind} to {self.address}" if self.address is not None else kind
 
 
-class DescriptorStream(Stream):
-    """A stream over one descriptor, with readiness from the event loop."""
+class DescriptorStream(ReadBuffer, Stream):
+    """A stream over one descriptor, with readiness from the event loop.
+
+    What it read and did not return yet is in its ReadBuffer: ``buffered``,
+    served first by every receive, and handed over by ``detach``.
+    """
 
     def __init__(self, fd: int, address: Address | None) -> None:
         super().__init__(address)
         os.set_blocking(fd, False)
         self._fd = fd
         self._closed = False
-        self._pending = bytearray()
-        self._eof_seen = False
-
-    @property
-    def at_eof(self) -> bool:
-        return self._eof_seen and not self._pending
+        #: Tasks waiting for the descriptor's readiness (detach refuses then).
+        self._waiting = 0
+        self._start_reading()
 
     def fileno(self) -> int:
         self._check_open()
@@ -206,6 +248,9 @@ class DescriptorStream(Stream):
             result = attempt(self, op)
             if not isinstance(result, Blocked):
                 return result
+            # Counted only here, where the task gives way: detach() can run
+            # only while every task on the stream waits at an await.
+            self._waiting += 1
             try:
                 if readable:
                     await anyio.wait_readable(self._fd)
@@ -213,6 +258,8 @@ class DescriptorStream(Stream):
                     await anyio.wait_writable(self._fd)
             except anyio.ClosedResourceError:
                 raise anyio.ClosedResourceError from None
+            finally:
+                self._waiting -= 1
 
     def _translate(self, exc: OSError) -> Exception:
         if exc.errno in BROKEN_ERRNOS:
@@ -234,8 +281,7 @@ class DescriptorStream(Stream):
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         if self._pending:
-            data = bytes(self._pending[:max_bytes])
-            del self._pending[:max_bytes]
+            data = self._take(max_bytes)
             await anyio.lowlevel.cancel_shielded_checkpoint()
             return data, []
         if self._eof_seen:
@@ -245,6 +291,71 @@ class DescriptorStream(Stream):
             self._eof_seen = True
             raise anyio.EndOfStream
         return data, fds
+
+    async def receive_until(self, delimiter: bytes, max_bytes: int) -> bytes:
+        check_line_arguments(delimiter, max_bytes)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        found = self._line(delimiter, max_bytes, 0)
+        if isinstance(found, bytes):
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+            return found
+        while isinstance(found, int):
+            await self._read_more(DEFAULT_RECEIVE)
+            found = self._line(delimiter, max_bytes, found)
+        return found
+
+    async def receive_exactly(self, nbytes: int) -> bytes:
+        check_exact_size(nbytes)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        data = self._exactly(nbytes)
+        if data is not None:
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+            return data
+        while data is None:
+            await self._read_more(self._read_size(nbytes))
+            data = self._exactly(nbytes)
+        return data
+
+    async def _read_more(self, size: int) -> None:
+        """One read into the buffer (waiting for it if need be); EOF is noted there."""
+        self._keep(await self._retry(lambda: self._read_once(size), readable=True))
+
+    def _no_delimiter(self, max_bytes: int) -> Exception:
+        return anyio.DelimiterNotFound(max_bytes)
+
+    def _cut_short(self) -> Exception:
+        return anyio.IncompleteRead()
+
+    def detach(self) -> Detached:
+        """Let go of the descriptor without closing it: it and every byte read from
+        it and not returned yet (``buffered``), for ``Stream.from_fd(fd,
+        buffered=...)`` here or in another process (``pack_connections``).
+
+        The stream is closed afterwards (closing it again does nothing); the
+        descriptor is the caller's.  A task waiting on the stream (a receive,
+        or a send with the socket buffer full) makes it BusyResourceError:
+        detach at a message boundary, between calls.  A task waiting on the
+        descriptor itself (``wait_readable(stream.fileno())``) is neither seen
+        nor woken: the descriptor lives on, and while that task waits anyio
+        refuses the next owner's wait on it in this process (BusyResourceError).
+        """
+        fd = self.fileno()  # ClosedResourceError once closed or detached
+        if self._waiting:
+            raise anyio.BusyResourceError("waiting on")
+        # Not anyio.notify_closing: nobody waits (checked above) and the
+        # descriptor lives on, to be waited on by its next owner.
+        self._closed = True
+        self._let_go()
+        return Detached(fd, self._release_buffer())
+
+    def _let_go(self) -> None:
+        """Forget the descriptor without closing it."""
+        # A socket object closes its descriptor when collected: make it forget.
+        sock = getattr(self, "_sock", None)
+        if isinstance(sock, socket.socket):
+            sock.detach()
 
     async def send(self, item: bytes) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()
@@ -260,7 +371,7 @@ class DescriptorStream(Stream):
     async def wait_peer_closed(self) -> None:
         while not self._eof_seen:
             data = await self._retry(lambda: self._read_once(DEFAULT_RECEIVE), readable=True)
-            self._eof_seen = keep_until_closed(self._pending, data, self._describe(), self.address)
+            self._keep_until_closed(data, self._describe(), self.address)
 
     async def aclose(self) -> None:
         if not self._closed:

@@ -33,7 +33,7 @@ import anyio.lowlevel
 
 from ..address import FdAddress
 from ..credentials import CredentialPolicy, same_user_or_root
-from ..errors import ConnectError, TransportError
+from ..errors import CapabilityError, ConnectError, TransportError
 from ..fd_names import (
     SD_LISTEN_FDS_START,
     duplicate,
@@ -74,13 +74,18 @@ def _open_socket(
     *,
     incoming: bool,
     policy: CredentialPolicy | None,
+    buffered: bytes,
 ) -> Stream | Listener:
     # With fileno= the family, type and protocol are read from the descriptor.
     sock = socket.socket(fileno=fd)
     try:
         if is_listening(sock, address, error, incoming=incoming):
+            if buffered:
+                raise _cannot_buffer(address, "a listening socket")
             return SocketListener(sock, address, policy=policy)
-        return stream_for_socket(sock, address)
+        stream = stream_for_socket(sock, address)
+        stream._serve_first(buffered)
+        return stream
     except BaseException:
         sock.detach()  # the descriptor stays the caller's
         raise
@@ -93,15 +98,21 @@ def _wrap(
     *,
     incoming: bool,
     policy: CredentialPolicy | None = None,
+    buffered: bytes = b"",
 ) -> Stream | Listener:
-    """The stream or listener ``fd``'s kind calls for; on success it owns ``fd``,
-    on failure ``fd`` is left open."""
+    """The stream or listener ``fd``'s kind calls for, serving ``buffered`` first;
+    on success it owns ``fd``, on failure ``fd`` is left open."""
     label = f"fd:{address.name}"
     mode = file_mode(fd, address, error)
     if stat.S_ISSOCK(mode):
-        return _open_socket(fd, address, error, incoming=incoming, policy=policy)
+        return _open_socket(fd, address, error, incoming=incoming, policy=policy, buffered=buffered)
     if stat.S_ISFIFO(mode):
-        return PipeStream(fd, address, name=label)
+        pipe = PipeStream(fd, address, name=label)
+        pipe._serve_first(buffered)
+        return pipe
+    if buffered:
+        # A file stream reads at the file's offset and keeps no buffer.
+        raise _cannot_buffer(address, "no socket or pipe")
     if stat.S_ISREG(mode) or stat.S_ISCHR(mode):
         access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
         return FileStream(
@@ -114,6 +125,12 @@ def _wrap(
         )
     kind = "a directory" if stat.S_ISDIR(mode) else f"of type {stat.filemode(mode)[0]!r}"
     raise error(f"{label} is {kind}; expected a socket, a pipe or a file", address)
+
+
+def _cannot_buffer(address: FdAddress, kind: str) -> CapabilityError:
+    return CapabilityError(
+        f"fd:{address.name} is {kind}: no stream over it can serve bytes read before (buffered)"
+    )
 
 
 def _open(
@@ -133,16 +150,22 @@ def _open(
 
 
 def wrap(
-    fd: int, *, incoming: bool, policy: CredentialPolicy | None = same_user_or_root
+    fd: int,
+    *,
+    incoming: bool,
+    policy: CredentialPolicy | None = same_user_or_root,
+    buffered: bytes = b"",
 ) -> Stream | Listener:
     """Take over ``fd`` itself (no duplicate): ``Stream.from_fd``, ``Listener.from_fd``.
 
     Incoming, anything but a listening socket is yielded once, as a stream.
-    On failure ``fd`` stays open and the caller's.
+    The stream serves ``buffered`` before what it reads from ``fd`` (a
+    socket or a pipe: anything else is a CapabilityError then).  On failure
+    ``fd`` stays open and the caller's.
     """
     where = FdAddress(str(fd))
     error = TransportError if incoming else ConnectError
-    opened = _wrap(fd, where, error, incoming=incoming, policy=policy)
+    opened = _wrap(fd, where, error, incoming=incoming, policy=policy, buffered=buffered)
     if incoming and isinstance(opened, Stream):
         return OneStreamListener(opened, where)
     return opened
