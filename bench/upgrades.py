@@ -205,6 +205,15 @@ class Generations:
 
         return self._wait_for(found, f"{kind!r} event from generation {generation}", timeout)
 
+    def said(self, text: str, timeout: float = 30.0) -> str:
+        """The first line a generation wrote (stdout or stderr) holding ``text``,
+        waiting up to ``timeout`` seconds for it."""
+
+        def found() -> Event | None:
+            return next(({"line": line} for line in self.output if text in line), None)
+
+        return str(self._wait_for(found, f"a line saying {text!r}", timeout)["line"])
+
     def ready(self, generation: int, timeout: float = 30.0) -> Event:
         """The ``ready`` event of ``generation``, waiting up to ``timeout`` seconds for it."""
         return self.wait_for("ready", generation, timeout)

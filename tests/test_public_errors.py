@@ -203,6 +203,18 @@ NAME = st.text(st.characters(blacklist_characters="/\0"), min_size=1, max_size=1
 HOSTS = ["127.0.0.1", "::1", "[::1]", "localhost", "\udcff", "a" * 70, "ü", "-", "..", "1.2.3.4.5"]
 
 
+def _datagram_targets(tmp: Path) -> st.SearchStrategy[str]:
+    """Upgrades' own datagram schemes (udp:, unixgram:), hostile and not."""
+    udp = st.builds(
+        lambda h, p, o: f"udp:{h}:{p}{o}",
+        st.sampled_from(HOSTS),
+        st.sampled_from(NUMBERS),
+        st.sampled_from(["", ",ipv4", ",ipv6", ",to=1", ",keep-alive=on"]),
+    )
+    unixgram = st.builds(lambda n: f"unixgram:{tmp}/{n}", NAME)
+    return st.one_of(udp, unixgram, st.sampled_from(["udp:", "unixgram:", "udp:x"]))
+
+
 def _targets(tmp: Path, own: list[int]) -> st.SearchStrategy[str]:
     number = st.sampled_from(NUMBERS)
     unix = st.builds(lambda n: f"unix:{tmp}/{n}", NAME)
@@ -720,7 +732,7 @@ def test_upgrader(backend: tuple[str, dict[str, Any]], data: st.DataObject) -> N
     with _sandbox() as (tmp, own):
         lineage = data.draw(st.one_of(st.none(), _lineages()))
         name = data.draw(st.one_of(NAME, TEXT))
-        address = data.draw(_targets(tmp, own))
+        address = data.draw(st.one_of(_targets(tmp, own), _datagram_targets(tmp)))
         command = data.draw(st.sampled_from([["true"], ["sh", "-c", "exit 3"], [], ["\0"]]))
 
         async def generation() -> None:

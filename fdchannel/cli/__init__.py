@@ -186,14 +186,20 @@ def _add_upgrade(commands: argparse._SubParsersAction[_Parser], common: _Parser)
         usage=f"{PROG} upgrade [-h] [--json] [--debug] [--signal NAME] [--timeout SECONDS] "
         "PIDFILE|CONTROL-SOCKET\n"
         f"       {PROG} upgrade [-h] [--json] [--debug] [--timeout SECONDS] [--cwd DIR] "
-        "[--env NAME=VALUE]... [--unset-env NAME]... CONTROL-SOCKET [--command CMD [ARGS ...]]",
+        "[--env NAME=VALUE]... [--unset-env NAME]... CONTROL-SOCKET [--command CMD [ARGS ...]]\n"
+        f"       {PROG} upgrade --status [-h] [--json] [--debug] [--timeout SECONDS] "
+        "PIDFILE|CONTROL-SOCKET",
         help="ask a server under fdchannel.upgrade to upgrade, and wait for the outcome",
         description="Ask a running server to start its next generation and hand it its "
         "listeners: through its control socket, or by signalling the pid in its pidfile. "
         "Waits for the outcome (and for the end of a probation): exit status 0 when the new "
-        "generation serves, 1 with the reason when it did not (the old one still serves). "
+        "generation serves, 1 with the reason when it did not (the old one still serves); "
+        "the same outcome either way (--json: the same keys). "
         "Through the control socket, --command, --cwd and --env start a new release: "
-        "another command line, directory or environment than the server's own.",
+        "another command line, directory or environment than the server's own. "
+        "With --status: upgrade nothing, and say which generation serves (its pid and "
+        "start time), how the last upgrade went and how long it took, and how many "
+        "upgrades went well, failed, were rolled back or refused since the service started.",
     )
     upgrade.add_argument(
         "target", metavar="PIDFILE|CONTROL-SOCKET", help="the server's pidfile or control socket"
@@ -205,7 +211,13 @@ def _add_upgrade(commands: argparse._SubParsersAction[_Parser], common: _Parser)
         metavar="NAME",
         help="the signal sent to a pidfile's process (HUP)",
     )
-    _timeout(upgrade, "default 60")
+    upgrade.add_argument(
+        "--status",
+        action="store_true",
+        help="upgrade nothing: show the generation serving, the last upgrade and the counts "
+        "since the service started (a pidfile's process is not signalled)",
+    )
+    _timeout(upgrade, "default 60; with --status 10")
     upgrade.add_argument(
         "--cwd",
         metavar="DIR",

@@ -25,7 +25,15 @@ if TYPE_CHECKING:
         UpgradeError as UpgradeError,
         UpgradeFailed as UpgradeFailed,
     )
-    from .control import request_upgrade as request_upgrade
+    from ..transports.datagram import DatagramListener as DatagramListener
+    from .addresses import (
+        UdpAddress as UdpAddress,
+        UnixDatagramAddress as UnixDatagramAddress,
+    )
+    from .control import (
+        request_status as request_status,
+        request_upgrade as request_upgrade,
+    )
     from .upgrader import (
         CONTROL as CONTROL,
         NEW_STEPS as NEW_STEPS,
@@ -40,8 +48,11 @@ if TYPE_CHECKING:
 #: asking for an upgrade (``fdchannel upgrade``) loads no event loop.
 _WHERE = {
     "CONTROL": ".upgrader",
+    "DatagramListener": "..transports.datagram",
     "NEW_STEPS": ".upgrader",
     "OLD_STEPS": ".upgrader",
+    "UdpAddress": ".addresses",
+    "UnixDatagramAddress": ".addresses",
     "UpgradeBusy": "..errors",
     "UpgradeError": "..errors",
     "UpgradeFailed": "..errors",
@@ -49,6 +60,7 @@ _WHERE = {
     "UpgradeRolledBack": ".upgrader",
     "Upgrader": ".upgrader",
     "default_command": ".upgrader",
+    "request_status": ".control",
     "request_upgrade": ".control",
 }
 

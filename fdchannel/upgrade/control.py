@@ -1,10 +1,14 @@
-"""Asking a running server for an upgrade: through its control socket, or with a
-signal and its pidfile.  Blocking (the command line has no event loop).
+"""Asking a running server for an upgrade, or for its status: through its control
+socket, or with a signal and its pidfile.  Blocking (the command line has no
+event loop).
 
 The control socket speaks JSON lines (``lines.py``; the server's end is
 ``control_server.py``): the client sends ``upgrade``, the server answers
 with one object once the upgrade is over: ``{"ok": true, "pid": ...,
-"warnings": [...]}``, or ``{"ok": false, "error": ..., "busy": true?}``.
+"generation": ..., "seconds": ..., "warnings": [...]}``, or ``{"ok": false,
+"error": ..., "busy": true?, "pid": ..., "exit_status": ..., "stderr":
+[...]}``: the outcome as the status file beside a pidfile records it, so
+that both ways of asking read the same.
 With a probation an interim ``{"probation": SECONDS, "pid": ...}`` comes at
 the commit, and the wait is that much longer (the status file beside a
 pidfile records it the same way, as the request's entry without ``ok``).
@@ -18,6 +22,10 @@ environment) is asked for with an object on the request line (see
 A pidfile's process is signalled only once verified to be the one the
 pidfile names (``pidfile.open_named``), through a pidfd; the outcome of
 this very request is then read from the status file beside the pidfile.
+
+``status`` asks for the serving generation and the service's record of its
+upgrades (``history.status_document``): answered by the control socket, or
+read from the pidfile and the status file beside it (no signal).
 """
 
 from __future__ import annotations
@@ -35,11 +43,15 @@ from typing import Any
 from ..credentials import peer_credentials, same_user_or_root
 from ..errors import UpgradeBusy, UpgradeError, UpgradeFailed
 from . import lines, pidfile as pidfiles
+from .history import History, status_document, timestamp
 
-__all__ = ["REQUEST", "request_upgrade"]
+__all__ = ["REQUEST", "STATUS", "ask_upgrade", "failure", "request_status", "request_upgrade"]
 
-#: The one request a control socket understands.
+#: The requests a control socket understands.
 REQUEST = "upgrade"
+STATUS = "status"
+#: What the status file records of a request besides its outcome.
+_BOOKKEEPING = ("attempt", "from_pid", "reason", "started", "recent", "service", "drain")
 #: The most read of a control socket's answer (one JSON line of a few hundred bytes).
 _ANSWER_BYTES = 1 << 16
 #: The longest request a server takes (control_server.REQUEST_BYTES).
@@ -74,6 +86,33 @@ def request_upgrade(
     switch too), or UpgradeError when the server cannot be asked or does not
     answer in time.
     """
+    reply = ask_upgrade(
+        target,
+        timeout=timeout,
+        trigger=trigger,
+        on_probation=on_probation,
+        command=command,
+        cwd=cwd,
+        env=env,
+    )
+    if reply.get("ok") is True:
+        return reply
+    raise failure(reply)
+
+
+def ask_upgrade(
+    target: str | os.PathLike[str],
+    *,
+    timeout: float = 60,
+    trigger: int = signal.SIGHUP,
+    on_probation: Probation | None = None,
+    command: Sequence[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str | None] | None = None,
+) -> dict[str, Any]:
+    """``request_upgrade``, but a failed upgrade is returned as its outcome too
+    (``{"ok": false, "error": ..., ...}``), the same through either target;
+    UpgradeError only when the server cannot be asked or does not answer."""
     path = Path(target)
     try:
         mode = path.stat().st_mode
@@ -90,15 +129,71 @@ def request_upgrade(
     if len(request) > _REQUEST_BYTES:
         raise UpgradeError(f"the request is longer than {_REQUEST_BYTES} bytes")
     heard = on_probation or (lambda interim: None)
-    reply = (
-        _ask_socket(path, timeout, heard, request)
-        if stat.S_ISSOCK(mode)
-        else _signal_and_watch(path, timeout, trigger, heard)
-    )
-    if reply.get("ok") is True:
-        return reply
+    if stat.S_ISSOCK(mode):
+        return _ask_socket(path, timeout, heard, request)
+    return _as_reply(_signal_and_watch(path, timeout, trigger, heard))
+
+
+def failure(reply: Mapping[str, Any]) -> UpgradeError:
+    """The error a failed upgrade's outcome stands for: UpgradeBusy or UpgradeFailed."""
     error = str(reply.get("error") or reply.get("reason") or "no reason given")
-    raise (UpgradeBusy if reply.get("busy") or error.startswith("busy") else UpgradeFailed)(error)
+    return (UpgradeBusy if reply.get("busy") else UpgradeFailed)(error)
+
+
+def _as_reply(recorded: dict[str, Any]) -> dict[str, Any]:
+    """An outcome as the status file records it, as the control socket answers it."""
+    reply = {k: v for k, v in recorded.items() if k not in _BOOKKEEPING}
+    if reply.get("ok") is not True and "error" not in reply:
+        reply["error"] = recorded.get("reason")
+    return reply
+
+
+def request_status(target: str | os.PathLike[str], *, timeout: float = 10) -> dict[str, Any]:
+    """The serving generation and the service's record of its upgrades
+    (``history.status_document``): asked of a control socket, or read from a
+    pidfile (its process verified as for an upgrade, not signalled) and the
+    status file beside it.  UpgradeError when neither can tell."""
+    path = Path(target)
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise UpgradeError(f"cannot ask {path}: {exc.strerror}") from exc
+    if stat.S_ISSOCK(mode):
+        reply = _ask_socket(path, timeout, lambda interim: None, lines.encode(STATUS))
+        if reply.get("ok") is not True:
+            raise UpgradeError(f"{path}: {reply.get('error') or 'no status'}")
+        return reply
+    return _read_status(path)
+
+
+def _read_status(path: Path) -> dict[str, Any]:
+    try:
+        pid, pidfd = pidfiles.open_named(path)
+        os.close(pidfd)
+        named = pidfiles.read_pidfile(path)
+    except (OSError, ValueError) as exc:
+        raise UpgradeError(f"cannot read the pidfile {path}: {exc}") from exc
+    status = pidfiles.read_status(path)
+    service = status.get("service")
+    history = History.from_json(service)
+    if history is None or not isinstance(service, dict):
+        raise UpgradeError(
+            f"{pidfiles.status_path(path)} holds no record of the service's upgrades"
+        )
+    generation = service.get("generation") if service.get("pid") == pid else None
+    start = named.start if named.start is not None else pidfiles.process_start(pid)
+    probation: dict[str, Any] | None = None
+    for entry in pidfiles.pending_entries(status):
+        seconds = _interim(entry)
+        if seconds is not None and entry.get("from_pid") == pid:
+            probation = {"pid": entry.get("pid"), "seconds": seconds}
+    return status_document(
+        pid,
+        generation if isinstance(generation, int) else None,
+        timestamp(pidfiles.start_time(start)),
+        history,
+        probation,
+    )
 
 
 def _release(

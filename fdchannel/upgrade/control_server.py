@@ -1,4 +1,5 @@
-"""The control socket's server end: ``upgrade`` in, the outcome out, one JSON line each.
+"""The control socket's server end: ``upgrade`` in, the outcome out, one JSON line each;
+or ``status`` in, the serving generation and the service's record of its upgrades out.
 
 Each client is answered in a scope of its own: whatever goes wrong with one
 (silence, a half or huge line, leaving, an error of ours) is logged,
@@ -13,7 +14,9 @@ user: nothing they could not run themselves.
 
 An upgrade with a probation is answered twice: at the commit, an interim
 ``{"probation": SECONDS, "pid": PID}`` (the client waits that much longer),
-then the outcome once the probation is over.
+then the outcome once the probation is over.  A ``status`` request, under
+the same rules, is answered at once with ``{"ok": true, ...}`` (see
+``Upgrader.status``).
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ import anyio
 from ..errors import UpgradeBusy, UpgradeError
 from ..transports import Listener, Stream
 from . import lines
-from .control import REQUEST
+from .control import REQUEST, STATUS
 from .reasons import reason
 
-__all__ = ["REQUEST", "ControlServer", "Interim", "parse_request"]
+__all__ = ["REQUEST", "STATUS", "ControlServer", "Interim", "parse_request"]
 
 log = logging.getLogger("fdchannel.upgrade")
 
@@ -46,15 +49,18 @@ Interim = Callable[[dict[str, Any]], Awaitable[None]]
 
 class ControlServer:
     """Answers ``upgrade`` requests with what ``upgrade`` returns or raises; ``upgrade``
-    gets a way to send the client an interim word first."""
+    gets a way to send the client an interim word first.  ``status`` requests
+    with what ``status`` returns (refused without it)."""
 
     def __init__(
         self,
         upgrade: Callable[[Interim, dict[str, Any]], Awaitable[dict[str, Any]]],
         generation: Callable[[], int],
+        status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self._upgrade = upgrade
         self._generation = generation
+        self._status = status
         #: A client has this long to send its request (and to take the answer).
         self.timeout = 10.0
         #: Clients answered at once; one more is refused.
@@ -107,6 +113,12 @@ class ControlServer:
                 return None
         if request is None:
             return _refusal(f"no request within {self.timeout} s")
+        if request.strip() == STATUS.encode() and self._status is not None:
+            try:
+                return await self._status()
+            except Exception as exc:  # ours: logged, answered, and the server serves on
+                log.exception("generation %d: the status went wrong", self._generation())
+                return {"ok": False, "error": f"the status went wrong: {reason(exc)}"}
         try:
             asked = parse_request(request)
         except ValueError as exc:
@@ -137,7 +149,7 @@ def parse_request(line: bytes) -> dict[str, Any]:
         return {}
     message = lines.decode(line)
     if message is None or message.get("request") != REQUEST:
-        raise ValueError(f"unknown request; send '{REQUEST}'")
+        raise ValueError(f"unknown request; send '{REQUEST}' or '{STATUS}'")
     unknown = sorted(set(message) - {"request", *FIELDS})
     if unknown:
         raise ValueError(f"unknown field in the request: {', '.join(map(repr, unknown))}")

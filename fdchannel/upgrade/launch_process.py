@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 
+from ..text import printable
 from .process import Process
 from .wait_status import UNKNOWN, exit_code
 
@@ -103,9 +104,11 @@ class StderrTail:
         self.closed = anyio.Event()
 
     def last_lines(self) -> list[str]:
-        """The last complete lines (and an unfinished one), each cut to ``width``."""
+        """The last complete lines (and an unfinished one), each cut to ``width``, with
+        control characters and bytes that are no UTF-8 escaped (a reason's words)."""
         kept = [*self._lines, self._partial] if self._partial.strip() else list(self._lines)
-        return [line[: self._width].decode(errors="replace").rstrip() for line in kept]
+        text = (line[: self._width].decode(errors="surrogateescape").rstrip() for line in kept)
+        return [printable(line) for line in text]
 
     async def relay(self) -> None:
         """Copy until the end of the pipe (the server and all that inherited it exited)."""

@@ -1,6 +1,7 @@
 """The pidfile names the generation serving now; its status file tells how the
-last upgrade went (for ``fdchannel upgrade PIDFILE``, which only has a signal
-to ask with).
+last upgrades went (for ``fdchannel upgrade PIDFILE``, which only has a signal
+to ask with), and keeps the service's record of its upgrades (``history.py``:
+for ``fdchannel upgrade --status PIDFILE``).
 
 The pidfile holds the pid on its first line, as daemons write it and as
 systemd's ``PIDFile=`` reads it (the first line only), and the process's
@@ -10,6 +11,12 @@ process.  The second line is no bare number, so that ``kill $(cat PIDFILE)``
 signals no process named by a start time.  A
 pidfile of the pid alone (written before the start time was) is believed
 for a process that started before the file was written.
+
+The status file is a JSON object: the last outcome recorded (its fields at
+the top), ``started`` (the number of the last request), ``recent`` (the
+recent outcomes, each client's among them), and ``service``: the service's
+record with the pid and generation of the main process.  A fresh service
+(a first generation's ``ready()``) starts it over.
 
 Both files are replaced atomically (write a temporary file, rename), so a
 reader sees the old content or the new, never half of one; both are written
@@ -43,6 +50,7 @@ __all__ = [
     "open_named",
     "outcome",
     "pending",
+    "pending_entries",
     "process_start",
     "read_pid",
     "read_pidfile",
@@ -50,9 +58,11 @@ __all__ = [
     "record",
     "remove_pid",
     "start_attempt",
+    "start_time",
     "started",
     "status_path",
     "write_pid",
+    "write_service",
     "write_status",
 ]
 
@@ -121,7 +131,7 @@ def open_named(path: str | os.PathLike[str]) -> tuple[int, int]:
         if named.start is not None:
             stale = start != named.start
         else:  # started after the pidfile was written: not the process it names
-            stale = _wall_clock(start) > named.written
+            stale = start_time(start) > named.written
         if stale:
             raise UpgradeError(f"stale pidfile {path}: pid {named.pid} is another process now")
     except ProcessLookupError:
@@ -155,8 +165,9 @@ def _number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _wall_clock(start: int) -> float:
-    """A start time (clock ticks after boot) as ``time.time()`` seconds."""
+def start_time(start: int) -> float:
+    """A start time (clock ticks after boot, see ``process_start``) as ``time.time()``
+    seconds."""
     booted = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
     return booted + start / os.sysconf("SC_CLK_TCK")
 
@@ -194,16 +205,31 @@ def start_attempt(pidfile: str | os.PathLike[str]) -> int:
     return attempt
 
 
-def record(pidfile: str | os.PathLike[str], outcome: dict[str, Any]) -> None:
+def record(
+    pidfile: str | os.PathLike[str],
+    outcome: dict[str, Any],
+    service: dict[str, Any] | None = None,
+) -> None:
     """Record the outcome of request ``outcome["attempt"]``: as the last outcome, and
-    among the recent ones, where a later request's outcome does not replace it."""
+    among the recent ones, where a later request's outcome does not replace it;
+    with ``service``, the service's record as it is now (else the one there stays)."""
     status = read_status(pidfile)
     recent = [o for o in _recent(status) if o.get("attempt") != outcome["attempt"]]
     recent = sorted([*recent, outcome], key=lambda o: int(o["attempt"]))
     while len(recent) > RECENT:  # refusals go first: a client may still wait for an upgrade
         recent.remove(next((o for o in recent if o.get("busy")), recent[0]))
     attempt = max(started(status), int(outcome["attempt"]))
-    write_status(pidfile, {**outcome, "started": attempt, "recent": recent})
+    kept = {"service": service if service is not None else status.get("service")}
+    write_status(pidfile, {**outcome, "started": attempt, "recent": recent, **kept})
+
+
+def write_service(
+    pidfile: str | os.PathLike[str], service: dict[str, Any], fresh: bool = False
+) -> None:
+    """Rewrite the service's record; ``fresh``: a new service, whose status file starts
+    over (no outcome, requests numbered from 1 again)."""
+    status = {"attempt": 0, "started": 0} if fresh else read_status(pidfile)
+    write_status(pidfile, {**status, "service": service})
 
 
 def amend(pidfile: str | os.PathLike[str], attempt: int, fields: dict[str, Any]) -> None:
@@ -235,6 +261,11 @@ def pending(status: dict[str, Any], attempt: int) -> dict[str, Any] | None:
         if found.get("attempt") == attempt and "ok" not in found:
             return found
     return None
+
+
+def pending_entries(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """What is recorded of the requests not over yet (on probation), oldest first."""
+    return [found for found in _recent(status) if "ok" not in found]
 
 
 def _recent(status: dict[str, Any]) -> list[dict[str, Any]]:

@@ -6,10 +6,17 @@ The listeners travel with the upgrader's own bookkeeping as the state's
 metadata, a JSON object: ``release`` (the command line and directory the new
 generation was started from, as given: ``release.py``), ``probation``
 (seconds; the control link then stays open after the commit, until the old
-generation says SETTLED or goes away) and, with a probation, ``stderr`` and
-``relay``: the descriptors, in the new generation, of the old generation's
-stderr and of the read end of the pipe that is the new generation's stderr
-meanwhile (``stderr.py``).
+generation says SETTLED, with the service's record counting this upgrade,
+or goes away), ``history`` (the service's record of its upgrades so far:
+``history.py``), ``requested`` (when the upgrade was asked for,
+CLOCK_MONOTONIC), and ``stderr`` and ``relay``: the descriptors, in the new
+generation, of the old generation's stderr and of the read end of the pipe
+that is the new generation's stderr until its upgrade is settled (at the
+commit, or at the end of the probation: ``stderr.py``).
+
+A link to the new generation that breaks is the consequence of what it did,
+not the cause: the reason of the failure waits (briefly) for it to exit and
+says how it ended, with its last lines on stderr (``reasons.py``).
 """
 
 from __future__ import annotations
@@ -24,16 +31,23 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
-from ..errors import FdChannelError, UpgradeError, UpgradeFailed
+from ..errors import (
+    ConnectionLostError,
+    FdChannelError,
+    HandoffError,
+    UpgradeError,
+    UpgradeFailed,
+)
 from ..handoff.cpr import ReceivedCpr, receive_cpr, send_cpr
 from ..state import FdState, NamedFd
 from ..transports import Listener, Stream
 from . import handshake, lineage as lineage_env, lines
 from .handshake import NEW, OLD, Event, Handshake, State
-from .reasons import reason
+from .reasons import GenerationFailed, reason, running
 from .release import Launch, Release, release_from
 from .spawn import Child, spawn
 from .stderr import Pipe, Relay, Tail
@@ -50,6 +64,9 @@ Progress = Callable[[str], object]
 REPORT_BYTES = 1 << 16
 #: Environment variables that describe this process only, never the next generation.
 NOT_INHERITED = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", lineage_env.ENV)
+#: How long a new generation whose link broke is given to exit, so that the reason
+#: says how it ended (it usually has: its exit closed the link).
+EXIT_BOUND = 2.0
 
 
 class _Side:
@@ -88,6 +105,8 @@ class OldSide(_Side):
         handover_timeout: float,
         progress: Progress,
         probation: float = 0.0,
+        history: Mapping[str, Any] | None = None,
+        requested: float | None = None,
     ) -> None:
         super().__init__(OLD, "the old generation", progress)
         self.generation = generation
@@ -97,6 +116,10 @@ class OldSide(_Side):
         self.probation = probation
         #: What travels with the listeners, as their state's metadata.
         self.bookkeeping: dict[str, object] = {"probation": probation}
+        if history is not None:
+            self.bookkeeping["history"] = dict(history)
+        if requested is not None:
+            self.bookkeeping["requested"] = requested
 
     async def hand_on(
         self,
@@ -134,7 +157,9 @@ class OldSide(_Side):
             except UpgradeFailed:
                 raise
             except (FdChannelError, OSError) as exc:
-                raise UpgradeFailed(f"the upgrade to {child.describe()} failed: {exc}") from exc
+                if child.exited():
+                    raise self._exited(child) from exc
+                raise UpgradeFailed(f"the upgrade to pid {child.pid} failed: {exc}") from exc
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._roll_back(child, resume if pause is not None else None)
@@ -149,13 +174,17 @@ class OldSide(_Side):
         rolls back."""
         self.handshake.fire(Event.COMMIT)
 
-    def settle(self, link: socket.socket | None) -> None:
-        """The probation is over, the new generation stuck: tell it (best effort)."""
+    def settle(self, link: socket.socket | None, history: Mapping[str, Any] | None = None) -> None:
+        """The upgrade is settled (the probation, if any, is over), the new generation
+        stuck: tell it, with the service's record (best effort)."""
         self.handshake.fire(Event.SETTLE)
         if link is not None:
+            word = lines.encode({**handshake.SETTLED, "history": history or {}})
+            if len(word) > REPORT_BYTES:  # the new generation would take it for no word
+                word = lines.encode(handshake.SETTLED)
             with link, contextlib.suppress(OSError):
                 link.setblocking(False)  # a new generation that reads nothing: a full buffer
-                link.send(lines.encode(handshake.SETTLED))
+                link.send(word)
 
     def roll_back(self, link: socket.socket | None) -> None:
         """The new generation exited during its probation: this one serves again."""
@@ -178,8 +207,7 @@ class OldSide(_Side):
             env[lineage_env.ENV] = lineage.encode()
             self.bookkeeping["release"] = launch.release.as_json()
             keep = list(lineage.fds())
-            if self.probation > 0:
-                original = _our_stderr()
+            original = _our_stderr()
             if original is not None:
                 pipe = Pipe()
                 keep += [original, pipe.read]
@@ -223,26 +251,54 @@ class OldSide(_Side):
                 except lines.LineTooLong:
                     line = b"{}"
         if line is None:
-            raise UpgradeFailed(
-                f"the new generation (pid {child.pid}) was not ready within {self.ready_timeout} s"
-            )
-        if not line:
-            raise UpgradeFailed(f"the new generation ({await _fate(child)}) hung up before ready")
+            raise self._late(child, f"did not call ready() within {self.ready_timeout:g} s")
+        if not line:  # it hung up: it is exiting, or gave up on us
+            raise await self._hung_up(child, "before ready()")
         failure = handshake.report(lines.decode(line))
         if failure is not None:
-            raise UpgradeFailed(f"the new generation (pid {child.pid}) failed its start: {failure}")
+            message = f"the new generation (pid {child.pid}) failed its start: {failure}"
+            raise GenerationFailed(message, child.pid, stderr=child.stderr())
 
-    @staticmethod
     async def _send(
-        channel: socket.socket, state: FdState, timeout: float, child: Child, what: str
+        self, channel: socket.socket, state: FdState, timeout: float, child: Child, what: str
     ) -> None:
         """One cpr exchange with the new generation, on our end of a socketpair."""
         try:
             await send_cpr(f"fd:{channel.fileno()}", state, timeout=timeout)
+        except TimeoutError as exc:  # HandoffTimeout, TransportTimeout
+            raise self._late(child, f"did not take {what} within {timeout:g} s") from exc
+        except (ConnectionLostError, HandoffError) as exc:  # it hung up, reset, or closed
+            raise await self._hung_up(child, f"without taking {what}") from exc
         except FdChannelError as exc:
-            raise UpgradeFailed(
-                f"the new generation ({await _fate(child)}) did not take {what}: {exc}"
+            if await child.wait(EXIT_BOUND):  # what it sent was cut short by its exit
+                raise self._exited(child) from exc
+            raise GenerationFailed(
+                f"the new generation (pid {child.pid}) did not take {what}: {exc}",
+                child.pid,
+                stderr=child.stderr(),
             ) from exc
+
+    def _exited(self, child: Child) -> GenerationFailed:
+        """The new generation exited (or was killed) before the commit: how, and when."""
+        when = " before ready()"
+        if self.handshake.passed(State.READY_RECEIVED):
+            when = " after ready(), during the handover"
+        return GenerationFailed.exited(child.pid, child.status, when, child.stderr())
+
+    def _late(self, child: Child, did: str) -> GenerationFailed:
+        """A deadline passed: it exited meanwhile, or it is still at it."""
+        if child.exited():
+            return self._exited(child)
+        stderr = child.stderr()
+        return GenerationFailed(running(child.pid, did, stderr), child.pid, stderr=stderr)
+
+    async def _hung_up(self, child: Child, when: str) -> GenerationFailed:
+        """Its end of a link closed: it has exited, as a rule (its exit closed it)."""
+        if await child.wait(EXIT_BOUND):
+            return self._exited(child)
+        stderr = child.stderr()
+        did = f"closed its link to the old generation {when}, and is still running"
+        return GenerationFailed(running(child.pid, did, stderr), child.pid, stderr=stderr)
 
 
 class NewSide(_Side):
@@ -257,8 +313,13 @@ class NewSide(_Side):
         self.probation = 0.0
         #: What this generation was started from, as given (None: an older sender).
         self.release: Release | None = None
-        #: The old generation's stderr and the read end of our stderr's pipe, during
-        #: a probation (ours to close).
+        #: The service's record of its upgrades, as the old generation sent it with the
+        #: listeners, then with SETTLED (this upgrade counted); None: none came.
+        self.history: dict[str, Any] | None = None
+        #: When the upgrade that started us was asked for (CLOCK_MONOTONIC; None: not said).
+        self.requested: float | None = None
+        #: The old generation's stderr and the read end of our stderr's pipe, until the
+        #: upgrade is settled (ours to close).
         self._stderr: int | None = None
         self._relay: int | None = None
 
@@ -299,6 +360,8 @@ class NewSide(_Side):
             received.state.close()
             raise
         self._fire(Event.SERVE)
+        if self.probation == 0:
+            self.restore_stderr()  # settled: nothing more to tell the old generation
         return received.state
 
     async def give_up(self, why: str) -> None:
@@ -313,9 +376,10 @@ class NewSide(_Side):
             self.handshake.fire(Event.FAIL)
 
     async def await_settled(self, timeout: float) -> bool | None:
-        """Wait for the old generation to end the probation: True when it says this
-        one stuck, False when it went away first, None when neither came by
-        ``timeout``.  The control link is closed then, and the stderr put back."""
+        """Wait for the old generation to settle the upgrade (at once without a
+        probation, else at its end): True when it says this one stuck, False when
+        it went away first, None when neither came by ``timeout``.  The control
+        link is closed then, and the stderr put back."""
         link = self._links[0] if self._links else None
         message: dict[str, object] | None = None
         settled: bool | None = False
@@ -328,6 +392,8 @@ class NewSide(_Side):
                         ):
                             message = lines.decode(await lines.receive_line(stream, REPORT_BYTES))
                 settled = None if waited.cancelled_caught else handshake.settled(message)
+            if settled and isinstance(history := (message or {}).get("history"), dict):
+                self.history = history
         finally:
             self.close()
             self.restore_stderr()
@@ -337,7 +403,8 @@ class NewSide(_Side):
 
     def restore_stderr(self) -> None:
         """Put the old generation's stderr back as ours, and relay the pipe until
-        nothing holds it (our children started meanwhile write to it)."""
+        nothing holds it (our children started meanwhile write to it): at once,
+        as a rule, when nothing else does."""
         if self._stderr is not None:
             with contextlib.suppress(Exception):
                 sys.stderr.flush()
@@ -346,7 +413,7 @@ class NewSide(_Side):
             os.close(self._stderr)
             self._stderr = None
         if self._relay is not None:
-            Relay(self._relay, 2).start()  # it closes the pipe at its end
+            Relay(self._relay, 2).start_unless_done()  # it closes the pipe at its end
             self._relay = None
 
     def close(self, keep_link: bool = False) -> None:
@@ -371,6 +438,11 @@ class NewSide(_Side):
         probation = found.get("probation", 0)
         if isinstance(probation, int | float) and probation > 0:
             self.probation = float(probation)
+        history = found.get("history")
+        self.history = history if isinstance(history, dict) else None
+        requested = found.get("requested")
+        if isinstance(requested, int | float) and not isinstance(requested, bool):
+            self.requested = float(requested)
         self._stderr = _inherited(found.get("stderr"))
         self._relay = _inherited(found.get("relay"))
         release = found.get("release")
@@ -413,12 +485,6 @@ def _inherited(fd: object) -> int | None:
         log.warning("ignoring descriptor %d of the bookkeeping: it is not open", fd)
         return None
     return fd
-
-
-async def _fate(child: Child) -> str:
-    """What became of a child whose channel broke: it usually has just exited."""
-    await child.wait(0.5)
-    return child.describe()
 
 
 async def _receive(fd: int, timeout: float, failure: str) -> ReceivedCpr:

@@ -6,9 +6,9 @@ warn about (``Popen.__del__``) a child that is still running when they let
 go of it.  A pidfd tells us, without reaping, when the child exits, and
 works with every event loop's ``wait_readable``.
 
-With a probation the child's stderr is a pipe (``stderr.py``): what it
-writes is relayed to ours, and its last lines are kept to tell why it
-exited.
+The child's stderr is a pipe until its upgrade is settled (``stderr.py``):
+what it writes is relayed to ours, and its last lines are kept to tell why
+it exited.
 
 ``posix_spawn`` cannot change the child's directory: a child that starts
 in another one (a new release's) is started through a few lines of Python
@@ -29,6 +29,7 @@ import anyio
 from ..errors import UpgradeFailed
 from .pidfile import process_start
 from .process import Process
+from .reasons import said
 from .stderr import Relay
 from .wait_status import status_text as exit_text
 
@@ -89,11 +90,6 @@ class Child(Process):
 
     def _said(self) -> str:
         return said(self.stderr())
-
-
-def said(lines: Sequence[str], last: int = 5) -> str:
-    """``; its stderr ended: A | B``, or nothing."""
-    return f"; its stderr ended: {' | '.join(lines[-last:])}" if lines else ""
 
 
 def spawn(

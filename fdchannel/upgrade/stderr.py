@@ -1,17 +1,22 @@
-"""A new generation's stderr while it is on probation: relayed, its last lines kept.
+"""A new generation's stderr until its upgrade is settled: relayed, its last lines kept.
 
-With a probation, the new generation starts with a pipe as its stderr.  The
-old generation relays what arrives to its own stderr, where the service's
-logs go, and keeps the last lines: if the new generation exits during the
-probation, they say why.  The relay is a thread, so the new generation never
-waits on the old one's event loop; the pipe is enlarged (1 MiB where the
-system allows) for the moments the thread is not scheduled.
+A new generation starts with a pipe as its stderr.  The old generation
+relays what arrives to its own stderr, where the service's logs go, and
+keeps the last lines: if the new generation exits before ``ready()`` (an
+ImportError, a bad configuration) or during its probation, they say why.
+The relay is a thread, so the new generation never waits on the old one's
+event loop; the pipe is enlarged (1 MiB where the system allows) for the
+moments the thread is not scheduled.
 
-Once the probation ends the new generation puts its own stderr back (the
-old generation's, inherited as another descriptor) and relays the pipe
-itself, in a thread, until nothing holds it any more: processes it started
-meanwhile (workers forked before its probation ended) inherited the pipe as
-their stderr, and would get EPIPE once the old generation exits.
+Once the upgrade is settled (at the commit, or at the end of a probation)
+the new generation puts its own stderr back (the old generation's,
+inherited as another descriptor) and relays the pipe itself, in a thread,
+until nothing holds it any more: processes it started meanwhile (workers
+forked before it was settled) inherited the pipe as their stderr, and would
+get EPIPE once the old generation exits.
+
+The lines kept are for a person and a one-line reason: control characters
+and bytes that are no UTF-8 are escaped (``text.printable``).
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ import fcntl
 import os
 import select
 import threading
+from collections.abc import Sequence
 
-__all__ = ["Pipe", "Relay", "Tail"]
+from ..text import printable
+
+__all__ = ["Pipe", "Relay", "Tail", "last_words"]
 
 #: Lines kept, and the longest kept of each (the rest is cut).
 LINES = 10
@@ -63,8 +71,26 @@ class Tail:
             self._lines.append(self._text(line))
 
     def _text(self, line: bytes) -> str:
-        text = line.decode("utf-8", errors="replace").rstrip("\r")
-        return text if len(text) <= self._width else text[: self._width] + "..."
+        text = line.decode("utf-8", errors="surrogateescape").rstrip("\r")
+        text = text if len(text) <= self._width else text[: self._width] + "..."
+        return printable(text)
+
+
+#: The first line of a Python traceback, and of each of its frames (indented, as the
+#: source lines that follow them).
+_TRACEBACK = "Traceback (most recent call last):"
+_FRAME = '  File "'
+
+
+def last_words(lines: Sequence[str], last: int = 3) -> list[str]:
+    """What the last lines of a stderr say of why a process ended: the last ``last``
+    lines; of a Python traceback, only what follows its frames (the exception)."""
+    tracebacks = [i for i, line in enumerate(lines) if line.startswith(_TRACEBACK)]
+    if tracebacks:  # the last exception of a chain
+        lines = lines[tracebacks[-1] + 1 :]
+    if tracebacks or any(line.startswith(_FRAME) for line in lines):
+        lines = [line for line in lines if not line[:1].isspace()]
+    return list(lines[-last:])
 
 
 class Pipe:
@@ -98,6 +124,19 @@ class Relay:
         self._thread.start()
         return self
 
+    def start_unless_done(self) -> Relay:
+        """Copy what is in the pipe now; at its end already (nothing holds its other end
+        any more), close it without a thread; else ``start()``."""
+        try:
+            done = not self._copy(PIPE_SIZE)
+        except OSError:
+            done = True
+        if not done:
+            return self.start()
+        self._stopping = True
+        self._close()
+        return self
+
     def stop(self, timeout: float = 1.0) -> None:
         """Copy what is in the pipe now, then stop (the thread closes the pipe)."""
         if not self._stopping:
@@ -113,26 +152,33 @@ class Relay:
                 ready = select.select([self.source, self._wake_read], [], [])[0]
                 if self.source in ready and not self._copy():
                     return  # the end: nothing holds the pipe's other end any more
-            self._copy()  # stopping: what is there already
+            self._copy(PIPE_SIZE)  # stopping: what is there already (writers may go on)
         except OSError:
             pass
         finally:
-            for fd in (self.source, self._wake_read, self._wake_write):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            self._close()
 
-    def _copy(self) -> bool:
-        """Copy what can be read without waiting; False at the pipe's end."""
-        while True:
+    def _close(self) -> None:
+        for fd in (self.source, self._wake_read, self._wake_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _copy(self, limit: int | None = None) -> bool:
+        """Copy what can be read without waiting (up to ``limit`` bytes); False at the
+        pipe's end."""
+        copied = 0
+        while limit is None or copied < limit:
             try:
                 data = os.read(self.source, _CHUNK)
             except BlockingIOError:
                 return True
             if not data:
                 return False
+            copied += len(data)
             if self.tail is not None:
                 self.tail.feed(data)
             self._write(data)
+        return True
 
     def _write(self, data: bytes) -> None:
         while data and self.sink is not None:

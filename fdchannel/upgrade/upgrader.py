@@ -37,20 +37,23 @@ from typing import Any, NoReturn
 import anyio
 import anyio.abc
 
-from ..address import Address, UnixAddress, parse_address
+from ..address import Address, TcpAddress, UnixAddress
 from ..credentials import CredentialPolicy, same_user_or_root
 from ..errors import UpgradeBusy, UpgradeError, UpgradeFailed
 from ..state import FdState
 from ..text import printable
 from ..transports import Listener
+from ..transports.datagram import DatagramListener
 from ..unix_sockets import BACKLOG
 from . import connections, files, lineage as lineage_env, pidfile as pidfiles, sockets, systemd
+from .addresses import DatagramAddress, listen_address
 from .control_server import ControlServer, Interim
 from .handshake import NEW_STEPS, OLD_STEPS
-from .reasons import reason
+from .history import History, status_document, timestamp
+from .reasons import GenerationFailed, reason
 from .release import Release, Variables, logical_cwd, release_from
 from .sides import NOT_INHERITED, Handover, NewSide, OldSide, Pause, Resume
-from .spawn import Child, exit_text, said
+from .spawn import Child, exit_text
 
 __all__ = [
     "CONTROL",
@@ -69,6 +72,8 @@ CONTROL = "fdchannel.upgrade.control"
 #: How long a new generation on probation waits for the old one's word past the
 #: probation itself, before it takes the old one for gone.
 _CONFIRM_GRACE = 60.0
+#: How long a status request waits for the old generation's word once it is due.
+_SETTLED_WAIT = 5.0
 
 
 def default_command() -> list[str]:
@@ -113,32 +118,23 @@ class UpgradeResult:
         }
 
 
-class UpgradeRolledBack(UpgradeFailed):
+class UpgradeRolledBack(GenerationFailed):
     """The new generation exited during its probation: the old one serves again."""
 
-    def __init__(self, pid: int, status: str, after: float, stderr: Sequence[str]) -> None:
-        super().__init__(
-            f"rolled back: the new generation (pid {pid}) exited {after * 1000:.0f} ms "
-            f"after ready() ({status}{said(stderr)})"
-        )
-        self.pid = pid
+    def __init__(self, pid: int, status: int | None, after: float, stderr: Sequence[str]) -> None:
+        when = f", {after * 1000:.0f} ms after ready()"
+        exited = GenerationFailed.exited(pid, status, when, stderr)
+        super().__init__(f"rolled back: {exited}", pid, status, stderr)
         #: Its wait status in words ("exit status 3", "killed by SIGSEGV").
-        self.status = status
+        self.status = exit_text(status)
         #: Seconds from the commit (its ``ready()`` returning) to its exit.
         self.after = after
-        #: Its last lines on stderr.
-        self.stderr = tuple(stderr)
+
+    def details(self) -> dict[str, Any]:
+        return {**super().details(), "rolled_back": True, "after_ms": round(self.after * 1000)}
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "ok": False,
-            "error": str(self),
-            "rolled_back": True,
-            "pid": self.pid,
-            "exit_status": self.status,
-            "after_ms": round(self.after * 1000),
-            "stderr": list(self.stderr),
-        }
+        return {"ok": False, "error": str(self), **self.details()}
 
 
 class _Trial:
@@ -149,12 +145,15 @@ class _Trial:
         self.done = anyio.Event()
         self.result: UpgradeResult | None = None
         self.error: UpgradeRolledBack | None = None
+        #: The outcome as recorded (and answered on the control socket).
+        self.recorded: dict[str, Any] = {}
 
     @property
     def stuck(self) -> bool:
         return self.result is not None
 
-    def end(self, outcome: UpgradeResult | UpgradeRolledBack) -> None:
+    def end(self, outcome: UpgradeResult | UpgradeRolledBack, recorded: dict[str, Any]) -> None:
+        self.recorded = recorded
         if isinstance(outcome, UpgradeResult):
             self.result = outcome
         else:
@@ -253,10 +252,20 @@ class Upgrader(anyio.abc.AsyncResource):
         self._replaced: anyio.Event | None = None
         self._trial: _Trial | None = None  # the last replacement, settled or not
         self._on_probation = False  # a new generation the old one still watches
+        #: A new generation on probation: set once the old one settled the upgrade (or
+        #: went away), due by then (monotonic: the end of the probation).
+        self._confirmed: anyio.Event | None = None
+        self._confirm_due = 0.0
+        #: The service's record of its upgrades, handed on (``history.py``).
+        self.history = History()
+        #: Who the pidfile names as the main process, (pid, generation): recorded with it.
+        self._main = (os.getpid(), 0)
         self._tasks: anyio.abc.TaskGroup | None = None
         self._exit = contextlib.AsyncExitStack()
         self._control_listener: Listener | None = None
-        self._control = ControlServer(self._upgrade_answer, lambda: self.generation)
+        self._control = ControlServer(
+            self._upgrade_answer, lambda: self.generation, status=self.status
+        )
 
     @property
     def control_timeout(self) -> float:
@@ -325,6 +334,8 @@ class Upgrader(anyio.abc.AsyncResource):
         self._new = NewSide(lineage, self._progress)
         self.generation = lineage.generation
         self._received.update(await self._new.inherit(self.start_timeout))
+        self.history = History.from_json(self._new.history) or History()
+        self._main = (lineage.parent, self.generation - 1)  # until the upgrade is settled
         log.info(
             "generation %d: took over %s from pid %d",
             self.generation,
@@ -338,7 +349,7 @@ class Upgrader(anyio.abc.AsyncResource):
     async def listen(
         self,
         name: str,
-        address: str | Address,
+        address: str | Address | DatagramAddress,
         *,
         policy: CredentialPolicy | None = same_user_or_root,
         mode: int = 0o600,
@@ -346,16 +357,20 @@ class Upgrader(anyio.abc.AsyncResource):
     ) -> Listener:
         """A listener for ``name``: the previous generation's, systemd's, or a new one.
 
-        Each call returns a new Listener over its own duplicate: closing it
-        stops this generation accepting; the socket itself lives on while
-        the upgrader (or the next generation) holds it.  Listeners still
-        open when the upgrader closes are closed with it.  ``policy`` applies
-        to unix sockets (peers of our uid or root by default); ``mode`` and
-        ``backlog`` to one bound here.
+        ``address`` is in the upgrade grammar (``fdchannel.upgrade.addresses``:
+        tcp:, udp:, unix:, unixgram:, fd:).  Each call returns a new Listener
+        over its own duplicate: closing it stops this generation accepting;
+        the socket itself lives on while the upgrader (or the next generation)
+        holds it.  Listeners still open when the upgrader closes are closed
+        with it.  A datagram socket gives a DatagramListener (``receive``,
+        ``send``; see ``listen_datagram``).  ``policy`` applies to unix
+        sockets (peers of our uid or root by default; each datagram's sender
+        on a datagram socket); ``mode`` to a socket file bound here,
+        ``backlog`` to a stream listener bound here.
         """
         if self._phase not in ("entered", "ready"):
             raise UpgradeError(f"listen({name!r}) needs an entered, not replaced, Upgrader")
-        parsed = parse_address(address) if isinstance(address, str) else address
+        parsed = listen_address(address)
         fd = self._held.get(name)
         if fd is None:
             fd = self._received.pop(name, None)
@@ -374,11 +389,36 @@ class Upgrader(anyio.abc.AsyncResource):
             self._held[name] = fd
         copy = os.dup(fd)
         try:
-            listener = Listener.from_fd(copy, policy=policy)
+            listener = sockets.wrap(copy, policy=policy)
         except BaseException:
             os.close(copy)
             raise
         self._given.append(listener)
+        return listener
+
+    async def listen_datagram(
+        self,
+        name: str,
+        address: str | Address | DatagramAddress,
+        *,
+        policy: CredentialPolicy | None = same_user_or_root,
+        mode: int = 0o600,
+    ) -> DatagramListener:
+        """``listen`` for a datagram socket (``udp:``, ``unixgram:``, or ``fd:``
+        naming one), typed as such; a stream address is refused."""
+        parsed = listen_address(address)
+        if isinstance(parsed, TcpAddress | UnixAddress):
+            raise UpgradeError(
+                f"listen_datagram({name!r}): {parsed} is a stream socket's address: use "
+                "udp:HOST:PORT, unixgram:PATH or fd:N here, or listen() for a stream socket"
+            )
+        listener = await self.listen(name, parsed, policy=policy, mode=mode)
+        if not isinstance(listener, DatagramListener):
+            await listener.aclose()
+            raise UpgradeError(
+                f"listen_datagram({name!r}): {parsed} is no datagram socket: "
+                "use listen() for a stream socket"
+            )
         return listener
 
     def listening(self) -> dict[str, int]:
@@ -395,7 +435,8 @@ class Upgrader(anyio.abc.AsyncResource):
         commit, and a generation killed before it must not have taken
         connections with it (the old one accepts until the commit).
 
-        The first generation writes its pidfile and tells systemd READY=1.
+        The first generation writes its pidfile (and starts the service's
+        record of upgrades anew beside it) and tells systemd READY=1.
         A new generation tells the old one, which stops accepting and hands
         over what its ``pause`` returns: that is returned here (an empty
         state if nothing), and this generation owns its descriptors.
@@ -406,9 +447,15 @@ class Upgrader(anyio.abc.AsyncResource):
         handed = FdState()
         if self._new is not None:
             handed = await self._new.take_over(self.handover_timeout)
+            if self._new.probation == 0:  # settled: the upgrade that started us went well
+                self.history.count(self._started_us())
         else:
             if self.pidfile is not None:
                 pidfiles.write_pid(self.pidfile, os.getpid(), pidfiles.process_start(os.getpid()))
+            # A fresh service: its record starts over (a restart is no upgrade).
+            self.history = History()
+            self._main = (os.getpid(), self.generation)
+            self._write_service(fresh=True)
             systemd.notify(READY=1, STATUS=f"serving (generation {self.generation})")
         self._phase = "ready"
         try:
@@ -420,6 +467,8 @@ class Upgrader(anyio.abc.AsyncResource):
             await self._serve_control()
             if self._new is not None and self._new.probation > 0:
                 self._on_probation = True
+                self._confirmed = anyio.Event()
+                self._confirm_due = time.monotonic() + self._new.probation
                 assert self._tasks is not None
                 self._tasks.start_soon(self._await_confirmation, self._new)
         except BaseException:
@@ -434,11 +483,18 @@ class Upgrader(anyio.abc.AsyncResource):
             self._tasks.start_soon(self._control.serve, self._control_listener)
 
     async def _await_confirmation(self, new: NewSide) -> None:
-        """On probation: wait for the old generation's word; if it goes away first,
-        this generation is the main process from now on."""
-        settled = await new.await_settled(new.probation + _CONFIRM_GRACE)
-        self._on_probation = False
+        """Wait for the old generation to settle the upgrade (the end of the probation,
+        if any); if it goes away first, this generation is the main process from
+        now on."""
+        try:
+            settled = await new.await_settled(new.probation + _CONFIRM_GRACE)
+        finally:
+            self._on_probation = False
+            assert self._confirmed is not None
+            self._confirmed.set()
         if settled:
+            self.history = History.from_json(new.history) or self.history
+            self._main = (os.getpid(), self.generation)
             log.info("generation %d: pid %d ended the probation", self.generation, new.parent)
             return
         if self.pidfile is not None:
@@ -447,12 +503,43 @@ class Upgrader(anyio.abc.AsyncResource):
             except UpgradeError as exc:
                 log.warning("the pidfile does not name pid %d: %s", os.getpid(), exc)
         systemd.notify(MAINPID=os.getpid(), READY=1, STATUS=f"pid {os.getpid()} serves")
+        self.history.count(self._started_us())  # as far as this generation can tell
+        self._main = (os.getpid(), self.generation)
+        self._write_service()
         log.warning(
             "generation %d: pid %d %s during the probation: this is the main process now",
             self.generation,
             new.parent,
             "went away" if settled is False else "said nothing",
         )
+
+    def _started_us(self) -> dict[str, Any]:
+        """The outcome of the upgrade that started this generation, as this one sees it
+        (the old generation records its own beside the pidfile: ``_sync_history``)."""
+        outcome: dict[str, Any] = {"ok": True, "pid": os.getpid(), "generation": self.generation}
+        requested = self._new.requested if self._new is not None else None
+        if requested is not None:
+            outcome["seconds"] = time.monotonic() - requested
+        return {**outcome, "at": timestamp()}
+
+    def _sync_history(self) -> None:
+        """Take the service's record from beside the pidfile when it names this
+        generation: the old generation recorded there how the upgrade that started
+        this one went, to the figure."""
+        if self.pidfile is None or self._main[0] == os.getpid():
+            return
+        try:
+            service = pidfiles.read_status(self.pidfile).get("service")
+        except UpgradeError:
+            return
+        if (
+            isinstance(service, dict)
+            and service.get("pid") == os.getpid()
+            and service.get("generation") == self.generation
+            and (recorded := History.from_json(service)) is not None
+        ):
+            self.history = recorded
+            self._main = (os.getpid(), self.generation)
 
     # ------------------------------------------------------------------
     # Upgrading: the old generation's side.
@@ -517,31 +604,59 @@ class Upgrader(anyio.abc.AsyncResource):
             {**self.env, **asked_env},
         )
 
-    async def _attempt(self, release: Release, interim: Interim | None = None) -> UpgradeResult:
+    async def _attempt(
+        self,
+        release: Release,
+        interim: Interim | None = None,
+        answer: dict[str, Any] | None = None,
+    ) -> UpgradeResult:
+        """One upgrade request: its result, or its failure raised; ``answer`` gets the
+        outcome as recorded, either way, once it is known."""
+        answer = {} if answer is None else answer
+        self._sync_history()
         attempt = self._start_attempt()
+        started = time.monotonic()
         busy = self._busy()
         if busy is not None:
-            self._record(attempt, False, f"busy: {busy}", busy=True)
-            raise UpgradeBusy(f"cannot upgrade now: {busy}")
+            refused = UpgradeBusy(f"cannot upgrade now: {busy}")
+            answer.update(ok=False, busy=True, error=str(refused), at=timestamp())
+            self._record(attempt, answer)
+            raise refused
         self._phase = "upgrading"
         systemd.notify(RELOADING=1, STATUS="upgrading")
         log.info("generation %d: upgrading", self.generation)
         try:
-            trial = await self._upgrade(release, attempt)
+            trial = await self._upgrade(release, attempt, started)
         except BaseException as exc:
             if self._phase != "upgrading":  # committed: nothing to roll back (see _commit)
                 raise
             self._phase = "ready"
             why = reason(exc)
             systemd.notify(READY=1, STATUS=f"serving; the last upgrade failed: {why}")
-            self._record(attempt, False, why)
+            answer.update(self._failure(exc, started))
+            self._record(attempt, answer)
             # One log line, whatever the new generation's exception text holds.
             shown = printable(why)
             log.warning("generation %d: upgrade failed, still serving: %s", self.generation, shown)
             raise
         if interim is not None and not trial.done.is_set():
             await interim({"probation": self.probation, "pid": trial.pid})
-        return await trial.outcome()
+        try:
+            return await trial.outcome()
+        finally:
+            answer.update(trial.recorded)
+
+    def _failure(self, error: BaseException, started: float) -> dict[str, Any]:
+        """The outcome of an upgrade that failed before the commit."""
+        outcome: dict[str, Any] = {
+            "ok": False,
+            "error": reason(error),
+            "generation": self.generation + 1,
+            "seconds": time.monotonic() - started,
+        }
+        if isinstance(error, GenerationFailed):
+            outcome.update(error.details())
+        return {**outcome, "at": timestamp()}
 
     def _busy(self) -> str | None:
         """Why no upgrade can start now; None when one can."""
@@ -555,8 +670,7 @@ class Upgrader(anyio.abc.AsyncResource):
             "replaced": f"already replaced by pid {self._successor}",
         }.get(self._phase, "this generation is not ready yet")
 
-    async def _upgrade(self, release: Release, attempt: int) -> _Trial:
-        started = time.monotonic()
+    async def _upgrade(self, release: Release, attempt: int, started: float) -> _Trial:
         launch = release.resolve({k: v for k, v in os.environ.items() if k not in NOT_INHERITED})
         log.info(
             "generation %d: starting %s in %s",
@@ -571,6 +685,8 @@ class Upgrader(anyio.abc.AsyncResource):
             handover_timeout=self.handover_timeout,
             progress=self._progress,
             probation=self.probation,
+            history=self.history.as_json(),
+            requested=started,
         )
         handover = await side.hand_on(launch, self._held, self.pause, self.resume)
         # The commit: the new generation acknowledged the handover and serves.
@@ -600,7 +716,8 @@ class Upgrader(anyio.abc.AsyncResource):
                     child.pid,
                     self.probation,
                 )
-                self._record(attempt, None, f"pid {child.pid} serves, on probation", pid=child.pid)
+                pending = {"probation": self.probation, "pid": child.pid}
+                self._record(attempt, pending, f"pid {child.pid} serves, on probation")
                 assert self._tasks is not None
                 self._tasks.start_soon(self._watch, side, handover, result, attempt, done)
             else:
@@ -618,7 +735,7 @@ class Upgrader(anyio.abc.AsyncResource):
                 systemd.notify(STATUS=f"pid {child.pid} serves, on probation")
             else:
                 child.release()
-                warnings += self._make_main(child.pid, child.start)
+                warnings += self._make_main(child.pid, child.start, self.generation + 1)
             if self._control_listener is not None:
                 try:
                     await self._control_listener.aclose()
@@ -630,9 +747,10 @@ class Upgrader(anyio.abc.AsyncResource):
             self._replaced.set()
         return warnings
 
-    def _make_main(self, pid: int, start: int) -> list[str]:
+    def _make_main(self, pid: int, start: int, generation: int) -> list[str]:
         """Name ``pid`` in the pidfile and to systemd as the main process; warnings."""
         warnings: list[str] = []
+        self._main = (pid, generation)
         if self.pidfile is not None:
             try:
                 pidfiles.write_pid(self.pidfile, pid, start)
@@ -662,37 +780,37 @@ class Upgrader(anyio.abc.AsyncResource):
         finally:  # also when cancelled: the outcome is decided now, whatever it is
             with anyio.CancelScope(shield=True):
                 if exited or child.exited():
-                    await self._roll_back(side, handover, attempt, time.monotonic() - committed)
+                    after = time.monotonic() - committed
+                    await self._roll_back(side, handover, attempt, after, result.seconds + after)
                 else:
-                    warnings = [*result.warnings, *self._make_main(child.pid, child.start)]
-                    result = dataclasses.replace(result, warnings=tuple(warnings))
+                    made = self._make_main(child.pid, child.start, result.generation)
+                    result = dataclasses.replace(result, warnings=(*result.warnings, *made))
                     self._settle(side, handover, result, attempt)
 
     def _settle(
         self, side: OldSide, handover: Handover, result: UpgradeResult, attempt: int
     ) -> None:
         """The replacement stuck: the new generation is the main process by now."""
-        side.settle(handover.link)
+        outcome = {**result.as_json(), "at": timestamp()}
+        self._record(attempt, outcome)
+        side.settle(handover.link, self.history.as_json())  # this upgrade counted
         handover.child.release()
         self._phase = "replaced"
-        extra: dict[str, Any] = {"pid": result.pid, "warnings": list(result.warnings)}
-        if result.probation:
-            extra["probation"] = result.probation
-        self._record(attempt, True, f"pid {result.pid} serves", **extra)
         log.info("generation %d: replaced by pid %d", self.generation, result.pid)
         assert self._trial is not None
-        self._trial.end(result)
+        self._trial.end(result, outcome)
         if self.drain_timeout is not None:
             assert self._tasks is not None
             self._tasks.start_soon(self._end_drain, attempt, self.drain_timeout)
 
     async def _roll_back(
-        self, side: OldSide, handover: Handover, attempt: int, after: float
+        self, side: OldSide, handover: Handover, attempt: int, after: float, seconds: float
     ) -> None:
-        """The new generation exited during its probation: serve again, as the main process."""
+        """The new generation exited during its probation: serve again, as the main process.
+        ``after``: from the commit to its exit; ``seconds``: from the request."""
         child = handover.child
         assert child.status is not None
-        error = UpgradeRolledBack(child.pid, exit_text(child.status), after, child.stderr())
+        error = UpgradeRolledBack(child.pid, child.status, after, child.stderr())
         side.roll_back(handover.link)
         child.release()
         self._phase = "ready"
@@ -703,16 +821,24 @@ class Upgrader(anyio.abc.AsyncResource):
                 pidfiles.write_pid(self.pidfile, os.getpid(), pidfiles.process_start(os.getpid()))
             except UpgradeError as exc:
                 log.warning("the pidfile does not name pid %d: %s", os.getpid(), exc)
+        self._main = (os.getpid(), self.generation)
         systemd.notify(MAINPID=os.getpid(), READY=1, STATUS=f"serving; {why}")
         try:
             await self._serve_control()
         except Exception as exc:
             log.warning("generation %d: the control socket: %s", self.generation, reason(exc))
-        details = {k: v for k, v in error.as_json().items() if k not in ("ok", "error")}
-        self._record(attempt, False, why, **details)
+        outcome = {
+            "ok": False,
+            "error": why,
+            "generation": self.generation + 1,
+            "seconds": seconds,
+            **error.details(),
+            "at": timestamp(),
+        }
+        self._record(attempt, outcome)
         log.warning("generation %d: %s; serving again", self.generation, printable(why))
         assert self._trial is not None
-        self._trial.end(error)
+        self._trial.end(error, outcome)
 
     async def _end_drain(self, attempt: int, timeout: float) -> None:
         """``drain_timeout`` after the replacement: whatever is still in flight is cut.
@@ -744,11 +870,37 @@ class Upgrader(anyio.abc.AsyncResource):
                 self._tasks.start_soon(self._upgrade_logged)
 
     async def _upgrade_answer(self, interim: Interim, asked: dict[str, Any]) -> dict[str, Any]:
+        """The outcome of a control socket's request, as recorded beside the pidfile."""
         release = self._release(asked.get("command"), asked.get("cwd"), asked.get("env"))
+        outcome: dict[str, Any] = {}
         try:
-            return (await self._attempt(release, interim)).as_json()
-        except UpgradeRolledBack as exc:
-            return exc.as_json()
+            await self._attempt(release, interim, outcome)
+        except UpgradeError:
+            if not outcome:  # refused before it was an attempt (the status file, say)
+                raise
+        return outcome
+
+    async def status(self) -> dict[str, Any]:
+        """This generation and the service's record of its upgrades (what ``fdchannel
+        upgrade --status`` shows): ``pid``, ``generation``, ``started`` (when this
+        process started), ``service_started``, ``counts`` (``ok``, ``failed``,
+        ``rolled_back``, ``refused``), ``last`` (the last upgrade's outcome, None
+        before any) and ``probation`` (``{"pid", "seconds"}`` while one runs)."""
+        confirmed = self._confirmed
+        if confirmed is not None and time.monotonic() >= self._confirm_due:
+            # The old generation's word is due: the record it sends counts this upgrade.
+            with anyio.move_on_after(_SETTLED_WAIT):
+                await confirmed.wait()
+        self._sync_history()
+        probation: dict[str, Any] | None = None
+        if self._on_probation and self._new is not None and self._new.probation > 0:
+            probation = {"pid": os.getpid(), "seconds": self._new.probation}
+        elif self._phase == "probation" and self._successor is not None:
+            probation = {"pid": self._successor, "seconds": self.probation}
+        start = pidfiles.start_time(pidfiles.process_start(os.getpid()))
+        return status_document(
+            os.getpid(), self.generation, timestamp(start), self.history, probation
+        )
 
     async def _upgrade_logged(self) -> None:
         try:
@@ -765,19 +917,36 @@ class Upgrader(anyio.abc.AsyncResource):
         """This request's number, recorded as started (0 without a pidfile)."""
         return 0 if self.pidfile is None else pidfiles.start_attempt(self.pidfile)
 
-    def _record(self, attempt: int, ok: bool | None, reason: str, **extra: Any) -> None:
-        """Record request ``attempt``'s outcome (``ok`` None: not over yet, on probation)."""
+    def _record(self, attempt: int, outcome: dict[str, Any], why: str | None = None) -> None:
+        """Record request ``attempt``'s outcome (without ``ok``: not over yet, on
+        probation), counted in the service's record once it is over."""
+        if "ok" in outcome:
+            self.history.count(outcome)
         if self.pidfile is None:
             return
-        status: dict[str, Any] = {"attempt": attempt, "reason": reason, "from_pid": os.getpid()}
-        if ok is None:
-            status["probation"] = self.probation
-        else:
-            status["ok"] = ok
+        if why is None:
+            why = str(outcome.get("error") or f"pid {outcome.get('pid')} serves")
+        status = {"attempt": attempt, "reason": why, "from_pid": os.getpid(), **outcome}
+        # A generation replaced (draining) refusing a request is not the service's word.
+        main = self._main[0] == os.getpid() or not outcome.get("busy")
         try:
-            pidfiles.record(self.pidfile, {**status, **extra})
+            pidfiles.record(self.pidfile, status, self._service() if main else None)
         except UpgradeError as exc:
             log.warning("cannot record the upgrade's outcome: %s", exc)
+
+    def _service(self) -> dict[str, Any]:
+        """The service's record as the status file keeps it, with who the pidfile names."""
+        pid, generation = self._main
+        return {"pid": pid, "generation": generation, **self.history.as_json()}
+
+    def _write_service(self, fresh: bool = False) -> None:
+        """Rewrite the service's record beside the pidfile (``fresh``: and nothing else)."""
+        if self.pidfile is None:
+            return
+        try:
+            pidfiles.write_service(self.pidfile, self._service(), fresh=fresh)
+        except UpgradeError as exc:
+            log.warning("cannot record the service's upgrades: %s", exc)
 
     def _amend(self, attempt: int, fields: dict[str, Any]) -> None:
         if self.pidfile is None:
@@ -820,6 +989,7 @@ class Upgrader(anyio.abc.AsyncResource):
         self._given.clear()
         if self._new is not None:
             self._new.close()
+            self._new.restore_stderr()  # if it was never settled (a pipe nobody reads, else)
         for fd in self._received.values():
             os.close(fd)
         self._received.clear()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["UNKNOWN", "exit_code", "status_text"]
+__all__ = ["UNKNOWN", "exit_code", "fate", "status_text"]
 
 #: The wait status of a child someone else reaped.
 UNKNOWN = -1
@@ -25,6 +25,16 @@ def status_text(status: int | None) -> str:
         except ValueError:
             return f"killed by signal {number}"
     return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+def fate(status: int | None) -> str:
+    """What became of a process, for a sentence about it: "exited with status 3",
+    "was killed by SIGSEGV", "exited (status unknown)"."""
+    if status is None or status == UNKNOWN:
+        return "exited (status unknown)"
+    if os.WIFSIGNALED(status):
+        return f"was {status_text(status)}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
 def exit_code(status: int | None) -> int:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 from bench.upgrades import Generations
 
@@ -67,14 +66,6 @@ class SlowServer(Generations):
             return None
 
         self._wait_for(found, f"the request of {ms} ms", TIMEOUT)
-
-    def said(self, text: str, timeout: float = TIMEOUT) -> None:
-        """Wait until a generation has written a line holding ``text`` (stdout or stderr)."""
-
-        def found() -> dict[str, Any] | None:
-            return next(({"line": line} for line in self.output if text in line), None)
-
-        self._wait_for(found, f"a line saying {text!r}", timeout)
 
 
 def fdchannel_cli(*args: str) -> subprocess.CompletedProcess[str]:

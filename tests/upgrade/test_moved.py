@@ -1,4 +1,6 @@
-"""A listener whose address changed in the new version: bound anew, not inherited."""
+"""A listener whose address changed in the new version: bound anew, not inherited.
+
+(A UDP socket moved across an upgrade: test_datagrams.py.)"""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from bench.upgrades import SCRIPTS, Generations
-from fdchannel.address import parse_address
 from fdchannel.errors import UpgradeFailed
 from fdchannel.upgrade import request_upgrade, sockets
+from fdchannel.upgrade.addresses import listen_address
 
 TIMEOUT = 30.0
 
@@ -35,20 +37,34 @@ def free_port() -> int:
         ("unix:{dir}/a.sock", "unix:{dir}/a.sock", False),
         ("unix:{dir}/a.sock", "unix:{dir}/b.sock", True),
         ("unix:{dir}/a.sock", "tcp:127.0.0.1:{port}", True),
+        # Datagram sockets, and a socket of the other kind at the same place.
+        ("udp:127.0.0.1:{port}", "udp:127.0.0.1:{port}", False),
+        ("udp:127.0.0.1:{port}", "udp:127.0.0.1:0", False),
+        ("udp:127.0.0.1:{port}", "udp:127.0.0.1:{other}", True),
+        ("udp:127.0.0.1:{port}", "tcp:127.0.0.1:{port}", True),
+        ("tcp:127.0.0.1:{port}", "udp:127.0.0.1:{port}", True),
+        ("udp:127.0.0.1:{port}", "unixgram:{dir}/a.sock", True),
+        ("unixgram:{dir}/a.sock", "unixgram:{dir}/a.sock", False),
+        ("unixgram:{dir}/a.sock", "unixgram:{dir}/b.sock", True),
+        ("unixgram:{dir}/a.sock", "unix:{dir}/a.sock", True),
+        ("unix:{dir}/a.sock", "unixgram:{dir}/a.sock", True),
+        ("unixgram:{dir}/a.sock", "fd:3", False),  # only the descriptor could say
     ],
 )
 def test_what_counts_as_moved(sockdir: Path, bound: str, asked: str, moved: bool) -> None:
     values = {"port": free_port(), "other": free_port(), "dir": sockdir}
-    where = parse_address(bound.format(**values))
-    if where.scheme == "unix":
-        sock = socket.socket(socket.AF_UNIX)
+    where = listen_address(bound.format(**values))
+    kind = socket.SOCK_DGRAM if where.scheme in ("udp", "unixgram") else socket.SOCK_STREAM
+    if where.scheme in ("unix", "unixgram"):
+        sock = socket.socket(socket.AF_UNIX, kind)
         sock.bind(str(sockdir / "a.sock"))
     else:
-        sock = socket.socket()
+        sock = socket.socket(socket.AF_INET, kind)
         sock.bind(("127.0.0.1", values["port"]))
     with sock:
-        sock.listen()
-        found = sockets.moved(sock.fileno(), parse_address(asked.format(**values)))
+        if kind == socket.SOCK_STREAM:
+            sock.listen()
+        found = sockets.moved(sock.fileno(), listen_address(asked.format(**values)))
     assert (found is not None) == moved, found
     if moved:
         assert found == bound.format(**values)

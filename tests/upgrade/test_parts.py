@@ -216,8 +216,11 @@ async def test_an_upgrade_before_ready_is_busy(sockdir: Path) -> None:
     [
         (["fdchannel-no-such-program"], "not on PATH"),
         (["/nonexistent/program"], "cannot start"),
-        (["true"], r"exited \(exit status 0\)"),
-        (["sh", "-c", "exit 7"], r"exit status 7"),
+        (["true"], r"\(pid \d+\) exited with status 0 before ready\(\)$"),
+        (
+            ["sh", "-c", "echo no config >&2; exit 7"],
+            r"exited with status 7 before ready\(\): no config$",
+        ),
     ],
 )
 async def test_a_new_generation_that_cannot_take_over_is_rolled_back(

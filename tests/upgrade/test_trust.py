@@ -238,6 +238,7 @@ async def test_something_planted_at_the_status_file_does_not_kill_the_server(
         await up.listen("main", f"unix:{sockdir}/app.sock")
         with await up.ready():
             pass
+        status.unlink()  # the service's record, started anew by ready()
         plant(status, kind, victim)
         for _ in range(2):  # answered each time, and the server serves on
             with pytest.raises(UpgradeError, match=f"{status}.*not a regular file"):
@@ -418,7 +419,7 @@ async def test_a_pidfile_of_the_pid_alone_still_asks_its_process(sockdir: Path) 
         with await up.ready():
             pass
         pidfile.write_text(f"{os.getpid()}\n")  # written after this process started
-        with pytest.raises(UpgradeFailed, match="exit status 3"):
+        with pytest.raises(UpgradeFailed, match="exited with status 3 before ready"):
             await ask(pidfile)
 
 
