@@ -230,14 +230,16 @@ class Connections:
             self.accept_done.set()
 
     async def serve(self, ident: int) -> None:
-        stream = self.streams[ident]
-        fd = stream.fileno()
         answer = ANSWER.pack(os.getpid(), self.generation)
         if ident in self.starting:
             self.starting.discard(ident)
             if not self.starting:
                 self.started.set()
         try:
+            stream = self.streams.get(ident)
+            if stream is None:
+                return  # accepted just before a pause, and handed over before this task ran
+            fd = stream.fileno()
             while not self.paused:
                 try:
                     await anyio.wait_readable(fd)
@@ -247,7 +249,10 @@ class Connections:
                     return  # the request stays in the socket, for the next generation
                 if self.gate is not None and not self.gate.is_set():
                     await self.gate.wait()  # --switch: the old generation serves it until "go"
-                stream = self.streams[ident]  # wrapped again by resume() after a failed handover
+                found = self.streams.get(ident)  # wrapped again by resume() after a failed handover
+                if found is None:
+                    return  # handed over meanwhile
+                stream = found
                 self.busy += 1  # from here on pause() waits for the answer
                 try:
                     with anyio.CancelScope(shield=True):

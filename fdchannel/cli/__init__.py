@@ -461,6 +461,12 @@ def _parse(args: list[str]) -> argparse.Namespace:
         options = parser.parse_args(args[:cut])
         options.command = args[cut + 1 :]
         return _probe_cpr_exec(options) if name == "probe" else options
+    if name == "upgrade" and "--command" in args:
+        # Every word after --command is the command, options and "--" included.
+        cut = args.index("--command")
+        options = parser.parse_args(args[:cut])
+        options.command = args[cut + 1 :]
+        return options
     options = parser.parse_args(args)
     if options.name is None:
         commands = "probe, relay, send, recv, upgrade, run, serve or qemu-update"
@@ -508,8 +514,10 @@ def _command(options: argparse.Namespace) -> _Command:
 
 
 def _flag(args: list[str], flag: str) -> bool:
-    """Whether ``flag`` was given before any ``--`` (so also when parsing failed)."""
-    return flag in (args[: args.index("--")] if "--" in args else args)
+    """Whether ``flag`` was given before any ``--`` or ``--command`` (what follows is
+    a command's own; so also when parsing failed)."""
+    ends = [args.index(end) for end in ("--", "--command") if end in args]
+    return flag in args[: min(ends, default=len(args))]
 
 
 def _describe(exc: BaseException) -> tuple[int, str]:

@@ -26,8 +26,8 @@ from typing import cast
 
 import anyio
 
-from ..address import parse_address
 from ..text import printable
+from ..upgrade.addresses import UdpAddress, UnixDatagramAddress, listen_address
 from ..upgrade.launch_checks import CheckError, parse_check
 from ..upgrade.launcher import (
     DEFAULT_CHECK,
@@ -63,7 +63,12 @@ def _listen(item: str) -> tuple[str, str]:
     name, equals, address = item.partition("=")
     if not equals or not name or not address:
         raise UsageError(f"--listen {item!r}: expected NAME=ADDRESS, e.g. http=tcp:0.0.0.0:8080")
-    parse_address(address)  # an AddressError is a usage error
+    # Upgrades' own grammar; an AddressError (no such scheme) is a usage error.
+    if isinstance(listen_address(address), UdpAddress | UnixDatagramAddress):
+        raise UsageError(
+            f"--listen {item!r}: fdchannel serve hands on stream listeners only; "
+            "a datagram socket needs Upgrader.listen_datagram in the server itself"
+        )
     return name, address
 
 

@@ -146,3 +146,22 @@ def test_fast_start_imports_only_what_it_needs(args: list[str], absent: list[str
     for name in absent:
         if name not in modules["package"]:
             assert name not in loaded, f"{name} was imported"
+
+
+@pytest.mark.parametrize(
+    ("args", "command", "as_json"),
+    [
+        (["--command", "python", "-c", "x"], ["python", "-c", "x"], False),
+        (["--command", "python", "--json", "-c", "x"], ["python", "--json", "-c", "x"], False),
+        (["--json", "--command", "--", "python", "-u"], ["--", "python", "-u"], True),
+        (["--command", "srv", "--", "--command", "x"], ["srv", "--", "--command", "x"], False),
+    ],
+)
+def test_an_upgrades_command_is_taken_verbatim(
+    args: list[str], command: list[str], as_json: bool
+) -> None:
+    from fdchannel.cli import _flag, _parse
+
+    options = _parse(["upgrade", "/run/app/app.ctl", *args])
+    assert (options.command, options.json) == (command, as_json)
+    assert _flag(["upgrade", "/run/app/app.ctl", *args], "--json") is as_json

@@ -235,7 +235,9 @@ def test_a_plan_that_cannot_work_says_why(given: ServeOptions, message: str) -> 
 
 USAGE = [
     (["--listen", "http"], "expected NAME=ADDRESS"),
-    (["--listen", "http=nowhere:1"], ""),
+    (["--listen", "http=nowhere:1"], "is no address to listen on for upgrades: use tcp:"),
+    (["--listen", "dns=udp:127.0.0.1:53"], "hands on stream listeners only"),
+    (["--listen", "log=unixgram:/run/x"], "hands on stream listeners only"),
     (["--ready", "ftp://x/"], "is not a check"),
     (["--forward", "HUP"], "asks the generation for an upgrade"),
     (["--stop-signal", "KILL"], "cannot be caught"),
