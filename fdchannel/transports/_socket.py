@@ -234,12 +234,11 @@ async def async_connect(sock: socket.socket, sockaddr: object, address: Address)
         raise ConnectError(f"cannot connect to {address}: {cause.strerror}", address) from cause
 
 
-class SocketListener(ListeningSocket, Listener):
-    """A listening stream socket; ``accept`` returns one stream per peer (see
-    ListeningSocket for its arguments: the policy, the setup and close hooks)."""
+class SocketHeldListener(Listener):
+    """A listener over one socket of its own (``_sock``): its descriptor, and anyio's
+    socket attributes of it."""
 
-    capabilities = Capability.MULTI_ACCEPT
-    stream_kinds = (SocketStream.capabilities, UnixSocketStream.capabilities)
+    _sock: socket.socket
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -251,6 +250,14 @@ class SocketListener(ListeningSocket, Listener):
             FdAttribute.fileno: self.fileno,
             **_socket_attributes(self._sock, peer=False),
         }
+
+
+class SocketListener(ListeningSocket, SocketHeldListener):
+    """A listening stream socket; ``accept`` returns one stream per peer (see
+    ListeningSocket for its arguments: the policy, the setup and close hooks)."""
+
+    capabilities = Capability.MULTI_ACCEPT
+    stream_kinds = (SocketStream.capabilities, UnixSocketStream.capabilities)
 
     async def accept(self) -> Stream:
         while True:

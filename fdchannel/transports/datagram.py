@@ -29,7 +29,7 @@ import array
 import logging
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 import anyio
@@ -42,8 +42,8 @@ from ..credentials import CredentialPolicy, Credentials, same_user_or_root
 from ..errors import AddressError, CapabilityError, TransportError
 from ..fds import close_all
 from ..sockets import DEFAULT_RECEIVE
-from ._base import FdAttribute, Listener, Stream
-from ._socket import _socket_attributes
+from ._base import Stream
+from ._socket import SocketHeldListener
 
 __all__ = ["DatagramListener", "Peer"]
 
@@ -64,7 +64,7 @@ _NO_CONNECTIONS = "a datagram socket has no connections: use receive()/send()"
 _FULL_DELAYS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 
 
-class DatagramListener(Listener):
+class DatagramListener(SocketHeldListener):
     """A bound datagram socket: ``receive()`` and ``send()``; ``accept()`` is refused.
 
     ``policy`` applies to each datagram of a unix datagram socket (see the
@@ -126,15 +126,7 @@ class DatagramListener(Listener):
 
     def fileno(self) -> int:
         self._check_open()
-        return self._sock.fileno()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return {
-            **super().extra_attributes,
-            FdAttribute.fileno: self.fileno,
-            **_socket_attributes(self._sock, peer=False),
-        }
+        return super().fileno()
 
     async def accept(self) -> Stream:
         raise CapabilityError(_NO_CONNECTIONS)

@@ -31,13 +31,12 @@ import fcntl
 import gc
 import os
 import signal
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 
-from ..text import printable
 from .process import Process
+from .stderr import Tail
 from .wait_status import UNKNOWN, exit_code
 
 __all__ = ["SD_LISTEN_FDS_START", "ServerProcess", "StderrTail", "exit_code", "start_server"]
@@ -98,17 +97,13 @@ class StderrTail:
     def __init__(self, fd: int, lines: int = 5, width: int = 300) -> None:
         self.fd = fd
         os.set_blocking(fd, False)
-        self._lines: deque[bytes] = deque(maxlen=lines)
-        self._partial = b""
-        self._width = width
+        self._tail = Tail(lines, width)
         self.closed = anyio.Event()
 
     def last_lines(self) -> list[str]:
         """The last complete lines (and an unfinished one), each cut to ``width``, with
         control characters and bytes that are no UTF-8 escaped (a reason's words)."""
-        kept = [*self._lines, self._partial] if self._partial.strip() else list(self._lines)
-        text = (line[: self._width].decode(errors="surrogateescape").rstrip() for line in kept)
-        return [printable(line) for line in text]
+        return self._tail.lines()
 
     async def relay(self) -> None:
         """Copy until the end of the pipe (the server and all that inherited it exited)."""
@@ -122,14 +117,9 @@ class StderrTail:
                 if not chunk:
                     return
                 _write_all(2, chunk)
-                self._keep(chunk)
+                self._tail.feed(chunk)
         finally:
             self.closed.set()
-
-    def _keep(self, chunk: bytes) -> None:
-        *complete, self._partial = (self._partial + chunk).split(b"\n")
-        self._lines.extend(line for line in complete if line.strip())
-        self._partial = self._partial[-self._width * 4 :]
 
     def close(self) -> None:
         os.close(self.fd)
