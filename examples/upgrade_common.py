@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -208,11 +209,15 @@ def adapter_options(options: argparse.Namespace, server: str) -> dict[str, Any]:
 def run_on_backend(
     run: Callable[[argparse.Namespace], Awaitable[None]], options: argparse.Namespace
 ) -> None:
-    """``run(options)`` on ``options.backend``: asyncio, trio, or asyncio with uvloop's loop."""
+    """``run(options)`` on ``options.backend``: asyncio, trio, or asyncio with uvloop's
+    loop; an interrupt exits with status 130, as a shell reports SIGINT."""
     backend: str = options.backend
     backend_options: dict[str, Any] = {}
     if backend == "uvloop":
         import uvloop
 
         backend, backend_options = "asyncio", {"loop_factory": uvloop.new_event_loop}
-    anyio.run(run, options, backend=backend, backend_options=backend_options)
+    try:
+        anyio.run(run, options, backend=backend, backend_options=backend_options)
+    except KeyboardInterrupt:
+        sys.exit(130)

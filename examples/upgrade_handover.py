@@ -59,7 +59,6 @@ import gc
 import os
 import socket
 import struct
-import sys
 import time
 from collections.abc import Iterator
 
@@ -584,10 +583,7 @@ def main() -> None:
         help="hand over a memfd of SIZE bytes (1G, 512M) with a known pattern, checked by each",
     )
     options = parser.parse_args()
-    try:
-        run_on_backend(run, options)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_on_backend(run, options)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import dataclass, field
 
 import anyio
@@ -212,10 +211,7 @@ def main() -> None:
     parser.add_argument("--die-at", metavar="STEP", help="tests: a new generation dies at STEP")
     parser.add_argument("--die-once", metavar="FLAG", help="tests: ... once, creating FLAG")
     options = parser.parse_args()
-    try:
-        run_on_backend(run, options)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_on_backend(run, options)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 from dataclasses import asdict, dataclass
 
 import anyio
@@ -352,10 +351,7 @@ async def run(options: argparse.Namespace) -> None:
 
 def main() -> None:
     options = parse_options(__doc__ or "", ["asyncio", "uvloop", "trio"])
-    try:
-        run_on_backend(run, options)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_on_backend(run, options)
 
 
 if __name__ == "__main__":
