@@ -245,7 +245,7 @@ ADDRESS_TYPES = (
     ExecAddress,
 )
 
-_I = TypeVar("_I", TcpAddress, RdmaAddress)
+_I = TypeVar("_I", bound=InetAddress)
 
 # --------------------------------------------------------------------------
 # The URI grammar.

@@ -24,7 +24,7 @@ fits none of these raises AddressError naming the schemes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, TypeAlias, cast
+from typing import ClassVar, TypeAlias
 
 from ..address import (
     Address,
@@ -129,9 +129,7 @@ def listen_address(address: str | Address | DatagramAddress) -> ListenAddress:
         raise _refused(address)
     buf = c_string(address, address)
     if buf.startswith(b"udp:"):
-        # address.py's inet reader, typed for its own schemes: UdpAddress has their fields.
-        parsed = _parse_inet(cast("type[TcpAddress]", UdpAddress), address, buf[4:])
-        return cast(UdpAddress, parsed)
+        return _parse_inet(UdpAddress, address, buf[4:])  # address.py's inet reader
     if buf.startswith(b"unixgram:"):
         if len(buf) == len(b"unixgram:"):
             raise AddressError(
